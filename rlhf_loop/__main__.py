@@ -1,0 +1,5 @@
+import sys
+
+from rlhf_loop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,345 @@
+"""EventProducer: Kafka (acks=all, keyed by prompt_hash) with a durable spool behind it.
+
+Contract:
+- :meth:`send` never waits on the broker: it hands the event to kafka-python's buffer or, during an
+  outage, appends it to the spool, and returns. It raises only if the spool cannot be written (the
+  event was then *not* accepted).
+- An accepted event is never lost: the broker acknowledged it (acks=all), or it is in the spool, or
+  it has been in kafka-python's buffer for less than ``send_timeout_s`` plus a watchdog tick. A
+  graceful :meth:`close` spools everything unacknowledged; only a crash inside that window loses
+  events, as with any in-memory producer buffer.
+- Order per key holds (duplicates aside):
+  * each event gets a sequence number (seq) when :meth:`send` is called; the spool replays by seq;
+  * the partition is murmur2(key) % the partition count seen at connect (at most
+    ``kafka.partitions``), so a topic re-created with another count does not move keys mid-stream;
+  * kafka-python keeps per-partition order for what it holds (one request in flight per
+    connection, retries in place);
+  * the first send that fails, or an event unacknowledged after ``send_timeout_s`` (the watchdog),
+    is a *fence*: every unacknowledged event is copied into the spool, the client is aborted so
+    nothing it holds can be delivered after that point, and every new event, of *any* key, is
+    spooled behind them (no per-key bookkeeping, so no key can overtake another's spooled events);
+  * the replayer builds a new client and produces the spool in seq order; the outage ends only when
+    the spool is empty and nothing is in flight.
+  One residual case: a request the broker had already received when the client gave up can still be
+  appended when a *frozen* broker wakes up. It is a duplicate, and it lands before the replay, which
+  needs new connections that the broker answers only after it processed what it had read.
+  The contract covers one producer (process); processes sharing a spool file have no order between
+  them, as their requests have none.
+- Delivery is at-least-once: a replay can duplicate events; consumers dedup by ``event_id``.
+  Idempotent producing is off (Tansu refuses it after a restart).
+- An event the broker can never accept (too large, invalid topic) goes to the spool's ``rejected``
+  table and is logged as an error; it does not block the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+from kafka import KafkaProducer
+from kafka import errors as kerr
+from kafka.partitioner.default import murmur2
+
+from rlhf_loop.bus.admin import ensure_topics
+from rlhf_loop.bus.codec import encode
+from rlhf_loop.bus.replayer import Replayer
+from rlhf_loop.bus.spool import Spool, SpooledEvent
+from rlhf_loop.metrics import PRODUCE_ATTEMPTS, PRODUCE_ERRORS, SPOOLED_EVENTS
+from rlhf_loop.settings import KafkaSettings, SpoolSettings
+from schemas.events import DeadLetter, Event, Topics
+
+log = logging.getLogger(__name__)
+UNACCEPTABLE = (kerr.MessageSizeTooLargeError, kerr.RecordListTooLargeError, kerr.InvalidTopicError,
+                kerr.InvalidRecordError)  # fmt: skip
+"""Broker answers about one record that no retry can change: it goes to the spool's rejected table."""
+
+
+def event_key(event: Event) -> bytes | None:
+    """The partition key: the prompt group for responses and feedback, the original key for dead letters."""
+    if isinstance(event, DeadLetter):
+        return event.key.encode() if event.key is not None else None
+    return event.prompt_hash.encode()  # type: ignore[attr-defined]
+
+
+@dataclass
+class ProducerCounters:
+    """Plain counters kept on the producer (the Prometheus catalog mirrors some of them)."""
+
+    attempts: int = 0  # send() calls
+    acked: int = 0  # acknowledgements, direct or replayed
+    errors: int = 0  # fences: a failed send or an event unacknowledged after send_timeout_s
+    spooled: int = 0  # events written to the spool
+    replayed: int = 0  # spooled events acknowledged (and removed from the spool)
+    rejected: int = 0  # events the broker can never accept
+
+
+@dataclass
+class _InFlight:
+    event: SpooledEvent
+    sent_at: float
+    in_spool: bool  # a copy is in the spool: a replay, or copied by a fence
+
+
+class EventProducer:
+    def __init__(self, bootstrap_servers: str, kafka: KafkaSettings, spool: Spool, replay: SpoolSettings) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.spool = spool
+        self.counters = ProducerCounters()
+        self.topic_prefix = kafka.topic_prefix
+        self.topic_names = tuple(kafka.topic_prefix + t for t in Topics.ALL)
+        self.send_timeout_s = kafka.send_timeout_s
+        self._cfg = kafka
+        self._lock = threading.Lock()  # seq, mode, client swaps, spooling; taken before _flight
+        self._flight = threading.Condition()  # _in_flight, _acked_spooled; the only lock ack callbacks take
+        self._in_flight: dict[int, _InFlight] = {}  # insertion order = hand-over order
+        self._acked_spooled: list[SpooledEvent] = []
+        self._seq = max(spool.max_seq(), time.time_ns())  # increasing across restarts
+        self._outage = spool.depth() > 0
+        self._kafka: KafkaProducer | None = None
+        self._partitions: dict[str, int] = {}  # partition count per topic, fixed at connect
+        self._retired: list[KafkaProducer] = []  # fenced clients, closed by the replayer
+        self.replayer = Replayer(self, replay)
+
+    def start(self) -> EventProducer:
+        """Connect if the broker answers within ``send_timeout_s`` (else start in an outage), start the replayer."""
+        self.connect()
+        self.replayer.start()
+        return self
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the replayer, wait up to ``timeout_s`` for in-flight events, spool the rest, close the client."""
+        self.replayer.stop(timeout_s)
+        if not self._outage:  # in an outage whatever is in flight is already spooled
+            self.wait_in_flight(timeout_s)
+        with self._lock:
+            kafka, self._kafka = self._kafka, None
+            self._spool_unacknowledged("closing")
+        for client in [*self._retired, *([kafka] if kafka else [])]:
+            _shut(client)
+        self._retired.clear()
+        self.replayer.report_depth()
+
+    def healthy(self) -> bool:
+        """Events can be accepted: the spool is readable and the replayer runs (the broker may be down)."""
+        try:
+            self.spool.depth()
+        except sqlite3.Error:
+            return False
+        return self.replayer.alive()
+
+    @property
+    def outage(self) -> bool:
+        return self._outage
+
+    def spooled(self) -> int:
+        """Events waiting in the spool for the broker."""
+        return self.spool.depth()
+
+    def send(self, topic: str, event: Event) -> None:
+        """Produce ``event`` to ``topic`` (a name from schemas.events.Topics); see the module contract."""
+        self.send_raw(topic, event_key(event), encode(event))
+
+    def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+        PRODUCE_ATTEMPTS.labels(topic).inc()
+        with self._lock:
+            self.counters.attempts += 1
+            self._seq += 1
+            event = SpooledEvent(self._seq, self.topic_prefix + topic, key, value)
+            if self._outage or self._kafka is None:
+                self._spool([event], "outage")
+                return
+            try:
+                self._hand_over(self._kafka, event, in_spool=False)
+            except UNACCEPTABLE as e:
+                self.reject(event, e)
+            except kerr.KafkaError as e:  # no metadata or buffer space within max_block_ms
+                self._spool([event], f"{type(e).__name__}: {e}")
+
+    # --- the client and its callbacks ------------------------------------------------------------
+    def _hand_over(self, kafka: KafkaProducer, event: SpooledEvent, in_spool: bool) -> None:
+        count = self._partitions.get(event.topic)
+        partition = murmur2(event.key) % count if event.key is not None and count else None
+        with self._flight:
+            self._in_flight[event.seq] = _InFlight(event, time.monotonic(), in_spool)
+        try:
+            future = kafka.send(event.topic, key=event.key, value=event.value, partition=partition)
+        except kerr.KafkaError:
+            with self._flight:
+                del self._in_flight[event.seq]
+            raise
+        future.add_callback(self._acked, event.seq)
+        future.add_errback(self._failed, event.seq, kafka)
+
+    def _acked(self, seq: int, _metadata: object) -> None:
+        with self._flight:
+            self.counters.acked += 1
+            flight = self._in_flight.pop(seq, None)
+            if flight is not None and flight.in_spool:
+                self._acked_spooled.append(flight.event)
+            if not self._in_flight:
+                self._flight.notify_all()
+
+    def _failed(self, seq: int, kafka: KafkaProducer, error: BaseException) -> None:
+        with self._lock:  # spool before leaving _in_flight, so an outage cannot end in between
+            with self._flight:
+                flight = self._in_flight.get(seq)
+            if flight is not None and isinstance(error, UNACCEPTABLE):
+                self.reject(flight.event, error)
+            elif flight is not None and kafka is self._kafka:  # else aborted by an earlier fence
+                PRODUCE_ERRORS.labels(topic=flight.event.topic.removeprefix(self.topic_prefix)).inc()
+                self._fence(f"{type(error).__name__}: {error}")
+            with self._flight:
+                self._in_flight.pop(seq, None)
+                if not self._in_flight:
+                    self._flight.notify_all()
+
+    def _fence(self, reason: str) -> None:
+        """Under _lock: spool every unacknowledged event, start an outage, abort the client."""
+        self._spool_unacknowledged(reason)
+        self._start_outage(reason)
+        kafka, self._kafka = self._kafka, None
+        if kafka is not None:
+            self._retired.append(kafka)
+            kafka._sender.force_close()  # noqa: SLF001 - aborts what it holds once this callback returns
+
+    def reject(self, event: SpooledEvent, error: BaseException) -> None:
+        """Move an event the broker can never accept out of the replay path (see Spool.reject)."""
+        self.spool.reject(event, f"{type(error).__name__}: {error}")
+        self.counters.rejected += 1
+        log.error("the broker cannot accept an event for %s (seq %d): %s; kept in the spool's rejected table",
+                  event.topic, event.seq, error)  # fmt: skip
+
+    def _spool(self, events: list[SpooledEvent], reason: str) -> None:
+        if events:
+            self.spool.append(events)
+            self.counters.spooled += len(events)
+            for e in events:
+                SPOOLED_EVENTS.labels(e.topic.removeprefix(self.topic_prefix)).inc()
+            self._start_outage(reason)
+
+    def _start_outage(self, reason: str) -> None:
+        if not self._outage:
+            self._outage = True
+            self.counters.errors += 1
+            log.warning("broker %s is not taking events (%s); spooling until it is back", self.bootstrap_servers,
+                        reason)  # fmt: skip
+
+    def _spool_unacknowledged(self, reason: str) -> None:
+        with self._flight:
+            copies = [f for f in self._in_flight.values() if not f.in_spool]
+            for f in copies:
+                f.in_spool = True
+        self._spool([f.event for f in copies], reason)
+
+    # --- used by the replayer --------------------------------------------------------------------
+    def expire_in_flight(self) -> bool:
+        """The watchdog: fence if the oldest in-flight event has waited ``send_timeout_s``."""
+        with self._flight:
+            oldest = next(iter(self._in_flight.values()), None)
+        if oldest is None or time.monotonic() - oldest.sent_at < self.send_timeout_s:
+            return False
+        with self._lock:
+            self._fence(f"no acknowledgement within {self.send_timeout_s} s")
+        return True
+
+    def connect(self) -> bool:
+        """Build a Kafka client if there is none (creating missing topics first); False, and an outage,
+        while the broker does not answer."""
+        if self._kafka is not None:
+            return True
+        while self._retired:
+            _shut(self._retired.pop())
+        kafka = self._new_client() if self.ensure_topics() else None
+        with self._lock:
+            if kafka is None:
+                self._start_outage("not reachable")
+                return False
+            self._kafka = kafka
+        return True
+
+    def _new_client(self) -> KafkaProducer | None:
+        cfg, timeout_ms = self._cfg, int(self.send_timeout_s * 1000)
+        try:
+            kafka = KafkaProducer(
+                bootstrap_servers=self.bootstrap_servers, client_id=cfg.client_id, acks="all",
+                linger_ms=cfg.linger_ms, batch_size=cfg.batch_size, max_in_flight_requests_per_connection=1,
+                retries=2**31 - 1, request_timeout_ms=timeout_ms, delivery_timeout_ms=2 * timeout_ms + cfg.linger_ms,
+                max_block_ms=min(100, timeout_ms), bootstrap_timeout_ms=timeout_ms, reconnect_backoff_max_ms=1000,
+                allow_auto_create_topics=False, enable_idempotence=False,
+            )  # fmt: skip
+        except kerr.KafkaError as e:
+            log.info("cannot connect to %s yet: %s", self.bootstrap_servers, e)
+            return None
+        deadline = time.monotonic() + self.send_timeout_s
+        for topic in self.topic_names:  # cache metadata now, so send() never waits for it
+            while not (partitions := _partitions_for(kafka, topic)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not partitions:
+                _shut(kafka)
+                return None
+            self._partitions[topic] = min(len(partitions), cfg.partitions)
+        return kafka
+
+    def ensure_topics(self) -> bool:
+        """Create our topics where missing (a restarted broker may have none); False if unreachable."""
+        try:
+            ensure_topics(self.bootstrap_servers, self.topic_names, self._cfg.partitions,
+                          timeout_ms=int(self.send_timeout_s * 1000))  # fmt: skip
+        except (kerr.KafkaError, OSError) as e:
+            log.info("cannot create topics on %s yet: %s", self.bootstrap_servers, e)
+            return False
+        return True
+
+    def produce_spooled(self, events: list[SpooledEvent]) -> int:
+        """Hand spooled events to Kafka in seq order, stopping at the first that kafka-python refuses
+        for now (the rest stays spooled). Call only in an outage with nothing in flight."""
+        kafka = self._kafka
+        for n, event in enumerate(events):
+            if kafka is None or kafka is not self._kafka:  # fenced meanwhile
+                return n
+            try:
+                self._hand_over(kafka, event, in_spool=True)
+            except UNACCEPTABLE as e:
+                self.reject(event, e)
+            except kerr.KafkaError:
+                return n
+        return len(events)
+
+    def in_flight(self) -> int:
+        with self._flight:
+            return len(self._in_flight)
+
+    def wait_in_flight(self, timeout_s: float) -> bool:
+        """Wait until nothing is in flight; False on timeout."""
+        with self._flight:
+            return self._flight.wait_for(lambda: not self._in_flight, timeout_s)
+
+    def take_acked_spooled(self) -> list[SpooledEvent]:
+        """Spooled events acknowledged since the last call (for the replayer to remove from the spool)."""
+        with self._flight:
+            acked, self._acked_spooled = self._acked_spooled, []
+        return acked
+
+    def end_outage_if_drained(self) -> bool:
+        """Leave the outage when the spool is empty and nothing is in flight; returns ``not outage``."""
+        with self._lock:
+            if self._outage and self._kafka is not None and not self.in_flight() and self.spool.depth() == 0:
+                self._outage = False
+                log.info("spool drained; producing directly again")
+            return not self._outage
+
+
+def _partitions_for(kafka: KafkaProducer, topic: str) -> set[int] | None:
+    try:
+        return kafka.partitions_for(topic)
+    except kerr.KafkaTimeoutError:
+        return None
+
+
+def _shut(kafka: KafkaProducer) -> None:
+    """Close a client without waiting on the broker; what it still holds is aborted (and already spooled)."""
+    kafka._sender.force_close()  # noqa: SLF001 - close() alone flushes first, and gives up while records are stuck
+    kafka.close(timeout=1)

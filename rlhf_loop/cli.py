@@ -1,0 +1,228 @@
+"""The one command line, ``rlhf-loop``. Each subcommand imports its implementation inside the handler,
+so ``rlhf-loop --help`` and the light commands never import torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+app = typer.Typer(
+    help="rlhf-loop: serve a LoRA-adapted LM, turn thumbs-up/down into preference pairs, retrain, gate, deploy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="The base model: build the demo model kit, sample from a model.", no_args_is_help=True)
+spool_app = typer.Typer(help="The durable event spool: inspect it, drain it to the broker.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for apps, approvers and admins.", no_args_is_help=True)
+users_app = typer.Typer(help="End users' data.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(model_app, name="model")
+app.add_typer(spool_app, name="spool")
+app.add_typer(keys_app, name="keys")
+
+
+def _settings():  # noqa: ANN202 - keeps pydantic-settings out of import time
+    from rlhf_loop.settings import get_settings
+
+    return get_settings()
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed for the demo model's sampling and the simulated users.")] = 7,
+    samples: Annotated[int, typer.Option(help="Prompts to sample and rate.")] = 64,
+) -> None:
+    """Run the main job on embedded defaults (today: build the demo model, sample it, and let the simulated
+    users rate it, printing the baseline negative-feedback rate that training starts from)."""
+    from rlhf_loop.demo import run_baseline
+
+    run_baseline(_settings(), seed=seed, samples=samples)
+
+
+@model_app.command("build-demo")
+def build_demo(
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: model.demo_dir).")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a model is already there.")] = False,
+) -> None:
+    """Build the small GPT-2-style demo model and tokenizer deterministically (Hugging Face format)."""
+    from rlhf_loop.models.demo_kit import build_demo_model
+
+    path = build_demo_model(out or _settings().model.demo_dir, force=force)
+    typer.echo(f"demo model ready at {path}")
+
+
+@model_app.command("sample")
+def sample(
+    prompt: Annotated[list[str], typer.Argument(help="Prompt(s) to complete.")],
+    model: Annotated[str | None, typer.Option(help="Model path (default: the configured base model).")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Generate a response for each prompt and print it."""
+    from rlhf_loop.models.loading import generate, load_base, resolve_base_model
+
+    cfg = _settings().model
+    lm, tok = load_base(model or resolve_base_model(cfg), device="cpu")
+    for p, r in zip(prompt, generate(lm, tok, prompt, seed=seed), strict=True):
+        typer.echo(f"> {p}\n{r}\n")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default: api.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: api.port).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: api.workers).")] = None,
+) -> None:
+    """Run the inference API (uvicorn) until Ctrl-C."""
+    import uvicorn
+
+    cfg = _settings().api
+    uvicorn.run(
+        "services.inference.app:app_from_env", factory=True, host=host or cfg.host, port=port or cfg.port,
+        workers=workers or cfg.workers, log_level="info", access_log=cfg.access_log, timeout_graceful_shutdown=30,
+    )  # fmt: skip
+
+
+@app.command()
+def aggregate() -> None:
+    """Run one aggregator: Kafka responses and ratings -> SQL -> preference pairs (until Ctrl-C)."""
+    import logging
+
+    from workers.aggregator.main import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(_settings())
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@users_app.command("forget")
+def users_forget(user_ref: Annotated[str, typer.Argument(help="The pseudonymous user reference.")]) -> None:
+    """Delete a user's ratings and responses and re-derive the preference pairs they contributed to."""
+    from rlhf_loop.db import make_engine, make_sessionmaker
+    from workers.aggregator.forget import forget_user
+    from workers.aggregator.main import rules
+
+    settings = _settings()
+    engine = make_engine(settings.database)
+    groups = forget_user(make_sessionmaker(engine), user_ref, rules(settings))
+    engine.dispose()
+    typer.echo(f"forgot {user_ref}; re-derived the pairs of {groups} prompt group(s)")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who the key is for (an app id, a person).")],
+    role: Annotated[str, typer.Option(help="app | approver | admin")] = "app",
+) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+    from rlhf_loop.db import make_engine, make_sessionmaker
+    from services.inference.auth import create_key
+
+    if role not in ("app", "approver", "admin"):
+        raise click.BadParameter("role must be app, approver or admin", param_hint="--role")
+    engine = make_engine(_settings().database)
+    with make_sessionmaker(engine).begin() as session:
+        key = create_key(session, name, role)  # type: ignore[arg-type]
+    engine.dispose()
+    typer.echo(key)
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Loopback port to listen on (0 picks a free one).")] = 9092,
+) -> None:
+    """Run the embedded Kafka-protocol broker (Tansu, memory storage) in the foreground until Ctrl-C."""
+    from rlhf_loop.bus.broker import run_foreground
+
+    raise typer.Exit(run_foreground(port))
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision; 'head' for the newest.")] = "head",
+    down: Annotated[bool, typer.Option(help="Downgrade to REVISION instead ('base' drops everything).")] = False,
+) -> None:
+    """Apply the Alembic migrations to the configured database."""
+    from rlhf_loop.db import downgrade, upgrade
+
+    url = _settings().database.url
+    (downgrade if down else upgrade)(url, revision)
+    typer.echo(f"database {'downgraded' if down else 'upgraded'} to {revision}")
+
+
+@app.command("export-schemas")
+def export_schemas(
+    check: Annotated[bool, typer.Option(help="Only check that the checked-in files are current.")] = False,
+) -> None:
+    """Write the JSON Schema files of the event models to schemas/jsonschema/."""
+    from rlhf_loop.schema_export import stale_files, write_all
+
+    if check:
+        stale = stale_files()
+        if stale:
+            raise click.ClickException(f"stale JSON Schema files: {', '.join(stale)}; run rlhf-loop export-schemas")
+        typer.echo("JSON Schema files are current")
+        return
+    for path in write_all():
+        typer.echo(f"wrote {path}")
+
+
+@spool_app.command("status")
+def spool_status() -> None:
+    """Print how many events wait in the spool, per topic."""
+    from rlhf_loop.bus.spool import Spool
+
+    with Spool(_settings().spool.path) as spool:
+        counts = spool.depth_by_topic()
+    for topic, n in sorted(counts.items()):
+        typer.echo(f"{topic}\t{n}")
+    typer.echo(f"total\t{sum(counts.values())}")
+
+
+@spool_app.command("drain")
+def spool_drain(
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 60.0,
+) -> None:
+    """Produce every spooled event to the broker, oldest first, then exit."""
+    from rlhf_loop.bus.drain import drain_spool
+
+    try:
+        left = drain_spool(_settings(), timeout_s=timeout)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if left:
+        raise click.ClickException(f"{left} event(s) still spooled after {timeout:.0f} s")
+    typer.echo("spool is empty")
+
+
+@app.command()
+def config(
+    markdown: Annotated[bool, typer.Option(help="Print the configuration table as Markdown.")] = False,
+) -> None:
+    """Show every setting with its environment variable, default and meaning."""
+    from rlhf_loop.settings_doc import rows, to_markdown
+
+    if markdown:
+        typer.echo(to_markdown())
+        return
+    for env, default, doc in rows():
+        typer.echo(f"{env}={default}\t# {doc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 130
+    return result if isinstance(result, int) else 0

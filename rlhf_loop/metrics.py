@@ -1,0 +1,111 @@
+"""The catalog of every ``rlhf_*`` Prometheus metric, in one file (the dashboard test reads it).
+
+Each metric names the module that updates it. Labels are bounded: routes, topics, ratings,
+adapter ids from the registry; never user or request ids. For several API worker processes, set
+``PROMETHEUS_MULTIPROC_DIR`` before start: :func:`exposition` then aggregates them with a
+fresh registry per scrape.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from schemas.events import Topics
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+# --- inference API (services/inference) --------------------------------------------------------
+REQUEST_DURATION = Histogram(
+    "rlhf_request_duration_seconds", "HTTP request latency by route.", ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)  # services/inference/app.py (middleware)
+REQUESTS = Counter(
+    "rlhf_requests_total", "HTTP requests by route and status code class.", ["route", "status"]
+)  # services/inference/app.py (middleware)
+GENERATION_BATCH_SIZE = Histogram(
+    "rlhf_generation_batch_size", "Prompts per generation micro-batch.", buckets=BATCH_BUCKETS
+)  # services/inference/runtime/batching.py
+GENERATED_TOKENS = Counter(
+    "rlhf_generated_tokens_total", "Completion tokens generated.", ["adapter"]
+)  # services/inference/runtime/batching.py
+RATELIMIT_ERRORS = Counter(
+    "rlhf_ratelimit_errors_total", "Rate-limit checks that failed open because Redis was unreachable."
+)  # services/inference/ratelimit.py
+FEEDBACK_EVENTS = Counter(
+    "rlhf_feedback_events_total", "Feedback events accepted by the API.", ["rating", "adapter"]
+)  # services/inference/routes/feedback.py
+
+# --- event bus (rlhf_loop/bus) -----------------------------------------------------------------
+PRODUCE_ATTEMPTS = Counter(
+    "rlhf_produce_attempts_total", "Events handed to the Kafka producer.", ["topic"]
+)  # rlhf_loop/bus/producer.py
+PRODUCE_ERRORS = Counter(
+    "rlhf_produce_errors_total", "Events the broker did not acknowledge (then spooled).", ["topic"]
+)  # rlhf_loop/bus/producer.py
+SPOOLED_EVENTS = Counter(
+    "rlhf_spooled_events_total", "Events written to the durable spool.", ["topic"]
+)  # rlhf_loop/bus/producer.py
+REPLAYED_EVENTS = Counter(
+    "rlhf_spool_replayed_events_total", "Spooled events produced after the broker came back.", ["topic"]
+)  # rlhf_loop/bus/replayer.py
+SPOOL_DEPTH = Gauge(
+    "rlhf_spool_depth_events", "Events waiting in the durable spool.", multiprocess_mode="max"
+)  # rlhf_loop/bus/replayer.py
+CONSUMED_EVENTS = Counter(
+    "rlhf_consumed_events_total", "Events consumed and committed.", ["topic"]
+)  # rlhf_loop/bus/consumer.py
+CONSUMER_LAG = Gauge(
+    "rlhf_consumer_lag_messages", "Messages behind the partition's high watermark after the last batch.",
+    ["topic", "partition"], multiprocess_mode="max",
+)  # rlhf_loop/bus/consumer.py (Tansu's high watermark can be wrong: a dev-broker caveat)
+DEAD_LETTERS = Counter(
+    "rlhf_dead_letters_total", "Messages sent to the dead-letter topic.", ["topic"]
+)  # rlhf_loop/bus/consumer.py
+
+# --- aggregator (workers/aggregator) -----------------------------------------------------------
+AGGREGATED_EVENTS = Counter(
+    "rlhf_aggregated_events_total", "Events stored by the aggregator (duplicates included).", ["kind"]
+)  # workers/aggregator/handler.py
+PAIRS_BUILT = Counter("rlhf_pairs_built_total", "Preference pairs created.")  # workers/aggregator/handler.py
+AGGREGATE_BATCH_SECONDS = Histogram(
+    "rlhf_aggregate_batch_duration_seconds", "Time to store one consumed batch and re-derive its pairs.",
+    buckets=LATENCY_BUCKETS,
+)  # workers/aggregator/handler.py
+FEEDBACK_AWAITING_RESPONSE = Gauge(
+    "rlhf_feedback_awaiting_response", "Stored ratings whose response has not arrived yet.", multiprocess_mode="max"
+)  # workers/aggregator/handler.py
+ORPHAN_FEEDBACK_DROPPED = Counter(
+    "rlhf_orphan_feedback_dropped_total", "Ratings dropped after waiting too long for their response."
+)  # workers/aggregator/handler.py
+NEGATIVE_FEEDBACK_RATE = Gauge(
+    "rlhf_negative_feedback_rate", "Share of thumbs-down among ratings in the sliding window, per adapter.",
+    ["adapter"], multiprocess_mode="mostrecent",
+)  # workers/aggregator/window.py
+
+_PER_TOPIC = (PRODUCE_ATTEMPTS, PRODUCE_ERRORS, SPOOLED_EVENTS, REPLAYED_EVENTS, CONSUMED_EVENTS,
+              DEAD_LETTERS)
+for _topic in (Topics.RESPONSES, Topics.FEEDBACK):  # pre-create known label values
+    for _metric in _PER_TOPIC:
+        _metric.labels(_topic)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every metric and its content type. In multiprocess mode
+    (``PROMETHEUS_MULTIPROC_DIR`` set) a fresh registry aggregates all worker processes per scrape."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

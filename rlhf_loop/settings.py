@@ -1,0 +1,205 @@
+"""One Settings object for every process, read from ``RLHF_*`` environment variables.
+
+Nested groups use ``__``: ``RLHF_KAFKA__BOOTSTRAP_SERVERS=kafka:9092``. The embedded defaults need no
+environment at all: SQLite and artifacts under ``./var``, the embedded broker, the demo model.
+Call :func:`get_settings` only in ``cli.py`` and in factories; everything else receives the
+sub-settings group it uses.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_TOKEN_SECRET = "demo-secret-change-me"
+
+
+class _Group(BaseModel):
+    """A settings group: field docstrings become descriptions (the README table is built from them)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+
+class KafkaSettings(_Group):
+    """Kafka producer and consumer knobs."""
+
+    bootstrap_servers: str = ""
+    """Comma-separated host:port list; empty starts the embedded Kafka-protocol broker."""
+    client_id: str = "rlhf-loop"
+    """Client id sent to the broker (shows up in broker logs and quotas)."""
+    linger_ms: int = Field(50, ge=0, le=1000)
+    """How long the producer waits to fill a batch; larger batches cost the API less CPU per event."""
+    batch_size: int = Field(262_144, ge=1024)
+    """Producer batch size in bytes per partition."""
+    send_timeout_s: float = Field(5.0, gt=0, le=120)
+    """Bound on one produce (metadata wait + delivery); on expiry the event goes to the spool."""
+    consumer_group: str = "rlhf-aggregator"
+    """Consumer group of the aggregator instances."""
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    """Consumer max.poll.interval.ms; also the rebalance timeout (keep ~5 s against Tansu)."""
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    """Consumer session timeout."""
+    max_poll_records: int = Field(2000, ge=1)
+    """Most records one poll returns; one poll is one DB transaction in the consumers."""
+    partitions: int = Field(6, ge=1)
+    """Partitions per topic when this service creates its topics."""
+    dead_letter_limit: int = Field(1000, ge=1)
+    """Consecutive dead letters after which a consumer stops instead of dead-lettering everything."""
+    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
+    """Prefix of every topic name, for environments sharing one cluster (tests use a fresh one each)."""
+
+
+class SpoolSettings(_Group):
+    """Durable local spool for events the broker could not take."""
+
+    path: Path = Path("var/spool.sqlite3")
+    """SQLite (WAL) file holding spooled events until they are produced."""
+    replay_interval_s: float = Field(1.0, gt=0)
+    """How often the replayer retries the broker while the spool is not empty."""
+    replay_batch: int = Field(500, ge=1)
+    """Events the replayer produces per round, oldest first."""
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    """SQLite sync mode: NORMAL survives a process crash; FULL also a power loss (an fsync per append)."""
+
+
+class DatabaseSettings(_Group):
+    """SQL storage (SQLite embedded, PostgreSQL in production)."""
+
+    url: str = "sqlite:///var/rlhf.sqlite3"
+    """SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db."""
+    echo: bool = False
+    """Log every SQL statement."""
+    pool_size: int = Field(5, ge=1)
+    """Connection pool size (ignored for SQLite)."""
+
+
+class RedisSettings(_Group):
+    """Redis: rate limits, hot state, pub/sub, Celery broker."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL."""
+
+
+class TokenSettings(_Group):
+    """Signed feedback tokens (HMAC-SHA256 with a key id for rotation)."""
+
+    secret: str = DEMO_TOKEN_SECRET
+    """Current signing secret; the default is refused outside env=demo."""
+    key_id: str = "k1"
+    """Id of the current key, carried in every token."""
+    previous: dict[str, str] = {}
+    """Older key id -> secret, still accepted for verification during rotation."""
+    ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    """How long a feedback token stays valid."""
+
+
+class ModelSettings(_Group):
+    """The served base model."""
+
+    base_model: str = ""
+    """Hugging Face causal-LM path; empty uses the demo model (built on first use)."""
+    demo_dir: Path = Path("var/models/demo")
+    """Where the demo model kit writes and caches the demo model."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device for generation and training; auto picks CUDA when present."""
+
+
+class PairSettings(_Group):
+    """How ratings become preference pairs (the aggregator)."""
+
+    max_votes_per_rater: int = Field(5, ge=1)
+    """Ratings of one user that count within one prompt group (abuse cap)."""
+    max_pairs_per_group: int = Field(50, ge=1)
+    """Pairs kept per prompt group, heaviest first."""
+    margin_cap: int = Field(3, ge=1)
+    """Vote margin at which a pair reaches full weight 1.0."""
+    window_s: int = Field(900, ge=60)
+    """Sliding window of the negative-feedback-rate gauge."""
+
+
+class ApiSettings(_Group):
+    """The inference API server."""
+
+    host: str = "127.0.0.1"
+    """Interface `rlhf-loop serve` binds to."""
+    port: int = Field(8000, ge=0, le=65535)
+    """Port `rlhf-loop serve` listens on."""
+    workers: int = Field(1, ge=1)
+    """Uvicorn worker processes (each loads its own model copy)."""
+    access_log: bool = False
+    """Log every request line (costs ~20% of peak throughput; metrics cover the same ground)."""
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body accepted; larger ones get 413."""
+    rate_limit: int = Field(120, ge=1)
+    """Requests per user per window, per route group (generate, feedback)."""
+    rate_limit_window_s: int = Field(60, ge=1)
+    """Length of the rate-limit window."""
+    key_cache_ttl_s: float = Field(30.0, ge=0)
+    """How long a checked API key is trusted before it is looked up again (revocation delay)."""
+
+
+class RuntimeSettings(_Group):
+    """The model runtime inside the API."""
+
+    max_batch_size: int = Field(16, ge=1, le=256)
+    """Most /generate requests run together in one micro-batch."""
+    max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    """How long a micro-batch waits for more requests after its first one."""
+    torch_threads: int = Field(0, ge=0)
+    """torch intra-op threads for generation; 0 keeps torch's default."""
+    adapter_slots: int = Field(4, ge=2)
+    """Adapters kept loaded at once (active, canary and recent ones for rollback)."""
+
+
+class SimulatorSettings(_Group):
+    """Synthetic prompts and simulated users."""
+
+    seed: int = 7
+    """Seed for prompts, users and rating noise."""
+    n_prompts: int = Field(300, ge=1)
+    """Distinct prompts in the catalogue (Zipf head + long tail)."""
+    n_users: int = Field(200, ge=1)
+    """Simulated users."""
+    noise: float = Field(0.1, ge=0, le=0.5)
+    """Probability that a simulated user flips their rating."""
+
+
+class Settings(BaseSettings):
+    """All settings. Build one with ``Settings(...)`` in tests, never by editing os.environ."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RLHF_", env_nested_delimiter="__", extra="forbid", use_attribute_docstrings=True
+    )
+
+    env: Literal["demo", "dev", "prod"] = "demo"
+    """Deployment kind; demo allows the built-in secrets and auto-approval."""
+    data_dir: Path = Path("var")
+    """Root for local state: SQLite, spool, artifacts, models, reports."""
+    artifacts_dir: Path = Path("var/artifacts")
+    """Where adapters and reward models are stored (atomic writes, sha256 recorded)."""
+    kafka: KafkaSettings = KafkaSettings()
+    spool: SpoolSettings = SpoolSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    token: TokenSettings = TokenSettings()
+    model: ModelSettings = ModelSettings()
+    pairs: PairSettings = PairSettings()
+    api: ApiSettings = ApiSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+
+    @model_validator(mode="after")
+    def _refuse_demo_secrets(self) -> Settings:
+        if self.env != "demo" and self.token.secret == DEMO_TOKEN_SECRET:
+            raise ValueError("RLHF_TOKEN__SECRET must be set when RLHF_ENV is not 'demo'")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

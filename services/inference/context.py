@@ -1,0 +1,46 @@
+"""What the API's lifespan builds and the routes use, in one typed object on ``app.state.ctx``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from rlhf_loop.generation import Generation, GenerationRequest
+from rlhf_loop.settings import Settings
+from schemas.events import Event
+from services.inference.auth import KeyCache
+from services.inference.ratelimit import RateLimiter
+from services.inference.tokens import TokenKeys
+
+if TYPE_CHECKING:
+    from services.inference.runtime.adapters import AdapterManager
+    from services.inference.runtime.batching import MicroBatcher
+
+
+class EventSink(Protocol):
+    """Where the API logs events: never blocks on the broker, never loses an accepted event."""
+
+    def send(self, topic: str, event: Event) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+    def spooled(self) -> int: ...
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    keys: KeyCache
+    limiter: RateLimiter
+    token_keys: TokenKeys
+    events: EventSink
+    batcher: MicroBatcher[GenerationRequest, Generation]
+    adapters: AdapterManager
+    base_model: str
+    """The served base model's name, recorded on every ResponseLogged."""
+    closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+    """Shutdown steps, run in reverse order by the lifespan."""

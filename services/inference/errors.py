@@ -1,0 +1,64 @@
+"""The API's error vocabulary mapped to HTTP status in one place. Every error body is ErrorBody."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas.http import ErrorBody
+from services.inference.auth import AuthError
+from services.inference.runtime.batching import BatcherStopped
+from services.inference.tokens import TokenExpired, TokenInvalid
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"rate limit exceeded; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(code=code, message=message).model_dump(), status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every known error to a status and a stable code; nothing known becomes a 5xx."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, f"http_{exc.status_code}", str(exc.detail), exc.headers)
+
+    @app.exception_handler(AuthError)
+    async def _auth(_: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(TokenInvalid)
+    async def _token_invalid(_: Request, exc: TokenInvalid) -> JSONResponse:
+        return error_response(401, "invalid_feedback_token", str(exc))
+
+    @app.exception_handler(TokenExpired)
+    async def _token_expired(_: Request, exc: TokenExpired) -> JSONResponse:
+        return error_response(403, "expired_feedback_token", str(exc))
+
+    @app.exception_handler(RateLimited)
+    async def _limited(_: Request, exc: RateLimited) -> JSONResponse:
+        return error_response(429, "rate_limited", str(exc), {"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(BatcherStopped)
+    async def _stopping(_: Request, exc: BatcherStopped) -> JSONResponse:
+        return error_response(503, "shutting_down", str(exc), {"Retry-After": "1"})

@@ -1,0 +1,129 @@
+"""LoRA adapters in the serving model: validate on CPU, attach between batches, switch atomically.
+
+A hot-swap never fails a request: the new adapter is read and checked on the caller's thread,
+attached to the model on the batcher thread between two batches, and only then becomes the one
+new requests are routed to. Requests already queued keep the adapter id they were routed with;
+an adapter is detached only when it is neither active, canary, nor among the recent slots.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlhf_loop.generation import BASE
+
+if TYPE_CHECKING:
+    from rlhf_loop.models.engine import GenerationEngine
+    from services.inference.runtime.batching import MicroBatcher
+
+COMPAT_KEYS = ("peft_type", "task_type", "r", "lora_alpha", "target_modules")
+
+
+class AdapterLoadError(RuntimeError):
+    """The adapter could not be read or attached."""
+
+
+class AdapterIncompatible(AdapterLoadError):
+    """The adapter does not fit the served base model or the adapters already served."""
+
+
+def read_adapter_config(path: Path) -> dict:
+    """The PEFT adapter_config.json of ``path``; raises AdapterLoadError when missing or unreadable."""
+    try:
+        return json.loads((Path(path) / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AdapterLoadError(f"cannot read adapter config under {path}: {e}") from e
+
+
+def check_compatible(config: dict, module_names: set[str], reference: dict | None) -> None:
+    """Raise AdapterIncompatible naming the first key that differs.
+
+    ``module_names``: leaf module names of the base model (the adapter's target modules must exist);
+    ``reference``: the config of an adapter already served, whose shape-defining keys must match.
+    """
+    if config.get("peft_type") != "LORA":
+        raise AdapterIncompatible(f"peft_type is {config.get('peft_type')!r}, expected 'LORA'")
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    missing = sorted(set(targets) - module_names)
+    if missing:
+        raise AdapterIncompatible(f"target_modules {missing} do not exist in the base model")
+    if reference is not None:
+        for key in COMPAT_KEYS:
+            if _norm(config.get(key)) != _norm(reference.get(key)):
+                raise AdapterIncompatible(f"{key} differs: {config.get(key)!r} != served {reference.get(key)!r}")
+
+
+def _norm(value: object) -> object:
+    return sorted(value) if isinstance(value, list | set | tuple) else value
+
+
+class AdapterManager:
+    """Which adapters are attached to the engine's model, and which one new requests get."""
+
+    def __init__(self, engine: GenerationEngine, batcher: MicroBatcher, slots: int = 4) -> None:
+        self._engine = engine
+        self._batcher = batcher
+        self._slots = slots
+        self._lock = threading.Lock()
+        self._configs: OrderedDict[str, dict] = OrderedDict()  # attached adapters, least recent first
+        self._active = BASE
+        self._module_names = {name.rsplit(".", 1)[-1] for name, _ in engine.model.named_modules()}
+
+    @property
+    def active(self) -> str:
+        return self._active
+
+    @property
+    def loaded(self) -> list[str]:
+        return [BASE, *self._configs]
+
+    def activate(self, adapter_id: str, path: Path | None = None, timeout_s: float = 120.0) -> None:
+        """Make ``adapter_id`` the adapter new requests get, attaching it from ``path`` if needed.
+
+        Raises AdapterIncompatible or AdapterLoadError and leaves the served adapter unchanged.
+        """
+        if adapter_id != BASE and adapter_id not in self._configs:
+            if path is None:
+                raise AdapterLoadError(f"adapter {adapter_id!r} is not loaded and no path was given")
+            self.attach(adapter_id, path, timeout_s)
+        with self._lock:
+            self._active = adapter_id
+            if adapter_id in self._configs:
+                self._configs.move_to_end(adapter_id)
+        self._evict()
+
+    def attach(self, adapter_id: str, path: Path, timeout_s: float = 120.0) -> None:
+        """Validate and attach an adapter without routing requests to it (canary, warm-up)."""
+        config = read_adapter_config(path)
+        reference = next(iter(self._configs.values()), None)
+        check_compatible(config, self._module_names, reference)
+        try:
+            self._batcher.call_between_batches(lambda: self._attach_now(adapter_id, Path(path))).result(timeout_s)
+        except AdapterLoadError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise AdapterLoadError(f"attaching adapter {adapter_id!r} from {path} failed: {e}") from e
+        with self._lock:
+            self._configs[adapter_id] = config
+
+    def _attach_now(self, adapter_id: str, path: Path) -> None:  # batcher thread only
+        from peft import PeftModel
+
+        model = self._engine.model
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=adapter_id)
+        else:
+            self._engine.model = PeftModel.from_pretrained(model, str(path), adapter_name=adapter_id).eval()
+
+    def _evict(self) -> None:
+        with self._lock:
+            victims = [a for a in self._configs if a != self._active][: max(0, len(self._configs) - self._slots)]
+            for a in victims:
+                del self._configs[a]
+        for a in victims:
+            self._batcher.call_between_batches(lambda a=a: self._engine.model.delete_adapter(a))

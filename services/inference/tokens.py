@@ -1,0 +1,99 @@
+"""Signed feedback tokens: pure functions, no I/O.
+
+A token binds one response to one user: ``response_id``, ``prompt_hash``, ``adapter_id``,
+``user_ref`` and an expiry, signed with HMAC-SHA256 under the key named by its key id, so keys can
+rotate (sign with the current key, verify with current and previous ones). Format:
+``<kid>.<payload, base64url JSON>.<signature, base64url>``. Verification compares in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+
+class TokenInvalid(ValueError):
+    """Malformed, forged or altered token, or an unknown key id (HTTP 401)."""
+
+
+class TokenExpired(ValueError):
+    """A genuine token past its expiry (HTTP 403)."""
+
+
+@dataclass(frozen=True)
+class FeedbackClaims:
+    response_id: str
+    prompt_hash: str
+    adapter_id: str
+    user_ref: str
+    exp: int
+    """Unix time after which the token is refused."""
+
+
+@dataclass(frozen=True)
+class TokenKeys:
+    """The signing key and every key still accepted for verification."""
+
+    current_kid: str
+    secrets: Mapping[str, str]
+    """key id -> secret; must contain ``current_kid``."""
+
+    def __post_init__(self) -> None:
+        if self.current_kid not in self.secrets:
+            raise ValueError(f"no secret for the current key id {self.current_kid!r}")
+        if any("." in kid for kid in self.secrets):
+            raise ValueError("key ids must not contain '.'")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: str, kid: str, payload: str) -> bytes:
+    return hmac.new(secret.encode(), f"{kid}.{payload}".encode(), hashlib.sha256).digest()
+
+
+def issue(keys: TokenKeys, claims: FeedbackClaims) -> str:
+    """A token for ``claims`` signed with the current key."""
+    payload = _b64(json.dumps(asdict(claims), separators=(",", ":"), sort_keys=True).encode())
+    kid = keys.current_kid
+    return f"{kid}.{payload}.{_b64(_sign(keys.secrets[kid], kid, payload))}"
+
+
+def verify(keys: TokenKeys, token: str, now: float | None = None) -> FeedbackClaims:
+    """The claims of a genuine, unexpired token. Raises TokenInvalid or TokenExpired.
+
+    The signature is checked before the payload is parsed, so nothing unsigned is ever decoded.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenInvalid("malformed token")
+    kid, payload, signature = parts
+    secret = keys.secrets.get(kid)
+    if secret is None:
+        raise TokenInvalid("unknown key id")
+    try:
+        given = _unb64(signature)
+    except (binascii.Error, ValueError) as e:
+        raise TokenInvalid("malformed signature") from e
+    if _b64(given) != signature:  # one canonical spelling per signature: no malleable tokens
+        raise TokenInvalid("malformed signature")
+    if not hmac.compare_digest(_sign(secret, kid, payload), given):
+        raise TokenInvalid("bad signature")
+    try:
+        claims = FeedbackClaims(**json.loads(_unb64(payload)))
+    except (binascii.Error, ValueError, TypeError) as e:
+        raise TokenInvalid("malformed payload") from e
+    if (time.time() if now is None else now) >= claims.exp:
+        raise TokenExpired("token expired")
+    return claims

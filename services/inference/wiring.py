@@ -1,0 +1,99 @@
+"""Builds the API's context from settings (the lifespan calls this; heavy imports happen here).
+
+Order: database (migrated automatically only in the demo env), API keys, Redis rate limiter,
+event producer with its spool (and the embedded broker when no Kafka is configured), then the
+model runtime with the adapter the registry marks active. Shutdown runs in reverse: stop taking
+batches, flush or spool every event, close connections.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from sqlalchemy import select
+
+from rlhf_loop.bus.producer import EventProducer
+from rlhf_loop.bus.spool import Spool
+from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.settings import Settings
+from schemas.tables import Adapter, DeploymentPointer
+from services.inference.auth import KeyCache
+from services.inference.context import ApiContext
+from services.inference.ratelimit import RateLimiter
+from services.inference.tokens import TokenKeys
+
+log = logging.getLogger(__name__)
+
+
+def build_context(settings: Settings) -> ApiContext:
+    closers: list = []
+    if settings.env == "demo":
+        upgrade(settings.database.url)
+    engine = make_engine(settings.database)
+    closers.append(engine.dispose)
+    sessions = make_sessionmaker(engine)
+
+    client = aioredis.Redis.from_url(settings.redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    closers.append(client.aclose)
+    limiter = RateLimiter(client, settings.api.rate_limit, settings.api.rate_limit_window_s)
+
+    bootstrap = settings.kafka.bootstrap_servers
+    if not bootstrap:
+        from rlhf_loop.bus.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker(log_path=settings.data_dir / "broker.log").start()
+        closers.append(broker.stop)
+        bootstrap = broker.bootstrap_servers
+        log.warning("no Kafka configured: started an embedded broker on %s (memory storage)", bootstrap)
+    spool = Spool(settings.spool.path, settings.spool.synchronous)
+    closers.append(spool.close)
+    producer = EventProducer(bootstrap, settings.kafka, spool, settings.spool).start()
+    closers.append(producer.close)
+
+    batcher, adapters, base_model = _build_runtime(settings, sessions, closers)
+    token = settings.token
+    return ApiContext(
+        settings=settings, sessions=sessions, keys=KeyCache(sessions, settings.api.key_cache_ttl_s), limiter=limiter,
+        token_keys=TokenKeys(token.key_id, {**token.previous, token.key_id: token.secret}), events=producer,
+        batcher=batcher, adapters=adapters, base_model=base_model, closers=closers,
+    )  # fmt: skip
+
+
+def _build_runtime(settings: Settings, sessions, closers: list):  # noqa: ANN001, ANN202
+    import torch
+
+    from rlhf_loop.models.engine import GenerationEngine
+    from rlhf_loop.models.loading import load_base, resolve_base_model, resolve_device
+    from services.inference.runtime.adapters import AdapterManager
+    from services.inference.runtime.batching import MicroBatcher
+
+    if settings.runtime.torch_threads:
+        torch.set_num_threads(settings.runtime.torch_threads)
+    path = resolve_base_model(settings.model, progress=False)
+    device = resolve_device(settings.model.device)
+    model, tokenizer = load_base(path, device)
+    engine = GenerationEngine(model, tokenizer, device)
+    batcher = MicroBatcher(engine.generate, settings.runtime.max_batch_size, settings.runtime.max_wait_ms)
+    batcher.start()
+    closers.append(batcher.stop)
+    adapters = AdapterManager(engine, batcher, settings.runtime.adapter_slots)
+    with sessions() as session:
+        active = session.scalars(
+            select(Adapter).join(DeploymentPointer, DeploymentPointer.adapter_id == Adapter.id)
+            .where(DeploymentPointer.role == "active")
+        ).one_or_none()  # fmt: skip
+    if active is not None:
+        adapters.activate(active.id, Path(active.path))
+    log.info("serving %s with adapter %s on %s", path, adapters.active, device)
+    return batcher, adapters, Path(path).name if not settings.model.base_model else settings.model.base_model
+
+
+async def close_context(ctx: ApiContext) -> None:
+    """Run the shutdown steps in reverse order of construction."""
+    for close in reversed(ctx.closers):
+        result = close()
+        if inspect.isawaitable(result):
+            await result

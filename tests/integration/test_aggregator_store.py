@@ -1,0 +1,104 @@
+"""Aggregator storage on SQLite and PostgreSQL: replays add nothing, the latest rating wins,
+pairs of a group are replaced by each fresh derivation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.settings import DatabaseSettings
+from schemas.events import FeedbackGiven, ResponseLogged, SamplingParams, prompt_hash
+from schemas.tables import Feedback, PreferencePair, Response
+from workers.aggregator.pairs import build_pairs
+from workers.aggregator.store import (
+    insert_responses,
+    orphan_feedback,
+    replace_pairs,
+    upsert_feedback,
+    votes_by_group,
+)
+
+pytestmark = pytest.mark.integration
+PH = prompt_hash("where is my order?")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def session(request: pytest.FixtureRequest) -> Iterator[Session]:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    upgrade(url)
+    engine = make_engine(DatabaseSettings(url=url))
+    with make_sessionmaker(engine)() as s:
+        yield s
+    engine.dispose()
+
+
+def response(rid: str) -> ResponseLogged:
+    return ResponseLogged(
+        response_id=rid, request_id="q", app_id="app", user_ref="author", prompt="where is my order?",
+        prompt_hash=PH, response=f"text of {rid}", adapter_id="base", base_model="demo",
+        sampling=SamplingParams(), prompt_tokens=5, completion_tokens=7, latency_ms=1.0,
+    )  # fmt: skip
+
+
+def rating(rid: str, user: str, value: int, minute: int) -> FeedbackGiven:
+    return FeedbackGiven(response_id=rid, prompt_hash=PH, adapter_id="base", user_ref=user, rating=value,
+                         created_at=T0 + timedelta(minutes=minute))  # fmt: skip
+
+
+def count(session: Session, table: type) -> int:
+    return session.scalar(select(func.count()).select_from(table))
+
+
+def test_replays_add_no_rows(session: Session) -> None:
+    events = [response("r1"), response("r2")]
+    votes = [rating("r1", "u1", 1, 0), rating("r2", "u1", -1, 1)]
+    for _ in range(3):
+        with session.begin():
+            insert_responses(session, events)
+            upsert_feedback(session, votes)
+    assert count(session, Response) == 2
+    assert count(session, Feedback) == 2
+
+
+def test_latest_rating_wins_whatever_the_arrival_order(session: Session) -> None:
+    first, second = rating("r1", "u1", 1, 0), rating("r1", "u1", -1, 5)
+    with session.begin():
+        upsert_feedback(session, [second])
+    with session.begin():
+        upsert_feedback(session, [first])  # arrives late, is older: ignored
+    with session.begin():
+        upsert_feedback(session, [first, second, first])  # both in one batch
+    assert session.scalars(select(Feedback.rating)).all() == [-1]
+
+
+def test_feedback_waits_for_its_response_and_pairs_follow_the_votes(session: Session) -> None:
+    with session.begin():
+        upsert_feedback(session, [rating("r1", "u1", 1, 0), rating("r2", "u2", -1, 0)])
+        insert_responses(session, [response("r1")])
+        assert [v.response_id for v in votes_by_group(session, [PH])[PH]] == ["r1"]  # r2 not arrived yet
+        insert_responses(session, [response("r2")])
+        pairs, _ = build_pairs(PH, votes_by_group(session, [PH])[PH])
+        assert replace_pairs(session, [PH], pairs) == 1
+        assert replace_pairs(session, [PH], pairs) == 0  # idempotent
+    with session.begin():
+        upsert_feedback(session, [rating("r2", "u2", 1, 9)])  # u2 changes their mind: no down label left
+        pairs, _ = build_pairs(PH, votes_by_group(session, [PH])[PH])
+        replace_pairs(session, [PH], pairs)
+    assert count(session, PreferencePair) == 0
+
+
+def test_orphan_ratings_are_counted_and_dropped_after_their_ttl(session: Session) -> None:
+    with session.begin():
+        upsert_feedback(session, [rating("r1", "u1", 1, 0), rating("r9", "u1", 1, 0)])
+        insert_responses(session, [response("r1")])
+    with session.begin():
+        assert orphan_feedback(session, older_than=T0) == (1, 0)  # r9 waits; too young to drop
+    with session.begin():
+        assert orphan_feedback(session, older_than=datetime.now(UTC) + timedelta(days=1)) == (0, 1)
+    assert count(session, Feedback) == 1

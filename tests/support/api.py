@@ -1,0 +1,55 @@
+"""Start the real inference API (``rlhf-loop serve`` under uvicorn) for a test, with an app key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.processes import ServiceProcess, free_port
+
+
+@dataclass
+class Api:
+    process: ServiceProcess
+    url: str
+    app_key: str
+    approver_key: str
+    env: dict[str, str]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.app_key}"}
+
+    def restart(self) -> None:
+        self.process.stop()
+        self.process.start(ready_url=f"{self.url}/readyz")
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "rlhf_loop", *args], env=env, capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def start_api(workdir: Path, db_url: str, bootstrap: str, demo_model_dir: Path, redis_url: str,
+              **settings: str) -> Api:  # fmt: skip
+    """Migrate, create keys, start the server and wait for /readyz. ``settings``: extra RLHF_* values."""
+    import os
+
+    port = free_port()
+    env = {
+        **os.environ, "RLHF_DATA_DIR": str(workdir), "RLHF_DATABASE__URL": db_url,
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "RLHF_KAFKA__SEND_TIMEOUT_S": "2",
+        "RLHF_SPOOL__PATH": str(workdir / "spool.sqlite3"), "RLHF_SPOOL__REPLAY_INTERVAL_S": "0.2",
+        "RLHF_MODEL__DEMO_DIR": str(demo_model_dir), "RLHF_REDIS__URL": redis_url, "RLHF_API__PORT": str(port),
+        **{f"RLHF_{k.upper()}": v for k, v in settings.items()},
+    }  # fmt: skip
+    cli(env, "migrate")
+    app_key = cli(env, "keys", "create", "shop-app", "--role", "app")
+    approver_key = cli(env, "keys", "create", "ml-team", "--role", "approver")
+    process = ServiceProcess(["serve"], env, workdir / "api.log")
+    url = f"http://127.0.0.1:{port}"
+    process.start(ready_url=f"{url}/readyz")
+    return Api(process, url, app_key, approver_key, env)

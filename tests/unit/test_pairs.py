@@ -1,0 +1,69 @@
+"""Pair building: hand-checked cases plus properties over random vote sets (hypothesis)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers.aggregator.pairs import PairRules, Vote, build_pairs, labels
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PH = "a" * 32
+
+
+def vote(response: str, user: str, rating: int, minute: int = 0) -> Vote:
+    return Vote(response, user, rating, T0 + timedelta(minutes=minute))
+
+
+def test_majority_labels_and_ties() -> None:
+    votes = [vote("r1", "u1", 1), vote("r1", "u2", 1), vote("r1", "u3", -1), vote("r2", "u1", 1), vote("r2", "u2", -1)]
+    assert [(lb.response_id, lb.label, lb.margin) for lb in labels(votes)] == [("r1", 1, 1)]  # r2 is a tie
+
+
+def test_pairs_and_weights() -> None:
+    votes = [vote("good", f"u{i}", 1) for i in range(4)] + [vote("bad", "u9", -1)] + [vote("meh", "u8", 1)]
+    pairs, group_labels = build_pairs(PH, votes, PairRules(margin_cap=3))
+    assert {(p.chosen_response_id, p.rejected_response_id, p.margin) for p in pairs} == {("good", "bad", 1),
+                                                                                         ("meh", "bad", 1)}
+    assert all(abs(p.weight - 1 / 3) < 1e-9 for p in pairs)
+    assert len(group_labels) == 3
+
+
+def test_one_rater_cannot_dominate_a_group() -> None:
+    spam = [vote(f"r{i}", "troll", -1, minute=i) for i in range(10)]
+    fans = [vote("r0", "u1", 1), vote("r0", "u2", 1)]
+    pairs, group_labels = build_pairs(PH, spam + fans, PairRules(max_votes_per_rater=2))
+    assert {lb.response_id for lb in group_labels if lb.label < 0} == {"r1"}  # only the troll's first two count
+    assert [(p.chosen_response_id, p.rejected_response_id) for p in pairs] == [("r0", "r1")]
+
+
+votes_strategy = st.lists(
+    st.builds(vote, st.sampled_from([f"r{i}" for i in range(8)]), st.sampled_from([f"u{i}" for i in range(6)]),
+              st.sampled_from([1, -1]), st.integers(0, 50)),
+    max_size=60,
+).map(lambda vs: list({(v.response_id, v.user_ref): v for v in vs}.values()))  # one current vote per (response, user)
+
+
+@settings(max_examples=200, deadline=None)
+@given(votes_strategy, st.integers(1, 4), st.integers(1, 12), st.randoms(use_true_random=False))
+def test_pair_properties(votes: list[Vote], per_rater: int, per_group: int, rnd: random.Random) -> None:
+    rules = PairRules(max_votes_per_rater=per_rater, max_pairs_per_group=per_group)
+    pairs, group_labels = build_pairs(PH, votes, rules)
+    by_id = {lb.response_id: lb.label for lb in group_labels}
+    assert len(pairs) <= per_group
+    assert len({p.pair_key for p in pairs}) == len(pairs)
+    for p in pairs:
+        assert p.chosen_response_id != p.rejected_response_id
+        assert by_id[p.chosen_response_id] == 1 and by_id[p.rejected_response_id] == -1
+        assert 0 < p.weight <= 1
+    per_user_counted: dict[str, int] = {}
+    for v in votes:
+        per_user_counted[v.user_ref] = per_user_counted.get(v.user_ref, 0) + 1
+    total_margin = sum(lb.margin for lb in group_labels)
+    assert total_margin <= sum(min(n, per_rater) for n in per_user_counted.values())
+    shuffled = list(votes)
+    rnd.shuffle(shuffled)
+    assert build_pairs(PH, shuffled, rules) == (pairs, group_labels)

@@ -1,0 +1,17 @@
+"""Forgetting a user: their data goes, and every pair it contributed to is re-derived, in one transaction."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from workers.aggregator.handler import rederive
+from workers.aggregator.pairs import PairRules
+from workers.aggregator.store import delete_user_data
+
+
+def forget_user(sessions: sessionmaker[Session], user_ref: str, rules: PairRules) -> int:
+    """Delete ``user_ref``'s ratings and responses; returns how many prompt groups were re-derived."""
+    with sessions.begin() as session:
+        groups = delete_user_data(session, user_ref)
+        rederive(session, groups, rules)
+    return len(groups)

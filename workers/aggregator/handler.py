@@ -1,0 +1,88 @@
+"""The aggregator's composer: one consumed batch -> store responses and feedback -> re-derive the
+pairs of every prompt group the batch touched, all in one DB transaction. The consumer commits
+the batch's offsets only after this returns (so after the DB commit).
+
+Redelivered events are harmless: the Redis dedup check skips work for events already stored, and
+if Redis forgot them, the SQL constraints make their writes no-ops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from rlhf_loop.bus.consumer import Record
+from rlhf_loop.metrics import (
+    AGGREGATE_BATCH_SECONDS,
+    AGGREGATED_EVENTS,
+    FEEDBACK_AWAITING_RESPONSE,
+    ORPHAN_FEEDBACK_DROPPED,
+    PAIRS_BUILT,
+)
+from schemas.events import FeedbackGiven, ResponseLogged
+from workers.aggregator.pairs import PairRules, build_pairs
+from workers.aggregator.store import (
+    insert_responses,
+    orphan_feedback,
+    replace_pairs,
+    upsert_feedback,
+    votes_by_group,
+)
+from workers.aggregator.window import HotState
+
+log = logging.getLogger(__name__)
+
+
+def rederive(session: Session, prompt_hashes: Iterable[str], rules: PairRules) -> int:
+    """Recompute and store the pairs of these prompt groups; returns how many pairs are new."""
+    groups = votes_by_group(session, prompt_hashes)
+    pairs = [p for group, votes in groups.items() for p in build_pairs(group, votes, rules)[0]]
+    return replace_pairs(session, groups, pairs)
+
+
+class AggregatorHandler:
+    def __init__(self, sessions: sessionmaker[Session], rules: PairRules, hot: HotState | None = None,
+                 orphan_ttl_s: float = 7 * 24 * 3600, housekeeping_s: float = 10.0) -> None:  # fmt: skip
+        self._sessions = sessions
+        self._rules = rules
+        self._hot = hot
+        self._orphan_ttl_s = orphan_ttl_s
+        self._housekeeping_s = housekeeping_s
+        self._last_housekeeping = 0.0
+
+    def __call__(self, records: list[Record]) -> None:
+        started = time.perf_counter()
+        events = [r.event for r in records]
+        fresh = self._hot.unseen(events) if self._hot else events
+        responses = [e for e in fresh if isinstance(e, ResponseLogged)]
+        feedback = [e for e in fresh if isinstance(e, FeedbackGiven)]
+        if responses or feedback:
+            with self._sessions.begin() as session:
+                insert_responses(session, responses)
+                upsert_feedback(session, feedback)
+                new_pairs = rederive(session, {e.prompt_hash for e in [*responses, *feedback]}, self._rules)
+            PAIRS_BUILT.inc(new_pairs)
+            log.info("stored %d responses, %d ratings; %d new pairs", len(responses), len(feedback), new_pairs)
+        if self._hot:
+            self._hot.mark_stored(fresh)
+            self._hot.count(feedback)
+            self._hot.rates()
+        AGGREGATED_EVENTS.labels("response").inc(len(responses))
+        AGGREGATED_EVENTS.labels("feedback").inc(len(feedback))
+        AGGREGATE_BATCH_SECONDS.observe(time.perf_counter() - started)
+        if time.monotonic() - self._last_housekeeping >= self._housekeeping_s:
+            self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """Bound the ratings waiting for their response: count them, drop those older than the TTL."""
+        self._last_housekeeping = time.monotonic()
+        with self._sessions.begin() as session:
+            waiting, dropped = orphan_feedback(session, datetime.now(UTC) - timedelta(seconds=self._orphan_ttl_s))
+        FEEDBACK_AWAITING_RESPONSE.set(waiting)
+        if dropped:
+            ORPHAN_FEEDBACK_DROPPED.inc(dropped)
+            log.warning("dropped %d ratings whose response never arrived", dropped)

@@ -1,0 +1,50 @@
+"""``rlhf-loop aggregate``: one aggregator instance; several instances form one consumer group and
+share the partitions (both topics are keyed by prompt group, so a group lives on one instance)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import redis
+
+from rlhf_loop.bus.consumer import BatchConsumer, make_consumer, make_dead_letter_producer
+from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.settings import Settings
+from schemas.events import Topics
+from workers.aggregator.handler import AggregatorHandler
+from workers.aggregator.pairs import PairRules
+from workers.aggregator.window import HotState
+
+log = logging.getLogger(__name__)
+
+
+def rules(settings: Settings) -> PairRules:
+    cfg = settings.pairs
+    return PairRules(cfg.max_votes_per_rater, cfg.max_pairs_per_group, cfg.margin_cap)
+
+
+def build(settings: Settings) -> BatchConsumer:
+    """A ready consumer (subscribed, not yet polling). Raises ValueError without a broker address."""
+    if not settings.kafka.bootstrap_servers:
+        raise ValueError("RLHF_KAFKA__BOOTSTRAP_SERVERS is not set: the aggregator needs a broker")
+    if settings.env == "demo":
+        upgrade(settings.database.url)
+    sessions = make_sessionmaker(make_engine(settings.database))
+    hot = HotState(redis.Redis.from_url(settings.redis.url), sessions, settings.pairs.window_s)
+    handler = AggregatorHandler(sessions, rules(settings), hot)
+    bootstrap = settings.kafka.bootstrap_servers
+    return BatchConsumer(make_consumer(bootstrap, settings.kafka), [Topics.RESPONSES, Topics.FEEDBACK], handler,
+                         make_dead_letter_producer(bootstrap, settings.kafka), settings.kafka)  # fmt: skip
+
+
+def run(settings: Settings) -> None:
+    """Consume until SIGTERM/SIGINT; then finish the batch in hand, commit it and leave the group."""
+    consumer = build(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: consumer.stopping.set())
+    log.info("aggregating %s into %s", settings.kafka.bootstrap_servers, settings.database.url.split("@")[-1])
+    try:
+        consumer.run()
+    finally:
+        consumer.close()

@@ -1,0 +1,96 @@
+"""Preference pairs from ratings: pure functions over one prompt group, independent of event order.
+
+Rules (DESIGN.md, "Preference pairs"):
+1. A rater's influence is capped: in one group, at most ``max_votes_per_rater`` of a user's ratings
+   count (the earliest by ``created_at``, ties by response id).
+2. A response's label is the sign of its vote sum (majority); a tie gives no label.
+3. Every (up-labelled, down-labelled) pair of distinct responses is a pair, chosen = up.
+4. Weight grows with the weaker side's margin: ``min(margin_up, margin_down, cap) / cap``.
+5. At most ``max_pairs_per_group`` pairs per group: heaviest first, ties by (chosen, rejected) id.
+Labels that end up in no pair are still returned (for KTO-style training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Vote:
+    response_id: str
+    user_ref: str
+    rating: int
+    """+1 or -1: the user's current rating of the response."""
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Label:
+    response_id: str
+    label: int
+    """+1 (majority up) or -1 (majority down)."""
+    margin: int
+    """|up votes - down votes| after capping."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    pair_key: str
+    prompt_hash: str
+    chosen_response_id: str
+    rejected_response_id: str
+    weight: float
+    margin: int
+
+
+@dataclass(frozen=True)
+class PairRules:
+    max_votes_per_rater: int = 5
+    """Ratings of one user that count within one prompt group."""
+    max_pairs_per_group: int = 50
+    """Pairs kept per prompt group."""
+    margin_cap: int = 3
+    """Margin at which a pair reaches full weight 1.0."""
+
+
+def pair_key(prompt_hash: str, chosen: str, rejected: str) -> str:
+    return hashlib.sha256(f"{prompt_hash}|{chosen}|{rejected}".encode()).hexdigest()
+
+
+def capped_votes(votes: list[Vote], max_per_rater: int) -> list[Vote]:
+    """Each user's earliest ``max_per_rater`` votes in the group (rule 1)."""
+    by_user: dict[str, list[Vote]] = defaultdict(list)
+    for v in votes:
+        by_user[v.user_ref].append(v)
+    kept = []
+    for user_votes in by_user.values():
+        kept += sorted(user_votes, key=lambda v: (v.created_at, v.response_id))[:max_per_rater]
+    return kept
+
+
+def labels(votes: list[Vote], rules: PairRules = PairRules()) -> list[Label]:
+    """Majority label per response, sorted by response id; ties are left out (rule 2)."""
+    totals: dict[str, int] = defaultdict(int)
+    for v in capped_votes(votes, rules.max_votes_per_rater):
+        totals[v.response_id] += v.rating
+    return [Label(r, 1 if t > 0 else -1, abs(t)) for r, t in sorted(totals.items()) if t != 0]
+
+
+def build_pairs(prompt_hash: str, votes: list[Vote], rules: PairRules = PairRules()) -> tuple[list[Pair], list[Label]]:
+    """The group's pairs (rules 3-5, sorted by pair key) and its labels."""
+    group_labels = labels(votes, rules)
+    ups = [lb for lb in group_labels if lb.label > 0]
+    downs = [lb for lb in group_labels if lb.label < 0]
+    cap = rules.margin_cap
+    # rank every candidate by cheap integers first; hash keys only for the pairs that are kept
+    ranked = sorted((-min(u.margin, d.margin, cap), u.response_id, d.response_id, u.margin, d.margin)
+                    for u in ups for d in downs)[: rules.max_pairs_per_group]  # fmt: skip
+    pairs = [
+        Pair(pair_key=pair_key(prompt_hash, chosen, rejected), prompt_hash=prompt_hash, chosen_response_id=chosen,
+             rejected_response_id=rejected, weight=-neg_weight / cap, margin=min(mu, md))
+        for neg_weight, chosen, rejected, mu, md in ranked
+    ]  # fmt: skip
+    return sorted(pairs, key=lambda p: p.pair_key), group_labels

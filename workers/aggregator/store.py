@@ -1,0 +1,133 @@
+"""Idempotent SQL writes of the aggregator. Functions take a Session and never commit.
+
+- responses: insert, ignore a duplicate ``event_id``/``response_id`` (redelivery is harmless);
+- feedback: one row per (response, user); a later rating (by ``created_at``, then ``event_id``)
+  replaces an earlier one, an older or duplicate one changes nothing;
+- pairs: a prompt group's pairs are replaced by a fresh derivation (insert new keys, update
+  weights, delete keys that no longer hold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from schemas.events import FeedbackGiven, ResponseLogged
+from schemas.tables import Feedback, PreferencePair, Response
+from workers.aggregator.pairs import Pair, Vote
+
+
+def _insert(session: Session, mapped):  # noqa: ANN001, ANN202 - a dialect insert construct
+    """A Core INSERT on the mapped class's table (Core executemany skips the ORM's per-row bookkeeping)."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(mapped.__table__)
+
+
+def insert_responses(session: Session, events: Sequence[ResponseLogged]) -> None:
+    if not events:
+        return
+    rows = [
+        dict(
+            event_id=e.event_id, response_id=e.response_id, request_id=e.request_id, app_id=e.app_id,
+            user_ref=e.user_ref, prompt=e.prompt, prompt_hash=e.prompt_hash, response=e.response,
+            adapter_id=e.adapter_id, base_model=e.base_model, sampling=e.sampling.model_dump(),
+            prompt_tokens=e.prompt_tokens, completion_tokens=e.completion_tokens, latency_ms=e.latency_ms,
+            created_at=e.created_at,
+        )  # fmt: skip
+        for e in events
+    ]
+    session.execute(_insert(session, Response).on_conflict_do_nothing(), rows)
+
+
+def upsert_feedback(session: Session, events: Sequence[FeedbackGiven]) -> None:
+    """Latest rating wins per (response, user); replays and stale ratings are no-ops."""
+    if not events:
+        return
+    latest: dict[tuple[str, str], FeedbackGiven] = {}
+    for e in events:  # one statement row per key: ON CONFLICT cannot touch a row twice
+        key = (e.response_id, e.user_ref)
+        if key not in latest or (e.created_at, str(e.event_id)) > (latest[key].created_at, str(latest[key].event_id)):
+            latest[key] = e
+    rows = [
+        dict(
+            event_id=e.event_id, response_id=e.response_id, prompt_hash=e.prompt_hash, adapter_id=e.adapter_id,
+            user_ref=e.user_ref, rating=e.rating, comment=e.comment, created_at=e.created_at,
+        )  # fmt: skip
+        for e in latest.values()
+    ]
+    stmt = _insert(session, Feedback)
+    table = Feedback.__table__.c
+    newer = tuple_(table.created_at, table.event_id) < tuple_(stmt.excluded.created_at, stmt.excluded.event_id)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.response_id, table.user_ref],
+        set_={c: stmt.excluded[c] for c in ("event_id", "rating", "comment", "created_at", "adapter_id")},
+        where=newer,
+    )
+    session.execute(stmt, rows)
+
+
+def votes_by_group(session: Session, prompt_hashes: Iterable[str]) -> dict[str, list[Vote]]:
+    """Current votes of each prompt group on responses that have arrived (feedback waiting for its
+    response does not count until the response is stored). One query for all groups."""
+    hashes = sorted(set(prompt_hashes))
+    groups: dict[str, list[Vote]] = {h: [] for h in hashes}
+    if not hashes:
+        return groups
+    rows = session.execute(
+        select(Feedback.prompt_hash, Feedback.response_id, Feedback.user_ref, Feedback.rating, Feedback.created_at)
+        .join(Response, Response.response_id == Feedback.response_id)
+        .where(Feedback.prompt_hash.in_(hashes))
+    )
+    for group, r, u, rating, at in rows:
+        groups[group].append(Vote(r, u, rating, at))
+    return groups
+
+
+def replace_pairs(session: Session, prompt_hashes: Iterable[str], pairs: Sequence[Pair]) -> int:
+    """Make the stored pairs of these prompt groups equal ``pairs``; returns how many keys are new."""
+    hashes = sorted(set(prompt_hashes))
+    keys = [p.pair_key for p in pairs]
+    stale = delete(PreferencePair).where(PreferencePair.prompt_hash.in_(hashes))
+    session.execute(stale.where(PreferencePair.pair_key.not_in(keys)) if keys else stale)
+    if not pairs:
+        return 0
+    existing = set(session.scalars(select(PreferencePair.pair_key).where(PreferencePair.pair_key.in_(keys))))
+    rows = [
+        dict(
+            pair_key=p.pair_key, prompt_hash=p.prompt_hash, chosen_response_id=p.chosen_response_id,
+            rejected_response_id=p.rejected_response_id, weight=p.weight, margin=p.margin,
+        )  # fmt: skip
+        for p in pairs
+    ]
+    stmt = _insert(session, PreferencePair)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[PreferencePair.__table__.c.pair_key],
+            set_={"weight": stmt.excluded.weight, "margin": stmt.excluded.margin, "updated_at": func.now()},
+        ),
+        rows,
+    )
+    return len(set(keys) - existing)
+
+
+def delete_user_data(session: Session, user_ref: str) -> set[str]:
+    """Delete the user's ratings and the responses generated for them; returns the prompt groups
+    touched, whose pairs the caller must re-derive in the same transaction."""
+    groups = set(session.scalars(select(Feedback.prompt_hash).where(Feedback.user_ref == user_ref)))
+    groups |= set(session.scalars(select(Response.prompt_hash).where(Response.user_ref == user_ref)))
+    session.execute(delete(Feedback).where(Feedback.user_ref == user_ref))
+    session.execute(delete(Response).where(Response.user_ref == user_ref))
+    return groups
+
+
+def orphan_feedback(session: Session, older_than: datetime) -> tuple[int, int]:
+    """Ratings whose response never arrived: delete those stored before ``older_than``; returns
+    (how many are still waiting, how many were deleted)."""
+    orphan = ~select(Response.id).where(Response.response_id == Feedback.response_id).exists()
+    deleted = session.execute(delete(Feedback).where(orphan, Feedback.ingested_at < older_than)).rowcount
+    waiting = session.scalar(select(func.count()).select_from(Feedback).where(orphan))
+    return waiting, deleted

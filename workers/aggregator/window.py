@@ -1,0 +1,122 @@
+"""Hot state in Redis: which events were already stored (a dedup fast path) and the sliding-window
+count of ratings per adapter behind ``rlhf_negative_feedback_rate``.
+
+SQL is the source of truth. Redis only saves work and answers fast: if it loses its data (a flush,
+a restart), the sentinel key is gone, and the next batch rebuilds the window from the feedback
+table before counting anything.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from rlhf_loop.metrics import NEGATIVE_FEEDBACK_RATE
+from schemas.events import Event, FeedbackGiven
+from schemas.tables import Feedback
+
+BUCKET_S = 60
+
+
+class HotState:
+    def __init__(self, client: redis.Redis, sessions: sessionmaker[Session], window_s: int = 900,
+                 prefix: str = "rlhf:agg") -> None:  # fmt: skip
+        self._r = client
+        self._sessions = sessions
+        self._window_s = window_s
+        self._prefix = prefix
+        self._sentinel = f"{prefix}:window-built"
+
+    # --- dedup -----------------------------------------------------------------------------------
+    def _seen_key(self, event: Event) -> str:
+        return f"{self._prefix}:seen:{int(event.created_at.timestamp()) // 3600}"  # one set per hour of events
+
+    def _by_seen_key(self, events: Sequence[Event]) -> dict[str, list[Event]]:
+        groups: dict[str, list[Event]] = defaultdict(list)
+        for e in events:
+            groups[self._seen_key(e)].append(e)
+        return groups
+
+    def unseen(self, events: Sequence[Event]) -> list[Event]:
+        """The events not yet marked stored (all of them if Redis lost its data). One command per hour."""
+        groups = self._by_seen_key(events)
+        pipe = self._r.pipeline(transaction=False)
+        for key, group in groups.items():
+            pipe.smismember(key, [str(e.event_id) for e in group])
+        fresh = {id(e) for group, seen in zip(groups.values(), pipe.execute(), strict=True)
+                 for e, s in zip(group, seen, strict=True) if not s}  # fmt: skip
+        return [e for e in events if id(e) in fresh]
+
+    def mark_stored(self, events: Sequence[Event]) -> None:
+        """Call after the DB transaction committed."""
+        pipe = self._r.pipeline(transaction=False)
+        for key, group in self._by_seen_key(events).items():
+            pipe.sadd(key, *[str(e.event_id) for e in group])
+            pipe.expire(key, 48 * 3600)
+        pipe.execute()
+
+    # --- sliding window --------------------------------------------------------------------------
+    def _bucket_key(self, adapter: str, bucket: int) -> str:
+        return f"{self._prefix}:fb:{adapter}:{bucket}"
+
+    def count(self, feedback: Sequence[FeedbackGiven]) -> None:
+        """Count new (not previously counted) ratings into their minute buckets."""
+        if not self._r.exists(self._sentinel):
+            self.rebuild()
+            return  # the rebuild read them from SQL already
+        counts: dict[tuple[str, int, str], int] = defaultdict(int)
+        for e in feedback:
+            counts[(e.adapter_id, int(e.created_at.timestamp()) // BUCKET_S, "down" if e.rating < 0 else "up")] += 1
+        pipe = self._r.pipeline(transaction=False)
+        for (adapter, bucket, field), n in counts.items():
+            key = self._bucket_key(adapter, bucket)
+            pipe.hincrby(key, field, n)
+            pipe.expire(key, self._window_s + 2 * BUCKET_S)
+        if counts:
+            pipe.sadd(f"{self._prefix}:adapters", *{a for a, _, _ in counts})
+        pipe.execute()
+
+    def rebuild(self) -> None:
+        """Recompute the window from the feedback table (the source of truth)."""
+        since = datetime.now(UTC) - timedelta(seconds=self._window_s + BUCKET_S)
+        counts: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})
+        with self._sessions() as session:
+            for adapter, rating, at in session.execute(
+                select(Feedback.adapter_id, Feedback.rating, Feedback.created_at).where(Feedback.created_at >= since)
+            ):
+                counts[(adapter, int(at.timestamp()) // BUCKET_S)]["down" if rating < 0 else "up"] += 1
+        pipe = self._r.pipeline(transaction=True)
+        for (adapter, bucket), c in counts.items():
+            key = self._bucket_key(adapter, bucket)
+            pipe.delete(key)
+            pipe.hset(key, mapping=c)
+            pipe.expire(key, self._window_s + 2 * BUCKET_S)
+            pipe.sadd(f"{self._prefix}:adapters", adapter)
+        pipe.set(self._sentinel, 1)
+        pipe.execute()
+
+    def rates(self, now: datetime | None = None) -> dict[str, float]:
+        """Negative-feedback rate per adapter over the window; also exported as a gauge."""
+        last = int((now or datetime.now(UTC)).timestamp()) // BUCKET_S
+        buckets = range(last - self._window_s // BUCKET_S, last + 1)
+        adapters = sorted(a.decode() for a in self._r.smembers(f"{self._prefix}:adapters"))
+        pipe = self._r.pipeline(transaction=False)
+        for a in adapters:
+            for b in buckets:
+                pipe.hgetall(self._bucket_key(a, b))
+        replies = iter(pipe.execute())
+        rates = {}
+        for a in adapters:
+            up = down = 0
+            for _ in buckets:
+                h = next(replies)
+                up, down = up + int(h.get(b"up", 0)), down + int(h.get(b"down", 0))
+            if up + down:
+                rates[a] = down / (up + down)
+                NEGATIVE_FEEDBACK_RATE.labels(a).set(rates[a])
+        return rates
