@@ -66,7 +66,8 @@ class SamplingParams(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(64, ge=1, le=512)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    """Fixes the sample; absent means a fresh random one."""
 
 
 class ResponseLogged(Event):
