@@ -23,3 +23,5 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    token_ids: tuple[int, ...] = ()
+    """The completion's token ids, its end token included when it produced one (what PPO trains on)."""

@@ -94,6 +94,47 @@ NEGATIVE_FEEDBACK_RATE = Gauge(
     ["adapter"], multiprocess_mode="mostrecent",
 )  # workers/aggregator/window.py
 
+# --- training (workers/training) -------------------------------------------------------------
+TRAINING_RUN_ATTEMPTS = Counter(
+    "rlhf_training_run_attempts_total", "Times a worker started or resumed a training run."
+)  # workers/training/pipeline.py
+TRAINING_RUNS = Counter(
+    "rlhf_training_runs_total", "Training runs that ended, by outcome.", ["outcome"]
+)  # workers/training/pipeline.py
+TRAINING_STAGE_SECONDS = Histogram(
+    "rlhf_training_stage_duration_seconds", "Wall time of one training stage.", ["stage"],
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600),
+)  # workers/training/pipeline.py
+TRAINING_LAST_SUCCESS = Gauge(
+    "rlhf_training_last_success_timestamp_seconds", "When each training stage last finished successfully.",
+    ["stage"], multiprocess_mode="max",
+)  # workers/training/pipeline.py
+TRAINING_LOSS = Gauge(
+    "rlhf_training_loss", "Latest training loss by stage (reward: Bradley-Terry; ppo: clipped policy loss).",
+    ["stage"], multiprocess_mode="mostrecent",
+)  # workers/training/pipeline.py
+PPO_SCORE = Gauge(
+    "rlhf_ppo_reward_score", "Mean normalized reward-model score of the latest PPO step's rollouts.",
+    multiprocess_mode="mostrecent",
+)  # workers/training/pipeline.py
+PPO_KL = Gauge(
+    "rlhf_ppo_kl_nats", "Mean sequence KL of the latest PPO step's rollouts vs the base model.",
+    multiprocess_mode="mostrecent",
+)  # workers/training/pipeline.py
+TRAINING_TOKENS_PER_SECOND = Gauge(
+    "rlhf_training_generation_tokens_per_second", "Rollout generation speed of the latest PPO step.",
+    multiprocess_mode="mostrecent",
+)  # workers/training/pipeline.py
+REWARD_MODEL_ACCURACY = Gauge(
+    "rlhf_reward_model_heldout_accuracy_ratio", "Held-out pair accuracy of the latest reward model.",
+    multiprocess_mode="mostrecent",
+)  # workers/training/pipeline.py
+TRAINING_STAGES = ("snapshot", "reward", "ppo", "evaluate", "register")
+for _stage in TRAINING_STAGES:
+    TRAINING_STAGE_SECONDS.labels(_stage)
+for _outcome in ("succeeded", "failed"):
+    TRAINING_RUNS.labels(_outcome)
+
 _PER_TOPIC = (PRODUCE_ATTEMPTS, PRODUCE_ERRORS, SPOOLED_EVENTS, REPLAYED_EVENTS, CONSUMED_EVENTS,
               DEAD_LETTERS)
 for _topic in (Topics.RESPONSES, Topics.FEEDBACK):  # pre-create known label values

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -155,6 +155,23 @@ class RuntimeSettings(_Group):
     """Adapters kept loaded at once (active, canary and recent ones for rollback)."""
 
 
+class TrainingSettings(_Group):
+    """Retraining: Celery workers on the gpu queue, the automatic trigger, hyperparameter overrides."""
+
+    min_new_pairs: int = Field(200, ge=1)
+    """A retrain starts by itself once this many preference pairs are newer than the last dataset snapshot."""
+    check_interval_s: float = Field(60.0, gt=0)
+    """How often Celery beat checks for enough new pairs."""
+    hyperparameters: dict[str, Any] = {}
+    """Overrides of the training hyperparameters as nested JSON, e.g. {"ppo": {"episodes": 1024}}."""
+    lease_s: float = Field(120.0, ge=1)
+    """A running run whose worker has not reported for this long is taken over by a redelivered task."""
+    visibility_timeout_s: int = Field(21_600, ge=10)
+    """Redis broker: a task held by a worker that vanished whole is redelivered after this long."""
+    metrics_port: int = Field(9101, ge=0, le=65535)
+    """Port of the worker's /metrics endpoint (0: none)."""
+
+
 class SimulatorSettings(_Group):
     """Synthetic prompts and simulated users."""
 
@@ -190,6 +207,7 @@ class Settings(BaseSettings):
     pairs: PairSettings = PairSettings()
     api: ApiSettings = ApiSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    training: TrainingSettings = TrainingSettings()
     simulator: SimulatorSettings = SimulatorSettings()
 
     @model_validator(mode="after")

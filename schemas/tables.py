@@ -153,6 +153,10 @@ class TrainingRun(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    """Last progress report of the worker running it: a stale one lets a redelivered task take over."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """How many times a worker started (or resumed) the run."""
 
 
 class Adapter(Base):

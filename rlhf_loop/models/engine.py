@@ -84,11 +84,13 @@ class GenerationEngine:
         return [self._decode(rows[i], columns[i], limits[i]) for i in range(len(requests))]
 
     def _decode(self, prompt_ids: list[int], tokens: list[int], limit: int) -> Generation:
-        completion = tokens[:limit]
-        if self.eos_id in completion:
-            completion = completion[: completion.index(self.eos_id)]
+        produced = tokens[:limit]
+        if self.eos_id in produced:
+            produced = produced[: produced.index(self.eos_id) + 1]
+        completion = produced[:-1] if produced[-1:] == [self.eos_id] else produced
         text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
-        return Generation(text=text, prompt_tokens=len(prompt_ids), completion_tokens=len(completion))
+        return Generation(text=text, prompt_tokens=len(prompt_ids), completion_tokens=len(completion),
+                          token_ids=tuple(produced))  # fmt: skip
 
     def _adapter_kwargs(self, requests: list[GenerationRequest]) -> dict[str, list[str]]:
         if not hasattr(self.model, "peft_config"):

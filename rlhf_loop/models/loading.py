@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_loop.generation import GenerationRequest
+from rlhf_loop.generation import BASE, GenerationRequest
 from rlhf_loop.models.engine import GenerationEngine
 from rlhf_loop.settings import ModelSettings
 
@@ -58,15 +58,18 @@ def load_with_adapter(
 
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], seed: int = 0,
-             max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0) -> list[str]:  # fmt: skip
+             max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
+             adapter_id: str = BASE) -> list[str]:  # fmt: skip
     """One sampled completion per prompt, in order: the text after the chat prompt up to EOS (or
-    ``max_new_tokens``), special tokens removed. Row ``i`` samples with seed ``seed + i``, so a row's
-    text does not depend on the batch it shares. Prompts are left-padded into one batch."""
+    ``max_new_tokens``), special tokens removed; ``adapter_id`` names a LoRA adapter of a PeftModel.
+    Row ``i`` samples with seed ``seed + i``, so a row's text does not depend on the batch it shares.
+    Prompts are left-padded into one batch."""
     if not prompts:
         return []
     engine = GenerationEngine(model, tokenizer, device=str(next(model.parameters()).device))
     requests = [
-        GenerationRequest(p, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + i)
+        GenerationRequest(p, adapter_id=adapter_id, temperature=temperature, top_p=top_p,
+                          max_new_tokens=max_new_tokens, seed=seed + i)
         for i, p in enumerate(prompts)
     ]
     return [g.text for g in engine.generate(requests)]

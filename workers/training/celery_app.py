@@ -1,0 +1,43 @@
+"""The Celery app of the training workers (LIGHT: no torch at import). Redis is broker and result
+backend; retrains go to the ``gpu`` queue, housekeeping (the new-pairs check) to ``default``.
+
+Reliability: tasks are acknowledged only after they finish (``acks_late``), a task whose worker
+process died is put back on the queue (``reject_on_worker_lost``), a worker takes one task at a time
+(prefetch 1). A worker that vanishes whole leaves its task unacknowledged in Redis; it is redelivered
+after ``training.visibility_timeout_s``. Run it with ``rlhf-loop worker`` or
+``celery -A workers.training.celery_app worker -Q gpu``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from rlhf_loop.settings import Settings, get_settings
+
+RETRAIN = "workers.training.tasks.retrain"
+CHECK_NEW_PAIRS = "workers.training.tasks.check_new_pairs"
+QUEUES = ("gpu", "default")
+
+
+def make_celery(settings: Settings) -> Celery:
+    celery = Celery("rlhf_loop", broker=settings.redis.url, backend=settings.redis.url,
+                    include=["workers.training.tasks"])  # fmt: skip
+    celery.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="default",
+        task_routes={RETRAIN: {"queue": "gpu"}, "workers.training.tasks.*": {"queue": "default"}},
+        broker_transport_options={"visibility_timeout": settings.training.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=7 * 24 * 3600,
+        worker_hijack_root_logger=False,
+        beat_schedule={"check-new-pairs": {"task": CHECK_NEW_PAIRS, "schedule": settings.training.check_interval_s}},
+    )
+    return celery
+
+
+app = make_celery(get_settings())

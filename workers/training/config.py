@@ -1,0 +1,167 @@
+"""Training hyperparameters: frozen dataclasses, each field documented once and written into the
+lineage of every run (as a checkpoint carries its config). Light: no torch.
+
+Invalid values raise :class:`BadConfig` naming the field, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from workers.training.errors import BadConfig
+
+
+def _check(cond: bool, name: str, why: str) -> None:
+    if not cond:
+        raise BadConfig(f"{name}: {why}")
+
+
+@dataclass(frozen=True)
+class LoraShape:
+    """The LoRA adapter's shape (what a hot-swap checks for compatibility)."""
+
+    r: int = 8
+    """Rank of the update matrices."""
+    alpha: int = 16
+    """Scaling numerator: the update is scaled by alpha / r."""
+    target_modules: str | tuple[str, ...] = "all-linear"
+    """Module names to adapt; "all-linear" adapts every linear layer but the output head (any architecture)."""
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "lora.r", f"must be >= 1, got {self.r}")
+        _check(self.alpha >= 1, "lora.alpha", f"must be >= 1, got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward model: base + LoRA + scalar head, Bradley-Terry loss weighted by pair weight."""
+
+    lora: LoraShape = LoraShape()
+    epochs: int = 3
+    """Passes over the training pairs."""
+    batch_size: int = 16
+    """Pairs per optimizer step."""
+    lr: float = 2e-3
+    """AdamW learning rate (LoRA and head)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "reward.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "reward.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(0 < self.lr < 1, "reward.lr", f"must be in (0, 1), got {self.lr}")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO on the policy's LoRA adapter; the reference is the base with the adapter disabled."""
+
+    lora: LoraShape = LoraShape()
+    episodes: int = 512
+    """Rollouts in the whole run (prompts are cycled)."""
+    batch_size: int = 32
+    """Rollouts per PPO step."""
+    minibatch_size: int = 16
+    """Rollouts per optimizer step within a PPO epoch."""
+    grad_accum: int = 2
+    """Micro-batches per minibatch (minibatch_size must divide by it): bounds activation memory."""
+    ppo_epochs: int = 2
+    """Passes over each step's rollouts."""
+    lr: float = 1e-3
+    """AdamW learning rate (LoRA and value head)."""
+    clip: float = 0.2
+    """Policy ratio clip range."""
+    value_clip: float = 0.2
+    """Value prediction clip range around the rollout's values."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    gamma: float = 1.0
+    """Discount per token."""
+    lam: float = 0.95
+    """GAE lambda."""
+    init_kl_coef: float = 0.05
+    """Initial coefficient of the per-token KL penalty against the reference."""
+    target_kl: float = 3.0
+    """Sequence KL (nats) the adaptive coefficient steers toward."""
+    kl_horizon: int = 2000
+    """Episodes over which the adaptive coefficient moves by at most 20% of its error."""
+    early_stop_kl: float = 0.1
+    """Stop a step's PPO epochs when the per-token approximate KL from the rollout policy exceeds this."""
+    max_grad_norm: float = 1.0
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the (normalized) score of a response cut off before its end token."""
+    whiten_advantages: bool = True
+    checkpoint_every: int = 4
+    """PPO steps between checkpoints (a restarted run resumes from the last one)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "ppo.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.episodes >= self.batch_size, "ppo.episodes", f"must be >= batch_size ({self.batch_size})")
+        _check(1 <= self.minibatch_size <= self.batch_size and self.batch_size % self.minibatch_size == 0,
+               "ppo.minibatch_size", f"must divide batch_size {self.batch_size}, got {self.minibatch_size}")
+        _check(self.grad_accum >= 1 and self.minibatch_size % self.grad_accum == 0,
+               "ppo.grad_accum", f"must divide minibatch_size {self.minibatch_size}, got {self.grad_accum}")
+        _check(self.ppo_epochs >= 1, "ppo.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
+        _check(0 < self.lr < 1, "ppo.lr", f"must be in (0, 1), got {self.lr}")
+        _check(0 < self.clip < 1, "ppo.clip", f"must be in (0, 1), got {self.clip}")
+        _check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "ppo.gamma/lam", "gamma in (0, 1], lam in [0, 1]")
+        _check(self.init_kl_coef >= 0 and self.target_kl > 0, "ppo.kl", "init_kl_coef >= 0 and target_kl > 0")
+        _check(self.max_new_tokens >= 1, "ppo.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _check(self.temperature > 0, "ppo.temperature", f"must be > 0, got {self.temperature}")
+        _check(self.checkpoint_every >= 1, "ppo.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+
+    @property
+    def steps(self) -> int:
+        return self.episodes // self.batch_size
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One retrain: reward model, then PPO, then evaluation."""
+
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    heldout_fraction: float = 0.15
+    """Share of prompt groups held out (by a hash of the prompt) for accuracy and evaluation."""
+    min_pairs: int = 32
+    """Fewer training pairs than this is refused (a reward model needs data)."""
+    eval_prompts: int = 64
+    """Held-out prompts sampled for evaluation."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes recorded in lineage (e.g. the command line)."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
+        _check(self.min_pairs >= 2, "min_pairs", f"must be >= 2, got {self.min_pairs}")
+        _check(self.eval_prompts >= 1, "eval_prompts", f"must be >= 1, got {self.eval_prompts}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; unknown keys raise BadConfig (a typo must not pass silently)."""
+        return _build(cls, data, "")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise BadConfig(f"unknown setting(s) {', '.join(sorted(where + k for k in unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        default = fields[name].default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = _build(type(default), value, f"{where}{name}.")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise BadConfig(f"{where or 'config'}: {e}") from e

@@ -1,0 +1,24 @@
+"""The training error vocabulary. Each one ends a run with a clear message on its record, never a
+stack trace in a log alone. Light: no torch."""
+
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+    """A run cannot go on; the message says why in terms a user can act on."""
+
+
+class BadConfig(TrainingError):
+    """A hyperparameter is out of range or unknown."""
+
+
+class NotEnoughPairs(TrainingError):
+    """The dataset is too small to train on."""
+
+
+class BaseModelMismatch(TrainingError):
+    """The parent adapter was trained on another base model, or has another shape."""
+
+
+class RunGone(TrainingError):
+    """The task names a run that is not in the database."""

@@ -1,0 +1,240 @@
+"""PPO on the policy's LoRA adapter, on torch + transformers + peft.
+
+One step: roll out ``batch_size`` prompts with the policy (batched, KV cache) -> score them with the
+reward adapter and head -> log-probs of the policy and of the reference (adapter disabled) and the
+value head's estimates -> per-token KL-penalized rewards -> GAE -> ``ppo_epochs`` passes of clipped
+policy and value losses over minibatches (gradient accumulation within each), stopped early when the
+policy moves too far from the rollout policy -> adaptive KL coefficient update.
+
+A step's prompts and sampling seeds depend only on (config seed, step), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from rlhf_loop.generation import GenerationRequest
+from rlhf_loop.models.engine import GenerationEngine
+from workers.training.config import PPOConfig
+from workers.training.encoding import Encoder
+from workers.training.losses import (
+    AdaptiveKL,
+    gae,
+    kl_rewards,
+    masked_whiten,
+    policy_loss,
+    token_logprobs,
+    value_loss,
+)  # fmt: skip
+from workers.training.roles import POLICY, REWARD, Packed, ScalarHead, pack, response_values, run, sequence_scores
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+
+@dataclass
+class Rollout:
+    packed: Packed
+    logprobs: torch.Tensor  # (B, R) under the rollout policy
+    values: torch.Tensor  # (B, R)
+    advantages: torch.Tensor  # (B, R)
+    returns: torch.Tensor  # (B, R)
+    scores: torch.Tensor  # (B,) normalized reward-model scores (after the missing-end penalty)
+    kl: torch.Tensor  # (B,) sequence KL vs the reference
+    texts: list[str]
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class StepStats:
+    step: int
+    score: float
+    """Mean normalized reward-model score of the step's rollouts."""
+    kl: float
+    """Mean sequence KL (nats) of the rollouts vs the reference."""
+    kl_coef: float
+    policy_loss: float
+    value_loss: float
+    clip_frac: float
+    approx_kl: float
+    response_tokens: float
+    tokens_per_s: float
+    """Generated tokens per second of rollout."""
+    episodes_per_s: float
+    """Rollouts per second of the whole step."""
+    epochs_run: int
+
+
+@dataclass(frozen=True)
+class RewardNorm:
+    mean: float
+    std: float
+
+
+class PPOTrainer:
+    """Holds the shared model, both heads, the optimizer and the KL controller of one PPO run."""
+
+    def __init__(self, model: PeftModel, value_head: ScalarHead, reward_head: ScalarHead, enc: Encoder,
+                 cfg: PPOConfig, norm: RewardNorm, device: str) -> None:  # fmt: skip
+        self.model, self.value_head, self.reward_head = model, value_head, reward_head
+        self.enc, self.cfg, self.norm, self.device = enc, cfg, norm, device
+        model.set_adapter(POLICY)
+        self.params = [p for n, p in model.named_parameters() if f".{POLICY}." in n] + list(value_head.parameters())
+        for p in self.params:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        self.kl = AdaptiveKL(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
+        self.engine = GenerationEngine(model, enc.tokenizer, device=device)
+        self.step = 0
+
+    def prompts_for(self, step: int, prompts: list[str]) -> list[str]:
+        """The step's prompts: a deterministic draw without replacement within each pass over ``prompts``."""
+        per_pass = max(1, len(prompts) // self.cfg.batch_size)
+        order = list(range(len(prompts)))
+        random.Random(self.cfg.seed * 7919 + step // per_pass).shuffle(order)
+        start = (step % per_pass) * self.cfg.batch_size
+        return [prompts[order[(start + i) % len(order)]] for i in range(self.cfg.batch_size)]
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], seed: int, adapter: str = POLICY) -> tuple[Packed, list[str], float]:
+        """One sampled response per prompt from ``adapter`` (BASE for the bare base model): the packed
+        batch, the texts and the generation speed in tokens/s. Row i uses seed ``seed + i``."""
+        cfg, started = self.cfg, time.perf_counter()
+        requests = [GenerationRequest(p, adapter_id=adapter, temperature=cfg.temperature,
+                                      max_new_tokens=cfg.max_new_tokens, seed=seed + i)
+                    for i, p in enumerate(prompts)]  # fmt: skip
+        generations = self.engine.generate(requests)
+        tokens_per_s = sum(len(g.token_ids) for g in generations) / max(time.perf_counter() - started, 1e-9)
+        responses = [list(g.token_ids) or [self.enc.eos_id] for g in generations]
+        packed = pack([self.engine.encode(r) for r in requests], responses, self.enc.pad_id, self.device)
+        return packed, [g.text for g in generations], tokens_per_s
+
+    @torch.no_grad()
+    def score(self, packed: Packed) -> torch.Tensor:
+        """Normalized reward-model scores (B,), less ``missing_eos_penalty`` for a response cut off before its end."""
+        _, hidden = run(self.model, packed, REWARD)
+        scores = (sequence_scores(self.reward_head, hidden, packed) - self.norm.mean) / self.norm.std  # (B,)
+        last_token = packed.tokens[torch.arange(len(scores)), packed.resp_mask.sum(1).long() - 1]  # (B,)
+        return torch.where(last_token == self.enc.eos_id, scores, scores - self.cfg.missing_eos_penalty)
+
+    @torch.no_grad()
+    def kl_vs_reference(self, packed: Packed) -> torch.Tensor:
+        """Sequence KL estimate sum_t (log pi - log ref) of the sampled responses: (B,)."""
+        logprobs = token_logprobs(run(self.model, packed, POLICY)[0], packed.tokens)
+        ref_logprobs = token_logprobs(run(self.model, packed, None)[0], packed.tokens)
+        return ((logprobs - ref_logprobs) * packed.resp_mask).sum(1)
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str], seed: int) -> Rollout:
+        cfg = self.cfg
+        packed, texts, tokens_per_s = self.sample(prompts, seed)
+        logits, hidden = run(self.model, packed, POLICY)
+        logprobs = token_logprobs(logits, packed.tokens)  # (B, R)
+        values = response_values(self.value_head, hidden, packed) * packed.resp_mask  # (B, R)
+        ref_logprobs = token_logprobs(run(self.model, packed, None)[0], packed.tokens)  # (B, R)
+        scores = self.score(packed)  # (B,)
+        rewards, kl = kl_rewards(logprobs, ref_logprobs, scores, packed.resp_mask, self.kl.value)
+        advantages, returns = gae(rewards, values, packed.resp_mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, packed.resp_mask)
+        return Rollout(packed, logprobs, values, advantages, returns, scores, kl.sum(1), texts, tokens_per_s)
+
+    def update(self, ro: Rollout) -> tuple[float, float, float, float, int]:
+        """PPO epochs over the rollout; returns mean (policy loss, value loss, clip frac, approx KL) and epochs run."""
+        cfg, n = self.cfg, len(ro.scores)
+        micro = cfg.minibatch_size // cfg.grad_accum
+        gen = torch.Generator().manual_seed(cfg.seed * 104729 + self.step)
+        totals, count, epochs_run = [0.0, 0.0, 0.0, 0.0], 0, 0
+        for _ in range(cfg.ppo_epochs):
+            epochs_run += 1
+            order = torch.randperm(n, generator=gen)
+            epoch_kl = []
+            for start in range(0, n, cfg.minibatch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                for m in range(start, start + cfg.minibatch_size, micro):
+                    pg, vf, cf, ak = self._micro_loss(ro, order[m : m + micro].to(ro.scores.device))
+                    ((pg + cfg.vf_coef * vf) / cfg.grad_accum).backward()
+                    for i, v in enumerate((pg.item(), vf.item(), float(cf), float(ak))):
+                        totals[i] += v
+                    count += 1
+                    epoch_kl.append(float(ak))
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+            if sum(epoch_kl) / len(epoch_kl) > cfg.early_stop_kl:
+                break
+        return totals[0] / count, totals[1] / count, totals[2] / count, totals[3] / count, epochs_run
+
+    def _micro_loss(self, ro: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        p = ro.packed
+        sub = Packed(p.ids[rows], p.mask[rows], p.positions[rows], p.tokens[rows], p.resp_mask[rows], p.width)
+        logits, hidden = run(self.model, sub, POLICY)
+        logprobs = token_logprobs(logits, sub.tokens)  # (b, R)
+        values = response_values(self.value_head, hidden, sub)  # (b, R)
+        pg, clip_frac, approx_kl = policy_loss(logprobs, ro.logprobs[rows], ro.advantages[rows], sub.resp_mask,
+                                               self.cfg.clip)  # fmt: skip
+        vf = value_loss(values, ro.values[rows], ro.returns[rows], sub.resp_mask, self.cfg.value_clip)
+        return pg, vf, clip_frac, approx_kl
+
+    def train_step(self, prompts: list[str]) -> StepStats:
+        started = time.perf_counter()
+        ro = self.rollout(self.prompts_for(self.step, prompts), seed=self.cfg.seed * 1_000_003 + self.step * 4096)
+        pg, vf, cf, ak, epochs = self.update(ro)
+        mean_kl = float(ro.kl.mean())
+        stats = StepStats(self.step, float(ro.scores.mean()), mean_kl, self.kl.value, pg, vf, cf, ak,
+                          float(ro.packed.resp_mask.sum(1).mean()), ro.tokens_per_s,
+                          len(ro.scores) / (time.perf_counter() - started), epochs)  # fmt: skip
+        self.kl.update(mean_kl, len(ro.scores))
+        self.step += 1
+        return stats
+
+    # --- checkpoints: model, optimizer, step, config, run id -------------------------------------
+    def save(self, path: Path, run_id: str, history: list[StepStats]) -> None:
+        """Write the checkpoint atomically (temp file, fsync, rename)."""
+        from peft import get_peft_model_state_dict
+
+        state = {"run_id": run_id, "step": self.step, "config": asdict(self.cfg), "kl_coef": self.kl.value,
+                 "policy": get_peft_model_state_dict(self.model, adapter_name=POLICY),
+                 "value_head": self.value_head.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "history": [asdict(h) for h in history]}  # fmt: skip
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        with tmp.open("wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load(self, path: Path, run_id: str) -> list[StepStats]:
+        """Restore from ``path``; returns the step history. Raises ValueError for another run's checkpoint."""
+        from peft import set_peft_model_state_dict
+
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["run_id"] != run_id:
+            raise ValueError(f"checkpoint {path} belongs to run {state['run_id']}, not {run_id}")
+        set_peft_model_state_dict(self.model, state["policy"], adapter_name=POLICY)
+        self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl.value, self.step = state["kl_coef"], state["step"]
+        return [StepStats(**h) for h in state["history"]]
+
+
+def train_ppo(trainer: PPOTrainer, prompts: list[str], checkpoint: Path, run_id: str,
+              on_step: Callable[[StepStats], None] | None = None) -> list[StepStats]:  # fmt: skip
+    """Run (or resume, when ``checkpoint`` exists) to ``cfg.steps``; checkpoints every ``checkpoint_every`` steps."""
+    history = trainer.load(checkpoint, run_id) if checkpoint.exists() else []
+    while trainer.step < trainer.cfg.steps:
+        stats = trainer.train_step(prompts)
+        history.append(stats)
+        if on_step:
+            on_step(stats)
+        if trainer.step % trainer.cfg.checkpoint_every == 0 or trainer.step == trainer.cfg.steps:
+            trainer.save(checkpoint, run_id, history)
+    return history

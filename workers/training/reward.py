@@ -1,0 +1,124 @@
+"""Reward model: the base model with a LoRA adapter (``reward``) and a scalar head, trained with
+the weighted Bradley-Terry loss on (chosen, rejected) pairs.
+
+Artifact layout (one directory, written atomically by the caller):
+    reward/                       the PEFT LoRA adapter (loadable with load_adapter(..., "reward"))
+    reward_head.pt                the scalar head's state dict
+    reward_model.json             base model, held-out accuracy, score mean/std on the training pairs
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from workers.training.config import RewardConfig
+from workers.training.dataset import PairRecord
+from workers.training.encoding import Encoder
+from workers.training.losses import bradley_terry_loss
+from workers.training.roles import REWARD, ScalarHead, pack, run, sequence_scores
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+HEAD_FILE, META_FILE = "reward_head.pt", "reward_model.json"
+EVAL_BATCH = 64
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    heldout_accuracy: float
+    """Share of held-out pairs the model orders correctly (ties count as wrong)."""
+    train_loss: float
+    """Mean Bradley-Terry loss over the last epoch."""
+    score_mean: float
+    score_std: float
+    """Of the scores of every training response: PPO normalizes rewards with them."""
+    pairs_per_s: float
+    seconds: float
+
+
+def scores(model: PeftModel, head: ScalarHead, enc: Encoder, items: list[tuple[str, str]], device: str,
+           batch: int = EVAL_BATCH) -> torch.Tensor:  # fmt: skip
+    """Raw reward of each (prompt, response), in order: (N,)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(items), batch):
+            encoded = [enc.pair(p, r) for p, r in items[i : i + batch]]
+            packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, device)
+            _, hidden = run(model, packed, REWARD)
+            out.append(sequence_scores(head, hidden, packed).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(model: PeftModel, head: ScalarHead, enc: Encoder, pairs: list[PairRecord], device: str) -> float:
+    chosen = scores(model, head, enc, [(p.prompt, p.chosen) for p in pairs], device)
+    rejected = scores(model, head, enc, [(p.prompt, p.rejected) for p in pairs], device)
+    return float((chosen > rejected).float().mean()) if pairs else 0.0
+
+
+def train_reward(model: PeftModel, head: ScalarHead, enc: Encoder, train: list[PairRecord],
+                 heldout: list[PairRecord], cfg: RewardConfig, device: str,
+                 on_step: Callable[[int, int, float], None] | None = None) -> RewardResult:  # fmt: skip
+    """Train the ``reward`` adapter and ``head`` in place. ``on_step(step, total, loss)`` reports progress."""
+    params = [p for n, p in model.named_parameters() if f".{REWARD}." in n] + list(head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed)
+    steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    total, step, started = steps_per_epoch * cfg.epochs, 0, time.perf_counter()
+    epoch_losses: list[float] = []
+    for _ in range(cfg.epochs):
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        epoch_losses = []
+        for i in range(0, len(order), cfg.batch_size):
+            batch = [train[j] for j in order[i : i + cfg.batch_size]]
+            loss = _step_loss(model, head, enc, batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            step += 1
+            epoch_losses.append(loss.item())
+            if on_step:
+                on_step(step, total, epoch_losses[-1])
+    seconds = time.perf_counter() - started
+    train_scores = scores(model, head, enc, [(p.prompt, r) for p in train for r in (p.chosen, p.rejected)], device)
+    return RewardResult(
+        heldout_accuracy=accuracy(model, head, enc, heldout, device),
+        train_loss=sum(epoch_losses) / max(1, len(epoch_losses)),
+        score_mean=float(train_scores.mean()), score_std=float(train_scores.std().clamp(min=1e-3)),
+        pairs_per_s=len(train) * cfg.epochs / seconds, seconds=seconds,
+    )  # fmt: skip
+
+
+def _step_loss(model: PeftModel, head: ScalarHead, enc: Encoder, batch: list[PairRecord], device: str) -> torch.Tensor:
+    """Chosen and rejected of every pair in one forward pass: (2B rows) -> scalar loss."""
+    encoded = [enc.pair(p.prompt, p.chosen) for p in batch] + [enc.pair(p.prompt, p.rejected) for p in batch]
+    packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, device)
+    _, hidden = run(model, packed, REWARD)
+    s = sequence_scores(head, hidden, packed)  # (2B,)
+    weight = torch.tensor([p.weight for p in batch], device=s.device)
+    return bradley_terry_loss(s[: len(batch)], s[len(batch) :], weight)
+
+
+def save_reward(dest: Path, model: PeftModel, head: ScalarHead, result: RewardResult, base_model: str) -> None:
+    model.save_pretrained(str(dest), selected_adapters=[REWARD])
+    torch.save(head.state_dict(), dest / HEAD_FILE)
+    (dest / META_FILE).write_text(json.dumps({"base_model": base_model, **asdict(result)}, indent=2))
+
+
+def load_reward(path: Path, model: PeftModel, head: ScalarHead) -> dict:
+    """Attach the saved ``reward`` adapter to ``model`` and load ``head``; returns the metadata."""
+    model.load_adapter(str(Path(path) / REWARD), adapter_name=REWARD, is_trainable=False)
+    head.load_state_dict(torch.load(Path(path) / HEAD_FILE, map_location="cpu", weights_only=True))
+    return json.loads((Path(path) / META_FILE).read_text())

@@ -1,0 +1,73 @@
+"""What the CLI's training commands do: start a run (enqueued or inline), run a worker with its
+/metrics endpoint, describe runs. Light at import."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from sqlalchemy import select
+
+from rlhf_loop.settings import Settings
+from schemas.tables import TrainingRun
+from workers.training.config import TrainConfig
+
+
+def start_run(settings: Settings, cfg: TrainConfig, inline: bool, base_model: str | None = None,
+              reason: str = "requested") -> tuple[str, str | None]:  # fmt: skip
+    """Create a run; enqueue it (returns (run_id, None)) or run it here with progress bars
+    (returns (run_id, adapter id or None when it failed))."""
+    from rlhf_loop.db import make_engine, make_sessionmaker
+    from workers.training.pipeline import create_run
+
+    engine = make_engine(settings.database)
+    sessions = make_sessionmaker(engine)
+    try:
+        with sessions.begin() as session:
+            run_id = create_run(session, cfg, reason)
+        if not inline:
+            from workers.training.tasks import retrain
+
+            retrain.delay(run_id)
+            return run_id, None
+        from rlhf_loop.models.loading import resolve_base_model
+        from workers.training.pipeline import run
+        from workers.training.progress import StageBars
+
+        base = base_model or resolve_base_model(settings.model)
+        with StageBars.make_progress() as bars:
+            return run_id, run(settings, sessions, run_id, base, report=StageBars(bars))
+    finally:
+        engine.dispose()
+
+
+def run_worker(settings: Settings, queues: list[str], concurrency: int, beat: bool) -> None:
+    """A Celery worker; its processes share one multiprocess metrics directory served on metrics_port."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before any metric is created
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rlhf-worker-metrics-")
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    if settings.training.metrics_port:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(settings.training.metrics_port, addr=settings.api.host, registry=registry)
+    from workers.training.celery_app import app
+
+    argv = ["worker", "-Q", ",".join(queues), "-c", str(concurrency), "--loglevel", "INFO", "-P", "prefork"]
+    app.worker_main(argv + (["-B"] if beat else []))
+
+
+def describe_runs(settings: Settings, run_id: str | None, limit: int = 20) -> list[dict[str, Any]]:
+    from rlhf_loop.db import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.database)
+    try:
+        with make_sessionmaker(engine)() as session:
+            query = select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(limit)
+            rows = session.scalars(query.where(TrainingRun.id == run_id) if run_id else query).all()
+            keys = ("id", "status", "stage", "attempts", "snapshot_id", "parent_adapter_id", "error", "created_at",
+                    "started_at", "finished_at")  # fmt: skip
+            return [{**{k: getattr(r, k) for k in keys}, **({"metrics": r.metrics} if run_id else {})} for r in rows]
+    finally:
+        engine.dispose()

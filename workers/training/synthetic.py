@@ -1,0 +1,41 @@
+"""Simulated preference data from a model and the simulator's users, built with the same pair rules
+as the aggregator: for tests, benchmarks and experiments (``rlhf-loop train --inline`` on files)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from rlhf_loop.models.loading import generate
+from rlhf_loop.simulator import Simulator
+from schemas.events import prompt_hash
+from workers.aggregator.pairs import PairRules, Vote, build_pairs
+from workers.training.dataset import PairRecord, unique
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def distinct_prompts(sim: Simulator, n: int, seed: int) -> list[str]:
+    """``n`` distinct catalogue prompts drawn by popularity (fewer if the catalogue is smaller)."""
+    rng = random.Random(seed)
+    drawn = unique(p.text for p in sim.sample_prompts(20 * n, rng))
+    return drawn[:n]
+
+
+def simulated_pairs(sim: Simulator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                    per_prompt: int = 4, raters: int = 5, seed: int = 0) -> list[PairRecord]:  # fmt: skip
+    """Sample ``per_prompt`` responses per prompt, let ``raters`` users rate each, and build the pairs."""
+    rng = random.Random(seed)
+    texts = generate(model, tokenizer, [p for p in prompts for _ in range(per_prompt)], seed=seed)
+    now = datetime.now(UTC)
+    out: list[PairRecord] = []
+    for g, prompt in enumerate(prompts):
+        responses = {f"r{g}-{k}": texts[g * per_prompt + k] for k in range(per_prompt)}
+        votes = [Vote(rid, u.ref, sim.rate(u, prompt, text), now)
+                 for rid, text in responses.items() for u in sim.sample_users(raters, rng)]  # fmt: skip
+        pairs, _ = build_pairs(prompt_hash(prompt), votes, PairRules())
+        out += [PairRecord(prompt, responses[p.chosen_response_id], responses[p.rejected_response_id], p.weight)
+                for p in pairs if responses[p.chosen_response_id] != responses[p.rejected_response_id]]  # fmt: skip
+    return out

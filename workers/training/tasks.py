@@ -1,0 +1,60 @@
+"""Celery tasks (LIGHT at import: the trainer is imported inside the task body). Thin: each takes ids,
+re-reads state and calls the pipeline; ``pipeline.run`` makes a retrain idempotent by run id."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from rlhf_loop.settings import Settings, get_settings
+from schemas.tables import TrainingRun
+from workers.training.celery_app import CHECK_NEW_PAIRS, RETRAIN, app
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _sessions() -> sessionmaker[Session]:
+    """One engine per worker process (created on first use, never at import)."""
+    from rlhf_loop.db import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(get_settings().database))
+
+
+@app.task(bind=True, name=RETRAIN, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def retrain(self, run_id: str) -> str | None:  # noqa: ANN001 - the bound task
+    """Run or resume training run ``run_id``; returns the candidate adapter id (None when the run failed:
+    its record says why). While another live worker holds the run, retries after the lease."""
+    from rlhf_loop.models.loading import resolve_base_model
+    from workers.training.pipeline import RunBusy, run
+
+    settings = get_settings()
+    try:
+        return run(settings, _sessions(), run_id, resolve_base_model(settings.model, progress=False))
+    except RunBusy as e:
+        raise self.retry(countdown=settings.training.lease_s, exc=e) from e
+
+
+def start_if_due(settings: Settings, sessions: sessionmaker[Session]) -> str | None:
+    """Create and enqueue a run when enough new pairs exist and no run is queued or running."""
+    from workers.training.pipeline import create_run, run_config
+    from workers.training.snapshot import new_pairs_since_last_snapshot
+
+    with sessions.begin() as session:
+        busy = session.scalar(select(TrainingRun.id).where(TrainingRun.status.in_(("queued", "running"))).limit(1))
+        fresh = new_pairs_since_last_snapshot(session)
+        if busy or fresh < settings.training.min_new_pairs:
+            return None
+        run_id = create_run(session, run_config(settings), reason=f"{fresh} new pairs")
+    retrain.delay(run_id)
+    log.info("started retrain %s: %d new pairs", run_id, fresh)
+    return run_id
+
+
+@app.task(name=CHECK_NEW_PAIRS)
+def check_new_pairs() -> str | None:
+    """Celery beat: start a retrain once ``training.min_new_pairs`` new pairs exist."""
+    return start_if_due(get_settings(), _sessions())
