@@ -1,0 +1,118 @@
+"""The trainer on the demo model and simulated preference pairs, on CPU: the reward model learns the
+users' preference, PPO raises the hidden-preference score within the KL budget, only LoRA weights
+move, the adapter loads like any PEFT adapter, and an interrupted run resumes to the same result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_loop.models.loading import generate, load_base, load_with_adapter
+from rlhf_loop.simulator import Simulator, mean_score
+from workers.training.config import PPOConfig, RewardConfig, TrainConfig
+from workers.training.dataset import Dataset, make_dataset
+from workers.training.synthetic import distinct_prompts, simulated_pairs
+from workers.training.trainer import TrainResult, train
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CFG = TrainConfig(reward=RewardConfig(epochs=2), ppo=PPOConfig(episodes=512, checkpoint_every=2))
+KL_BUDGET = 2 * CFG.ppo.target_kl
+"""Nats of sequence KL from the base that a trained policy may use (twice the controller's target)."""
+
+
+@dataclass
+class Trained:
+    dataset: Dataset
+    result: TrainResult
+    work: Path
+
+
+@pytest.fixture(scope="module")
+def dataset(demo_model_dir: Path) -> Dataset:
+    model, tokenizer = load_base(demo_model_dir)
+    sim = Simulator(7)
+    pairs = simulated_pairs(sim, model, tokenizer, distinct_prompts(sim, 200, seed=0), per_prompt=4, raters=5)
+    return make_dataset(pairs, None, CFG.heldout_fraction, CFG.min_pairs)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_model_dir: Path, dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    work = tmp_path_factory.mktemp("run")
+    return Trained(dataset, train(str(demo_model_dir), dataset, CFG, work, "run-a", device="cpu"), work)
+
+
+def test_reward_model_learns_the_hidden_preference(trained: Trained) -> None:
+    assert len(trained.dataset.heldout) >= 30
+    assert trained.result.metrics["reward"]["heldout_accuracy"] >= 0.85
+    assert trained.result.metrics["evaluation"]["heldout_pair_accuracy"] >= 0.85
+
+
+def test_ppo_raises_the_hidden_preference_score_within_the_kl_budget(demo_model_dir: Path, trained: Trained) -> None:
+    model, tokenizer = load_with_adapter(demo_model_dir, trained.result.adapter_dir)
+    prompts = trained.dataset.heldout_prompts[:64]
+
+    def hidden_score(adapter_id: str) -> float:
+        texts = generate(model, tokenizer, prompts, seed=99, adapter_id=adapter_id)
+        return mean_score(list(zip(prompts, texts, strict=True)))
+
+    before, after = hidden_score("base"), hidden_score("default")
+    assert after >= before + 0.15, (before, after)
+    ev = trained.result.metrics["evaluation"]
+    assert ev["mean_reward"] > ev["base_mean_reward"] and ev["win_rate"] > 0.6
+    assert 0 < ev["kl_vs_base"] <= KL_BUDGET
+
+
+def test_the_adapter_loads_with_peft_and_generates(demo_model_dir: Path, trained: Trained) -> None:
+    from peft import PeftModel
+
+    base, tokenizer = load_base(demo_model_dir)
+    model = PeftModel.from_pretrained(base, str(trained.result.adapter_dir))
+    texts = generate(model, tokenizer, ["Where is my order #1234?"] * 4, seed=1, adapter_id="default")
+    assert all(t.strip() for t in texts)
+
+
+def test_only_lora_weights_change(demo_model_dir: Path, dataset: Dataset, trained: Trained) -> None:
+    from workers.training.encoding import Encoder
+    from workers.training.ppo import PPOTrainer, RewardNorm
+    from workers.training.reward import load_reward
+    from workers.training.roles import ScalarHead, hidden_size
+    from workers.training.trainer import build_model
+
+    model, tokenizer = build_model(str(demo_model_dir), CFG, "cpu", None)
+    head = ScalarHead(hidden_size(model))
+    meta = load_reward(trained.work / "reward_model", model, head)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = PPOTrainer(model, ScalarHead(hidden_size(model)), head, Encoder(tokenizer, model), CFG.ppo,
+                         RewardNorm(meta["score_mean"], meta["score_std"]), "cpu")  # fmt: skip
+    for _ in range(2):
+        trainer.train_step(dataset.prompts)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all(".default." in n and "lora_" in n for n in changed), sorted(changed)[:5]
+    assert any("lora_B.default" in n for n in changed)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_adapter(
+    demo_model_dir: Path, dataset: Dataset, trained: Trained, tmp_path: Path
+) -> None:
+    def crash_at_step_5(stage: str, step: int, total: int, values: dict[str, float]) -> None:
+        if stage == "ppo" and step == 5:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(str(demo_model_dir), dataset, CFG, tmp_path, "run-a", device="cpu", report=crash_at_step_5)
+    assert (tmp_path / "ppo.ckpt").exists() and not (tmp_path / "adapter").exists()
+    steps: list[int] = []
+    result = train(str(demo_model_dir), dataset, CFG, tmp_path, "run-a", device="cpu",
+                   report=lambda stage, step, *_: steps.append(step) if stage == "ppo" else None)  # fmt: skip
+    assert steps[0] == 5, "resumed after the step-4 checkpoint, not from scratch"
+    assert result.adapter_sha256 == trained.result.adapter_sha256
+    again = train(str(demo_model_dir), dataset, CFG, tmp_path, "run-a", device="cpu")
+    assert again.adapter_sha256 == result.adapter_sha256

@@ -1,0 +1,88 @@
+"""The training math against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from workers.training.losses import (
+    AdaptiveKL,
+    bradley_terry_loss,
+    gae,
+    kl_rewards,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    token_logprobs,
+    value_loss,
+)
+
+T = torch.tensor
+
+
+def test_gae_full_mask_lambda_one_is_reward_to_go_minus_value() -> None:
+    adv, ret = gae(T([[1.0, 0.0, 2.0]]), T([[0.5, 0.5, 0.5]]), T([[1.0, 1.0, 1.0]]), gamma=1.0, lam=1.0)
+    assert adv.tolist() == [[2.5, 1.5, 1.5]]
+    assert ret.tolist() == [[3.0, 2.0, 2.0]]
+
+
+def test_gae_lambda_half() -> None:
+    adv, _ = gae(T([[1.0, 0.0, 2.0]]), T([[0.5, 0.5, 0.5]]), T([[1.0, 1.0, 1.0]]), gamma=1.0, lam=0.5)
+    assert adv.tolist() == [[1.375, 0.75, 1.5]]
+
+
+def test_gae_ignores_padding_and_ends_the_episode_at_the_last_token() -> None:
+    adv, ret = gae(T([[1.0, 0.0, 9.0]]), T([[0.5, 0.5, 7.0]]), T([[1.0, 1.0, 0.0]]), gamma=1.0, lam=1.0)
+    assert adv.tolist() == [[0.5, -0.5, 0.0]]
+    assert ret.tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_policy_loss_is_minus_advantage_at_ratio_one() -> None:
+    lp = T([[-1.0, -2.0]])
+    loss, clip_frac, approx_kl = policy_loss(lp, lp, T([[1.0, 3.0]]), T([[1.0, 1.0]]), clip=0.2)
+    assert loss.item() == pytest.approx(-2.0)
+    assert clip_frac.item() == 0.0 and approx_kl.item() == pytest.approx(0.0)
+
+
+def test_policy_loss_clips_in_the_pessimistic_direction() -> None:
+    old, new = T([[0.0, 0.0]]), T([[0.5, 0.5]])  # ratio e^0.5 = 1.6487
+    loss, clip_frac, approx_kl = policy_loss(new, old, T([[1.0, -1.0]]), T([[1.0, 1.0]]), clip=0.2)
+    assert loss.item() == pytest.approx((-1.2 + math.exp(0.5)) / 2)  # gain capped at 1.2, loss not capped
+    assert clip_frac.item() == 0.5
+    assert approx_kl.item() == pytest.approx(math.exp(0.5) - 1 - 0.5)
+
+
+def test_value_loss_takes_the_larger_of_clipped_and_unclipped() -> None:
+    loss = value_loss(T([[2.0]]), T([[0.0]]), T([[1.0]]), T([[1.0]]), clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * max((2 - 1) ** 2, (0.2 - 1) ** 2))
+
+
+def test_kl_rewards_put_the_score_on_the_last_real_token() -> None:
+    rewards, kl = kl_rewards(T([[-1.0, -1.0, -1.0]]), T([[-2.0, -1.5, -9.0]]), T([3.0]), T([[1.0, 1.0, 0.0]]), 0.1)
+    assert kl.tolist() == [[1.0, 0.5, 0.0]]
+    assert rewards[0].tolist() == pytest.approx([-0.1, -0.05 + 3.0, 0.0])
+
+
+def test_bradley_terry_loss() -> None:
+    assert bradley_terry_loss(T([0.0]), T([0.0]), T([1.0])).item() == pytest.approx(math.log(2))
+    weighted = bradley_terry_loss(T([2.0, 0.0]), T([0.0, 0.0]), T([3.0, 1.0])).item()
+    assert weighted == pytest.approx((3 * math.log1p(math.exp(-2)) + math.log(2)) / 4)
+
+
+def test_masked_statistics() -> None:
+    x, mask = T([[1.0, 3.0, 100.0]]), T([[1.0, 1.0, 0.0]])
+    assert masked_mean(x, mask).item() == 2.0
+    assert masked_whiten(x, mask)[0].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
+
+
+def test_token_logprobs() -> None:
+    logits = torch.log(T([[[0.25, 0.75], [0.5, 0.5]]]))  # (1, 2, 2)
+    assert token_logprobs(logits, T([[1, 0]]))[0].tolist() == pytest.approx([math.log(0.75), math.log(0.5)])
+
+
+def test_adaptive_kl_moves_toward_the_target_by_at_most_twenty_percent() -> None:
+    ctl = AdaptiveKL(0.1, target=2.0, horizon=100)
+    assert ctl.update(kl=4.0, episodes=10) == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))
+    assert AdaptiveKL(0.1, 2.0, 100).update(kl=1.0, episodes=100) == pytest.approx(0.1 * (1 - 0.2))
