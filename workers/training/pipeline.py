@@ -10,6 +10,8 @@ A TrainingError fails the run with its message on the record and registers nothi
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import time
 import uuid
@@ -114,7 +116,8 @@ class _Progress:
         with self.sessions.begin() as session:
             run = session.get(TrainingRun, self.run_id)
             run.stage, run.heartbeat_at = self.stage or run.stage, now()
-            run.metrics = {**(run.metrics or {}), "progress": self.progress}
+            run.metrics = {**(run.metrics or {}), "progress": self.progress,
+                           "worker": {"host": socket.gethostname(), "pid": os.getpid()}}  # who holds the lease
         self.last_write = time.monotonic()
 
 

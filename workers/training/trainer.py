@@ -105,6 +105,7 @@ def train(base_model: str, dataset: Dataset, cfg: TrainConfig, work: Path, run_i
     if not (work / ADAPTER_DIR).exists():
         write_dir_atomic(work / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp), selected_adapters=[POLICY]))
     metrics["ppo"] = _ppo_summary(history)
+    (work / "ppo_history.json").write_text(json.dumps([asdict(h) for h in history]))
 
     report("evaluate", 0, 1, {})
     ev = evaluate(trainer, dataset.heldout_prompts[: cfg.eval_prompts])

@@ -1,0 +1,37 @@
+"""Preference data for training tests: simulated pairs written to SQL as the aggregator would leave them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from schemas.events import prompt_hash
+from schemas.tables import PreferencePair, Response
+from workers.aggregator.pairs import pair_key
+from workers.training.dataset import PairRecord
+
+
+def store_pairs(session: Session, pairs: list[PairRecord]) -> None:
+    """One response row per distinct (prompt, text) and one pair row per distinct pair (the caller commits)."""
+    ids: dict[tuple[str, str], str] = {}
+
+    def response_id(prompt: str, text: str) -> str:
+        if (prompt, text) not in ids:
+            ids[(prompt, text)] = rid = f"r-{uuid.uuid4().hex[:16]}"
+            session.add(Response(event_id=uuid.uuid4(), response_id=rid, request_id=rid, app_id="test",
+                                 user_ref="u", prompt=prompt, prompt_hash=prompt_hash(prompt), response=text,
+                                 adapter_id="base", base_model="demo", sampling={}, prompt_tokens=0,
+                                 completion_tokens=0, latency_ms=0.0, created_at=datetime.now(UTC)))  # fmt: skip
+        return ids[(prompt, text)]
+
+    keys: set[str] = set()
+    for p in pairs:
+        chosen, rejected = response_id(p.prompt, p.chosen), response_id(p.prompt, p.rejected)
+        h = prompt_hash(p.prompt)
+        if pair_key(h, chosen, rejected) in keys:  # two samples of one group with the same text
+            continue
+        keys.add(pair_key(h, chosen, rejected))
+        session.add(PreferencePair(pair_key=pair_key(h, chosen, rejected), prompt_hash=h, chosen_response_id=chosen,
+                                   rejected_response_id=rejected, weight=p.weight, margin=1))  # fmt: skip
