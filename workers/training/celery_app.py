@@ -35,6 +35,7 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         result_expires=7 * 24 * 3600,
         worker_hijack_root_logger=False,
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         beat_schedule={"check-new-pairs": {"task": CHECK_NEW_PAIRS, "schedule": settings.training.check_interval_s,
                                            "options": {"expires": settings.training.check_interval_s}}},
     )

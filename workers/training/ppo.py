@@ -149,7 +149,9 @@ class PPOTrainer:
         return Rollout(packed, logprobs, values, advantages, returns, scores, kl.sum(1), texts, tokens_per_s)
 
     def update(self, ro: Rollout) -> tuple[float, float, float, float, int]:
-        """PPO epochs over the rollout; returns mean (policy loss, value loss, clip frac, approx KL) and epochs run."""
+        """PPO epochs over the rollout, stopped early (between minibatches) once the policy's approximate
+        KL from the rollout policy passes ``early_stop_kl``; returns mean (policy loss, value loss, clip
+        fraction, approx KL) and the epochs begun."""
         cfg, n = self.cfg, len(ro.scores)
         micro = cfg.minibatch_size // cfg.grad_accum
         gen = torch.Generator().manual_seed(cfg.seed * 104729 + self.step)
@@ -157,20 +159,21 @@ class PPOTrainer:
         for _ in range(cfg.ppo_epochs):
             epochs_run += 1
             order = torch.randperm(n, generator=gen)
-            epoch_kl = []
             for start in range(0, n, cfg.minibatch_size):
                 self.optimizer.zero_grad(set_to_none=True)
+                minibatch_kl = 0.0
                 for m in range(start, start + cfg.minibatch_size, micro):
                     pg, vf, cf, ak = self._micro_loss(ro, order[m : m + micro].to(ro.scores.device))
                     ((pg + cfg.vf_coef * vf) / cfg.grad_accum).backward()
                     for i, v in enumerate((pg.item(), vf.item(), float(cf), float(ak))):
                         totals[i] += v
                     count += 1
-                    epoch_kl.append(float(ak))
+                    minibatch_kl += float(ak) / cfg.grad_accum
+                if minibatch_kl > cfg.early_stop_kl:  # already too far: drop this update and stop
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return totals[0] / count, totals[1] / count, totals[2] / count, totals[3] / count, epochs_run
                 torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
-            if sum(epoch_kl) / len(epoch_kl) > cfg.early_stop_kl:
-                break
         return totals[0] / count, totals[1] / count, totals[2] / count, totals[3] / count, epochs_run
 
     def _micro_loss(self, ro: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -178,7 +181,7 @@ class PPOTrainer:
         sub = Packed(p.ids[rows], p.mask[rows], p.positions[rows], p.tokens[rows], p.resp_mask[rows], p.width)
         logits, hidden = run(self.model, sub, POLICY)
         logprobs = token_logprobs(logits, sub.tokens)  # (b, R)
-        values = response_values(self.value_head, hidden, sub)  # (b, R)
+        values = response_values(self.value_head, hidden.detach(), sub)  # (b, R); the value loss leaves the LoRA alone
         pg, clip_frac, approx_kl = policy_loss(logprobs, ro.logprobs[rows], ro.advantages[rows], sub.resp_mask,
                                                self.cfg.clip)  # fmt: skip
         vf = value_loss(values, ro.values[rows], ro.returns[rows], sub.resp_mask, self.cfg.value_clip)

@@ -1,0 +1,276 @@
+"""Training on CPU, ours vs TRL, in one run: the LoRA reward model (vs ``trl.RewardTrainer``) and LoRA PPO
+(vs TRL 1.12's ``trl.experimental.ppo.PPOTrainer``) on the demo model, with the same data, seeds, sizes
+and hyperparameters.
+
+Each stage runs in its own child process (this module with ``--stage``; TRL's in its own virtualenv via
+``benchmarks/trl_baseline.py``, built on first use), so peak RSS is per stage and only the training loop
+is timed. The parent imports no torch: a child's ``ru_maxrss`` starts from its parent's RSS at spawn.
+The hidden-preference score (the simulator's, which the RM only sees through noisy votes) is measured on
+64 prompts no stage trained on, 8 samples each, for the base (``hidden_before``) and both trained adapters,
+with our sampler and the same seeds: one sample per prompt moves the mean by about +-0.04 from seed to
+seed. TRL's own 64 samples (its sampler) are scored too, as a cross-check.
+
+Differences kept on purpose (each side at its defaults): TRL decays the learning rate linearly, ours is
+constant; TRL's RM has no per-pair weights; TRL's PPO trains a separate full value model (ours: a head on
+the policy's LoRA, vf_coef 0.5 vs 0.1), keeps the KL coefficient fixed (ours adapts it), rewards raw RM
+scores (a wider scale than ours, which are normalized, so the same KL coefficient weighs less) with no
+missing-end penalty (ours: -1) and has no KL early stop.
+
+    python -m benchmarks.training [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import trl_baseline
+from benchmarks.report import emit
+from rlhf_loop.simulator import mean_score
+
+WORK, VENV = Path("var/bench/training"), Path("var/bench/trl-venv")
+N_EVAL, SAMPLES_PER_PROMPT = trl_baseline.N_SAMPLES, 8
+
+
+def workload(quick: bool, threads: int) -> tuple[dict, dict]:
+    """(data sizes, hyperparameters); the hyperparameters' names are trl_baseline's flags."""
+    data = {"prompts": 200 if quick else 240, "per_prompt": 4 if quick else 6, "raters": 5}
+    hp = {"seed": 0, "threads": threads, "lora_r": 8, "lora_alpha": 16,
+          "rm_epochs": 1 if quick else 2, "rm_batch_size": 16, "rm_lr": 2e-3,
+          "ppo_episodes": 256 if quick else 1024, "ppo_batch_size": 32, "ppo_minibatch": 8, "ppo_epochs": 2,
+          "ppo_lr": 1e-3, "max_new_tokens": 48, "temperature": 1.0, "kl_coef": 0.05}  # fmt: skip
+    return data, hp
+
+
+def train_config(hp: dict):  # noqa: ANN201 - TrainConfig, imported in the child
+    from workers.training.config import LoraShape, PPOConfig, RewardConfig, TrainConfig
+
+    lora = LoraShape(hp["lora_r"], hp["lora_alpha"])
+    steps = hp["ppo_episodes"] // hp["ppo_batch_size"]
+    return TrainConfig(
+        reward=RewardConfig(lora=lora, epochs=hp["rm_epochs"], batch_size=hp["rm_batch_size"], lr=hp["rm_lr"],
+                            seed=hp["seed"]),
+        # grad_accum=1: one optimizer step per minibatch, as TRL; one checkpoint, at the end
+        ppo=PPOConfig(lora=lora, episodes=hp["ppo_episodes"], batch_size=hp["ppo_batch_size"],
+                      minibatch_size=hp["ppo_minibatch"], grad_accum=1, ppo_epochs=hp["ppo_epochs"], lr=hp["ppo_lr"],
+                      max_new_tokens=hp["max_new_tokens"], temperature=hp["temperature"],
+                      init_kl_coef=hp["kl_coef"], seed=hp["seed"], checkpoint_every=steps),
+    )  # fmt: skip
+
+
+# --- child stages: each returns its figures; the child prints them as its last line -------------------
+def stage_data(work: Path, s: dict) -> dict:
+    """Simulated pairs from the demo model -> train/held-out pairs, PPO prompts and evaluation prompts."""
+    from rlhf_loop.models.demo_kit import build_demo_model
+    from rlhf_loop.models.loading import load_base
+    from rlhf_loop.settings import ModelSettings
+    from rlhf_loop.simulator import Simulator
+    from workers.training.dataset import make_dataset, unique, write_pairs
+    from workers.training.synthetic import distinct_prompts, simulated_pairs
+
+    data, hp, cfg = s["data"], s["hp"], train_config(s["hp"])
+    model_dir = build_demo_model(ModelSettings().demo_dir)
+    model, tokenizer = load_base(model_dir)
+    sim = Simulator(7)
+    prompts = distinct_prompts(sim, data["prompts"], hp["seed"])
+    pairs = simulated_pairs(sim, model, tokenizer, prompts, data["per_prompt"], data["raters"], hp["seed"])
+    ds = make_dataset(pairs, None, cfg.heldout_fraction, cfg.min_pairs, cfg.reward.seed)
+    write_pairs(work / "pairs.jsonl", ds.train)
+    write_pairs(work / "heldout.jsonl", ds.heldout)
+    # Evaluation: held-out prompts first, then catalogue prompts never drawn; none of them is a PPO prompt.
+    seen = set(ds.prompts)
+    evals = [p for p in unique(ds.heldout_prompts + [p.text for p in sim.prompts]) if p not in seen][:N_EVAL]
+    for name, texts in (("prompts.jsonl", ds.prompts), ("eval_prompts.jsonl", evals)):
+        (work / name).write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts))
+    return {"model": str(model_dir), "train_pairs": len(ds.train), "heldout_pairs": len(ds.heldout),
+            "ppo_prompts": len(ds.prompts), "eval_prompts": len(evals)}  # fmt: skip
+
+
+def _model(s: dict):  # noqa: ANN202 - (PeftModel, tokenizer, Encoder, hidden width)
+    import torch
+
+    from workers.training.encoding import Encoder
+    from workers.training.roles import hidden_size
+    from workers.training.trainer import build_model
+
+    torch.manual_seed(s["hp"]["seed"])
+    model, tokenizer = build_model(s["model"], train_config(s["hp"]), "cpu", None)
+    return model, tokenizer, Encoder(tokenizer, model), hidden_size(model)
+
+
+def stage_ours_rm(work: Path, s: dict) -> dict:
+    import shutil
+
+    from rlhf_loop.artifacts import write_dir_atomic
+    from workers.training.dataset import read_pairs
+    from workers.training.reward import save_reward, train_reward
+    from workers.training.roles import REWARD, ScalarHead
+    from workers.training.trainer import lora_config
+
+    cfg = train_config(s["hp"])
+    model, _, enc, width = _model(s)
+    head = ScalarHead(width, init_std=(width + 1) ** -0.5)
+    model.add_adapter(REWARD, lora_config(cfg.reward.lora))
+    model.set_adapter(REWARD)
+    rm = train_reward(model, head, enc, read_pairs(work / "pairs.jsonl"), read_pairs(work / "heldout.jsonl"),
+                      cfg.reward, "cpu")  # fmt: skip
+    shutil.rmtree(work / "ours" / "reward_model", ignore_errors=True)
+    write_dir_atomic(work / "ours" / "reward_model", lambda tmp: save_reward(tmp, model, head, rm, s["model"]))
+    return {"rm_pairs_per_s": round(rm.pairs_per_s, 2), "rm_heldout_accuracy": round(rm.heldout_accuracy, 4),
+            "rm_train_s": round(rm.seconds, 3)}  # fmt: skip
+
+
+def stage_ours_ppo(work: Path, s: dict) -> dict:
+    from workers.training.dataset import read_prompts
+    from workers.training.ppo import PPOTrainer, RewardNorm, train_ppo
+    from workers.training.reward import load_reward
+    from workers.training.roles import POLICY, ScalarHead
+
+    cfg = train_config(s["hp"])
+    model, _, enc, width = _model(s)
+    reward_head, value_head = ScalarHead(width), ScalarHead(width)
+    meta = load_reward(work / "ours" / "reward_model", model, reward_head)
+    trainer = PPOTrainer(model, value_head, reward_head, enc, cfg.ppo, RewardNorm(meta["score_mean"],
+                         meta["score_std"]), "cpu")  # fmt: skip
+    checkpoint = work / "ours" / "ppo.ckpt"
+    checkpoint.unlink(missing_ok=True)  # else train_ppo resumes a finished run
+    started = time.perf_counter()
+    train_ppo(trainer, read_prompts(work / "prompts.jsonl"), checkpoint, "benchmark")
+    seconds = time.perf_counter() - started
+    model.save_pretrained(str(work / "ours" / "policy"), selected_adapters=[POLICY])
+    episodes = cfg.ppo.steps * cfg.ppo.batch_size
+    return {"ppo_episodes": episodes, "ppo_train_s": round(seconds, 3),
+            "ppo_episodes_per_s": round(episodes / seconds, 2)}  # fmt: skip
+
+
+def stage_eval(work: Path, s: dict) -> dict:
+    """Mean hidden score of the base and of both trained policy adapters: same sampler, prompts and seeds."""
+    from peft import PeftModel
+
+    from rlhf_loop.generation import BASE
+    from rlhf_loop.models.loading import generate, load_base
+    from workers.training.dataset import read_prompts
+
+    hp = s["hp"]
+    base, tokenizer = load_base(s["model"])
+    model = PeftModel.from_pretrained(base, str(work / "ours" / "policy"), adapter_name="ours")
+    model.load_adapter(str(work / "trl" / "policy"), adapter_name="trl")  # GPT-2 LoRA, as TRL saved it
+    prompts = read_prompts(work / "eval_prompts.jsonl") * SAMPLES_PER_PROMPT
+    out = {"eval_samples": len(prompts)}
+    for name, adapter in (("hidden_before", BASE), ("ours_hidden_after", "ours"), ("trl_hidden_after", "trl")):
+        texts = generate(model, tokenizer, prompts, seed=hp["seed"], max_new_tokens=hp["max_new_tokens"],
+                         temperature=hp["temperature"], adapter_id=adapter)  # fmt: skip
+        out[name] = round(mean_score(list(zip(prompts, texts, strict=True))), 4)
+    return out
+
+
+STAGES = {"data": stage_data, "ours-rm": stage_ours_rm, "ours-ppo": stage_ours_ppo, "eval": stage_eval}
+
+
+def run_stage(name: str, work: Path) -> None:
+    import torch
+
+    s = json.loads((work / "settings.json").read_text())
+    torch.set_num_threads(s["hp"]["threads"])
+    (work / "ours").mkdir(exist_ok=True)
+    result = STAGES[name](work, s)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["torch_version"] = torch.__version__
+    print(json.dumps(result), flush=True)
+
+
+# --- parent -------------------------------------------------------------------------------------------
+def child(cmd: list[str], log: Path) -> dict:
+    """Run one stage; its stderr goes to ``log``; returns the JSON of its last stdout line."""
+    started = time.perf_counter()
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    with log.open("w") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}); last lines of {log}:\n"
+                 + "\n".join(log.read_text().splitlines()[-20:]))  # fmt: skip
+    print(f"{log.stem}: {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def trl_python() -> str:
+    """The TRL venv's interpreter, after building the venv if it cannot import trl (about a minute)."""
+    python = VENV / "bin" / "python"
+    if not python.exists() or subprocess.run([python, "-c", "import trl, peft"], capture_output=True).returncode:
+        print(f"building {VENV} ...", file=sys.stderr, flush=True)
+        for cmd in trl_baseline.install_commands(VENV):
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return str(python)
+
+
+def hidden(path: Path) -> float:
+    rows = trl_baseline.read_jsonl(str(path))
+    return round(mean_score([(r["prompt"], r["response"]) for r in rows]), 4)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="about a minute on 2 idle cores")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every stage, both sides")
+    parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)  # internal: one child stage
+    args = parser.parse_args(argv)
+    if args.stage:
+        run_stage(args.stage, args.work)
+        return
+
+    started, work, load = time.perf_counter(), args.work.resolve(), os.getloadavg()[0]
+    (work / "trl").mkdir(parents=True, exist_ok=True)
+    data, hp = workload(args.quick, args.threads)
+    (work / "settings.json").write_text(json.dumps({"data": data, "hp": hp}))
+    ours = [sys.executable, "-m", "benchmarks.training", "--work", str(work), "--stage"]
+    sizes = child([*ours, "data"], work / "data.log")
+    (work / "settings.json").write_text(json.dumps({"data": data, "hp": hp, "model": sizes["model"]}))
+
+    flags = [a for k, v in hp.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    trl = [trl_python(), trl_baseline.__file__, "--model", sizes["model"], "--out", str(work / "trl"),
+           *(a for f in ("pairs", "heldout", "prompts", "eval_prompts")
+             for a in (f"--{f.replace('_', '-')}", str(work / f"{f}.jsonl"))), *flags, "--stage"]  # fmt: skip
+    ours_rm, trl_rm = child([*ours, "ours-rm"], work / "ours-rm.log"), child([*trl, "rm"], work / "trl-rm.log")
+    ours_ppo, trl_ppo = child([*ours, "ours-ppo"], work / "ours-ppo.log"), child([*trl, "ppo"], work / "trl-ppo.log")
+    score = child([*ours, "eval"], work / "eval.log")
+    trl_sampler = (hidden(work / "trl" / "samples_before.jsonl"), hidden(work / "trl" / "samples.jsonl"))
+
+    names = {"ours": "ours", "trl": f"TRL {trl_ppo['trl_version']}"}
+    rows = [["reward model", names[side], r["rm_pairs_per_s"], "pairs/s",
+             f"held-out acc {r['rm_heldout_accuracy']:.3f}", r["peak_rss_mb"]]
+            for side, r in (("ours", ours_rm), ("trl", trl_rm))]  # fmt: skip
+    rows += [["PPO", names[side], r["ppo_episodes_per_s"], "episodes/s",
+              f"hidden score {score['hidden_before']:.3f} -> {score[f'{side}_hidden_after']:.3f}", r["peak_rss_mb"]]
+             for side, r in (("ours", ours_ppo), ("trl", trl_ppo))]  # fmt: skip
+    emit(f"training, demo model, CPU {hp['threads']} threads, {sizes['train_pairs']} pairs x {hp['rm_epochs']} "
+         f"epochs, PPO {hp['ppo_episodes']} episodes, torch {ours_ppo['torch_version']}",
+         ["stage", "trainer", "rate", "unit", "quality", "peak RSS MB"], rows,
+         {"benchmark": "training", "quick": args.quick,
+          "rm_vs_trl": round(ours_rm["rm_pairs_per_s"] / trl_rm["rm_pairs_per_s"], 2),
+          "ppo_vs_trl": round(ours_ppo["ppo_episodes_per_s"] / trl_ppo["ppo_episodes_per_s"], 2),
+          "ppo_peak_rss_vs_trl": round(ours_ppo["peak_rss_mb"] / trl_ppo["peak_rss_mb"], 2),
+          "ours_rm_pairs_per_s": ours_rm["rm_pairs_per_s"], "trl_rm_pairs_per_s": trl_rm["rm_pairs_per_s"],
+          "ours_rm_heldout_accuracy": ours_rm["rm_heldout_accuracy"],
+          "trl_rm_heldout_accuracy": trl_rm["rm_heldout_accuracy"],
+          "ours_rm_peak_rss_mb": ours_rm["peak_rss_mb"], "trl_rm_peak_rss_mb": trl_rm["peak_rss_mb"],
+          "ours_ppo_episodes_per_s": ours_ppo["ppo_episodes_per_s"],
+          "trl_ppo_episodes_per_s": trl_ppo["ppo_episodes_per_s"],
+          **{k: score[k] for k in ("hidden_before", "ours_hidden_after", "trl_hidden_after", "eval_samples")},
+          "trl_sampler_hidden_before": trl_sampler[0], "trl_sampler_hidden_after": trl_sampler[1],
+          "ours_ppo_peak_rss_mb": ours_ppo["peak_rss_mb"], "trl_ppo_peak_rss_mb": trl_ppo["peak_rss_mb"],
+          "trl_version": trl_ppo["trl_version"], "torch_version": ours_ppo["torch_version"],
+          "trl_torch_version": trl_ppo["torch_version"],
+          "data": {k: sizes[k] for k in ("train_pairs", "heldout_pairs", "ppo_prompts", "eval_prompts")},
+          "settings": {**data, **hp},
+          "load_avg_1m_at_start": round(load, 2), "wall_s": round(time.perf_counter() - started, 1)})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
