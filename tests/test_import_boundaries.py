@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LIGHT = [
     "schemas.events", "schemas.http", "schemas.tables", "rlhf_loop.cli", "rlhf_loop.settings",
     "rlhf_loop.bus.codec", "rlhf_loop.db", "rlhf_loop.simulator", "services.inference.app",
+    "workers.aggregator.main", "workers.training.celery_app", "workers.training.tasks", "workers.training.pipeline",
+    "workers.training.service", "workers.training.config", "workers.training.dataset", "workers.training.snapshot",
 ]  # fmt: skip
 
 
