@@ -116,3 +116,16 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_adapter(
     assert result.adapter_sha256 == trained.result.adapter_sha256
     again = train(str(demo_model_dir), dataset, CFG, tmp_path, "run-a", device="cpu")
     assert again.adapter_sha256 == result.adapter_sha256
+
+
+def test_a_parent_adapter_of_another_base_model_is_refused(demo_model_dir: Path, tmp_path: Path) -> None:
+    from peft import get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from workers.training.errors import BaseModelMismatch
+    from workers.training.trainer import build_model, lora_config
+
+    other = GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=128, n_embd=64, n_layer=2, n_head=4))
+    get_peft_model(other, lora_config(CFG.ppo.lora)).save_pretrained(str(tmp_path / "foreign"))
+    with pytest.raises(BaseModelMismatch, match="does not fit base model"):
+        build_model(str(demo_model_dir), CFG, "cpu", tmp_path / "foreign")

@@ -50,7 +50,6 @@ class Rollout:
     returns: torch.Tensor  # (B, R)
     scores: torch.Tensor  # (B,) normalized reward-model scores (after the missing-end penalty)
     kl: torch.Tensor  # (B,) sequence KL vs the reference
-    texts: list[str]
     tokens_per_s: float
 
 
@@ -136,7 +135,7 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[str], seed: int) -> Rollout:
         cfg = self.cfg
-        packed, texts, tokens_per_s = self.sample(prompts, seed)
+        packed, _, tokens_per_s = self.sample(prompts, seed)
         logits, hidden = run(self.model, packed, POLICY)
         logprobs = token_logprobs(logits, packed.tokens)  # (B, R)
         values = response_values(self.value_head, hidden, packed) * packed.resp_mask  # (B, R)
@@ -146,7 +145,7 @@ class PPOTrainer:
         advantages, returns = gae(rewards, values, packed.resp_mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, packed.resp_mask)
-        return Rollout(packed, logprobs, values, advantages, returns, scores, kl.sum(1), texts, tokens_per_s)
+        return Rollout(packed, logprobs, values, advantages, returns, scores, kl.sum(1), tokens_per_s)
 
     def update(self, ro: Rollout) -> tuple[float, float, float, float, int]:
         """PPO epochs over the rollout, stopped early (between minibatches) once the policy's approximate
@@ -156,7 +155,8 @@ class PPOTrainer:
         micro = cfg.minibatch_size // cfg.grad_accum
         gen = torch.Generator().manual_seed(cfg.seed * 104729 + self.step)
         totals, count, epochs_run = [0.0, 0.0, 0.0, 0.0], 0, 0
-        for _ in range(cfg.ppo_epochs):
+        stop = False
+        while epochs_run < cfg.ppo_epochs and not stop:
             epochs_run += 1
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, cfg.minibatch_size):
@@ -169,12 +169,13 @@ class PPOTrainer:
                         totals[i] += v
                     count += 1
                     minibatch_kl += float(ak) / cfg.grad_accum
-                if minibatch_kl > cfg.early_stop_kl:  # already too far: drop this update and stop
-                    self.optimizer.zero_grad(set_to_none=True)
-                    return totals[0] / count, totals[1] / count, totals[2] / count, totals[3] / count, epochs_run
+                stop = minibatch_kl > cfg.early_stop_kl  # already too far: drop this update and end the step
+                if stop:
+                    break
                 torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
-        return totals[0] / count, totals[1] / count, totals[2] / count, totals[3] / count, epochs_run
+        pg, vf, cf, ak = (t / count for t in totals)
+        return pg, vf, cf, ak, epochs_run
 
     def _micro_loss(self, ro: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         p = ro.packed

@@ -1,0 +1,38 @@
+"""The service pipeline's refusals land on the run record (SQLite, no worker needed): a run whose
+active parent adapter was trained on another base model fails before training and registers nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.settings import Settings
+from schemas.tables import Adapter, DeploymentPointer, TrainingRun
+from workers.training.pipeline import create_run, run, run_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_parent_of_another_base_model_fails_the_run_with_a_clear_error(settings: Settings, tmp_path: Path) -> None:
+    upgrade(settings.database.url)
+    engine = make_engine(settings.database)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        session.add(Adapter(id="ad-old", state="active", base_model="some/other-model", path=str(tmp_path),
+                            sha256="0" * 64))  # fmt: skip
+        session.flush()
+        session.add(DeploymentPointer(role="active", adapter_id="ad-old"))
+        run_id = create_run(session, run_config(settings), reason="test")
+
+    assert run(settings, sessions, run_id, base_model="var/models/demo") is None
+
+    with sessions() as session:
+        record = session.get(TrainingRun, run_id)
+        assert record.status == "failed" and record.finished_at is not None
+        assert record.error.startswith("BaseModelMismatch: active adapter ad-old was trained on 'some/other-model'")
+        assert session.scalar(select(func.count()).select_from(Adapter)) == 1
+    assert run(settings, sessions, run_id, base_model="var/models/demo") is None  # a finished run is not rerun
+    engine.dispose()
