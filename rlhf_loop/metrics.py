@@ -129,11 +129,44 @@ REWARD_MODEL_ACCURACY = Gauge(
     "rlhf_reward_model_heldout_accuracy_ratio", "Held-out pair accuracy of the latest reward model.",
     multiprocess_mode="mostrecent",
 )  # workers/training/pipeline.py
+# --- promotion (services/promotion) and adapter serving (services/inference) ------------------
+PROMOTION_TRANSITIONS = Counter(
+    "rlhf_promotion_transitions_total", "Registry state changes of adapters, by the state entered.", ["to_state"]
+)  # services/promotion/registry.py
+GATE_CHECKS = Counter(
+    "rlhf_gate_checks_total", "Gate checks run on candidate adapters, by check and result.", ["check", "result"]
+)  # services/promotion/gate.py
+ROLLBACKS = Counter(
+    "rlhf_rollbacks_total", "Adapter rollbacks, by trigger (auto: canary monitor; manual: approver).", ["trigger"]
+)  # services/promotion/rollout.py
+CANARY_NEGATIVE_RATE = Gauge(
+    "rlhf_canary_negative_feedback_rate", "Negative-feedback rate since the canary started, canary vs active arm.",
+    ["arm"], multiprocess_mode="mostrecent",
+)  # services/promotion/canary.py
+CANARY_P_VALUE = Gauge(
+    "rlhf_canary_p_value", "One-sided p-value that the canary's negative-feedback rate is worse than active's.",
+    multiprocess_mode="mostrecent",
+)  # services/promotion/canary.py
+SERVING_ADAPTER = Gauge(
+    "rlhf_serving_adapter_info", "1 for the adapter this API process serves in each role (active, canary).",
+    ["role", "adapter"], multiprocess_mode="max",
+)  # services/inference/deployment.py
+ADAPTER_SWAPS = Counter(
+    "rlhf_adapter_swaps_total", "Deployment changes applied by an API process, by result.", ["result"]
+)  # services/inference/deployment.py
+CANARY_SHARE = Gauge(
+    "rlhf_canary_share_ratio", "Share of users routed to the canary adapter by this API process.",
+    multiprocess_mode="max",
+)  # services/inference/deployment.py
 TRAINING_STAGES = ("snapshot", "reward", "ppo", "evaluate", "register")
 for _stage in TRAINING_STAGES:
     TRAINING_STAGE_SECONDS.labels(_stage)
 for _outcome in ("succeeded", "failed"):
     TRAINING_RUNS.labels(_outcome)
+for _trigger in ("auto", "manual"):
+    ROLLBACKS.labels(_trigger)
+for _result in ("ok", "failed"):
+    ADAPTER_SWAPS.labels(_result)
 
 _PER_TOPIC = (PRODUCE_ATTEMPTS, PRODUCE_ERRORS, SPOOLED_EVENTS, REPLAYED_EVENTS, CONSUMED_EVENTS,
               DEAD_LETTERS)
