@@ -175,6 +175,43 @@ for _topic in (Topics.RESPONSES, Topics.FEEDBACK):  # pre-create known label val
         _metric.labels(_topic)
 
 
+# --- drift (workers/monitoring/drift.py: prompts, feedback; workers/training/drift_model.py: model) ------
+DRIFT_PROMPT_PSI = Gauge(
+    "rlhf_drift_prompt_psi", "PSI of live prompts vs the active adapter's training prompts, by feature "
+    "(length: word-count buckets; tokens: hashed word frequencies). NaN with too few live prompts.",
+    ["feature"], multiprocess_mode="mostrecent",
+)  # workers/monitoring/drift.py
+DRIFT_NEGATIVE_RATE = Gauge(
+    "rlhf_drift_negative_feedback_rate", "Negative-feedback rate of the serving adapters from SQL: the drift window "
+    "(recent) vs the span before it (baseline). NaN without ratings.", ["role", "window"],
+    multiprocess_mode="mostrecent",
+)  # workers/monitoring/drift.py
+DRIFT_REWARD_SCORE = Gauge(
+    "rlhf_drift_reward_score", "Mean normalized reward-model score of the active adapter's responses: "
+    "a live sample vs its evaluation at promotion.", ["source"], multiprocess_mode="mostrecent",
+)  # workers/training/drift_model.py
+DRIFT_POLICY_KL = Gauge(
+    "rlhf_drift_policy_kl_nats", "Mean sequence KL of the active adapter from the base model: "
+    "live responses vs its evaluation at promotion.", ["source"], multiprocess_mode="mostrecent",
+)  # workers/training/drift_model.py
+DRIFT_SAMPLE = Gauge(
+    "rlhf_drift_sample_size", "Live items the latest drift check used, by check.", ["check"],
+    multiprocess_mode="mostrecent",
+)  # workers/monitoring/drift.py, workers/training/drift_model.py
+DRIFT_CHECKS = Counter(
+    "rlhf_drift_checks_total", "Drift checks run, by check and outcome (computed, or skipped: no reference).",
+    ["check", "outcome"],
+)  # workers/monitoring/drift.py, workers/training/drift_model.py
+DRIFT_LAST_SUCCESS = Gauge(
+    "rlhf_drift_last_success_timestamp_seconds", "When each drift check last computed its gauges.", ["check"],
+    multiprocess_mode="max",
+)  # workers/monitoring/drift.py, workers/training/drift_model.py
+DRIFT_CHECK_NAMES = ("prompt", "feedback", "model")
+for _check in DRIFT_CHECK_NAMES:
+    for _outcome in ("computed", "skipped"):
+        DRIFT_CHECKS.labels(_check, _outcome)
+
+
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every metric and its content type. In multiprocess mode
     (``PROMETHEUS_MULTIPROC_DIR`` set) a fresh registry aggregates all worker processes per scrape."""

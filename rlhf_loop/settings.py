@@ -185,6 +185,27 @@ class SimulatorSettings(_Group):
     """Probability that a simulated user flips their rating."""
 
 
+class MonitoringSettings(_Group):
+    """Drift checks (Celery beat, never in the request path) and the aggregator's /metrics endpoint."""
+
+    drift_interval_s: float = Field(300.0, gt=0)
+    """How often Celery beat computes drift (prompts, negative feedback; reward score and KL on the gpu queue)."""
+    drift_window_s: int = Field(3600, ge=60)
+    """Live traffic window the drift checks compare with their reference."""
+    drift_min_prompts: int = Field(50, ge=1)
+    """Fewest live prompts for a prompt-drift PSI; with fewer the gauge reads NaN."""
+    drift_max_prompts: int = Field(5000, ge=1)
+    """Most recent live prompts one prompt-drift check reads."""
+    drift_token_buckets: int = Field(64, ge=2, le=4096)
+    """Hash buckets of the token-frequency feature of prompt drift."""
+    drift_sample: int = Field(64, ge=1)
+    """Live responses of the active adapter scored for reward-score drift and policy KL (model forward passes)."""
+    baseline_window_s: int = Field(7 * 24 * 3600, ge=60)
+    """Negative-feedback baseline of an adapter: its ratings in this span before the drift window."""
+    aggregator_metrics_port: int = Field(9102, ge=0, le=65535)
+    """Port of the aggregator's /metrics endpoint (0: none)."""
+
+
 class Settings(BaseSettings):
     """All settings. Build one with ``Settings(...)`` in tests, never by editing os.environ."""
 
@@ -209,6 +230,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     training: TrainingSettings = TrainingSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @model_validator(mode="after")
     def _refuse_demo_secrets(self) -> Settings:

@@ -16,7 +16,14 @@ from rlhf_loop.settings import Settings, get_settings
 
 RETRAIN = "workers.training.tasks.retrain"
 CHECK_NEW_PAIRS = "workers.training.tasks.check_new_pairs"
+CHECK_DRIFT = "workers.training.tasks.check_drift"
+CHECK_MODEL_DRIFT = "workers.training.tasks.check_model_drift"
 QUEUES = ("gpu", "default")
+ROUTES = {
+    RETRAIN: {"queue": "gpu"},
+    CHECK_MODEL_DRIFT: {"queue": "gpu"},
+    "workers.training.tasks.*": {"queue": "default"},
+}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -27,7 +34,7 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue="default",
-        task_routes={RETRAIN: {"queue": "gpu"}, "workers.training.tasks.*": {"queue": "default"}},
+        task_routes=ROUTES,
         broker_transport_options={"visibility_timeout": settings.training.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         task_serializer="json",
@@ -36,10 +43,24 @@ def make_celery(settings: Settings) -> Celery:
         result_expires=7 * 24 * 3600,
         worker_hijack_root_logger=False,
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
-        beat_schedule={"check-new-pairs": {"task": CHECK_NEW_PAIRS, "schedule": settings.training.check_interval_s,
-                                           "options": {"expires": settings.training.check_interval_s}}},
+        beat_schedule={
+            "check-new-pairs": {
+                "task": CHECK_NEW_PAIRS,
+                "schedule": settings.training.check_interval_s,
+                "options": {"expires": settings.training.check_interval_s},
+            },
+            **_drift_schedule(settings),
+        },
     )
     return celery
+
+
+def _drift_schedule(settings: Settings) -> dict:
+    """Drift checks every ``monitoring.drift_interval_s``: SQL-only ones on ``default``, the model's on ``gpu``
+    (where a queued check expires rather than pile up behind a training run)."""
+    every = settings.monitoring.drift_interval_s
+    return {name: {"task": task, "schedule": every, "options": {"expires": every}}
+            for name, task in (("check-drift", CHECK_DRIFT), ("check-model-drift", CHECK_MODEL_DRIFT))}  # fmt: skip
 
 
 app = make_celery(get_settings())

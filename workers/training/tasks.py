@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rlhf_loop.settings import Settings, get_settings
 from schemas.tables import TrainingRun
-from workers.training.celery_app import CHECK_NEW_PAIRS, RETRAIN, app
+from workers.training.celery_app import CHECK_DRIFT, CHECK_MODEL_DRIFT, CHECK_NEW_PAIRS, RETRAIN, app
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +58,24 @@ def start_if_due(settings: Settings, sessions: sessionmaker[Session]) -> str | N
 def check_new_pairs() -> str | None:
     """Celery beat: start a retrain once ``training.min_new_pairs`` new pairs exist."""
     return start_if_due(get_settings(), _sessions())
+
+
+@app.task(name=CHECK_DRIFT)
+def check_drift() -> dict[str, float] | None:
+    """Celery beat (``default`` queue): prompt and negative-feedback drift from SQL; returns the prompt PSIs."""
+    from workers.monitoring.drift import record
+
+    with _sessions()() as session:
+        prompts = record(session, get_settings().monitoring)
+    return prompts.psi if prompts else None
+
+
+@app.task(name=CHECK_MODEL_DRIFT)
+def check_model_drift() -> dict[str, float] | None:
+    """Celery beat (``gpu`` queue): reward-score drift and policy KL of the active adapter on live responses."""
+    from rlhf_loop.models.loading import resolve_base_model
+    from workers.training.drift_model import record
+
+    settings = get_settings()
+    drift = record(settings, _sessions(), resolve_base_model(settings.model, progress=False))
+    return drift.as_dict() if drift else None
