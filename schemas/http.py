@@ -80,3 +80,61 @@ class ErrorBody(_Body):
 
     code: str
     message: str
+
+
+# --- promotion (approver role) --------------------------------------------------------------------
+MAX_REASON_CHARS: Final = 2000
+AdapterId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class Decision(_Body):
+    """An approver's decision; the reason is kept in the audit log."""
+
+    reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS)
+
+
+class AdapterSummary(_Body):
+    id: str
+    state: str
+    base_model: str
+    parent_id: str | None
+    run_id: str | None
+    created_at: str
+    gate_passed: bool | None
+    """None until the gate has run."""
+
+
+class AuditEntry(_Body):
+    at: str
+    from_state: str | None
+    to_state: str
+    actor: str
+    reason: str
+    details: dict
+
+
+class AdapterDetail(_Body):
+    adapter: AdapterSummary
+    metrics: dict
+    """Training metrics (reward model, PPO, evaluation) and, once gated, the gate's verdict under "gate"."""
+    lineage: dict
+    audit: list[AuditEntry]
+
+
+class Deployment(_Body):
+    active: str | None
+    """The adapter every user not in the canary gets (None: the bare base model)."""
+    canary: str | None
+    canary_share: float
+
+
+class PromotionResult(_Body):
+    adapter_id: str
+    state: str
+    deployment: Deployment
+
+
+class RollbackResult(_Body):
+    rolled_back: str
+    role: Literal["active", "canary"]
+    deployment: Deployment

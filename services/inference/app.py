@@ -21,6 +21,7 @@ from rlhf_loop.settings import Settings
 from services.inference.errors import install_error_handlers
 from services.inference.limits import BodySizeLimit
 from services.inference.routes import feedback, generate, health
+from services.promotion import page, routes
 
 if TYPE_CHECKING:
     from services.inference.context import ApiContext
@@ -77,10 +78,12 @@ def create_app(settings: Settings, context: ApiContext | None = None) -> FastAPI
         title="rlhf-loop inference API",
         version="1",
         lifespan=lifespan,
-        description="Generate responses with the served LoRA adapter and collect signed thumbs-up/down feedback.",
+        description="Generate responses with the served LoRA adapter and collect signed thumbs-up/down feedback; "
+        "review, approve, deploy and roll back adapters (approver keys).",
     )
     install_error_handlers(app)
-    for module in (generate, feedback, health):
+    routes.install_promotion_errors(app)
+    for module in (generate, feedback, health, routes, page):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics)

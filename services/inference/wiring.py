@@ -2,7 +2,8 @@
 
 Order: database (migrated automatically only in the demo env), API keys, Redis rate limiter,
 event producer with its spool (and the embedded broker when no Kafka is configured), then the
-model runtime with the adapter the registry marks active. Shutdown runs in reverse: stop taking
+model runtime with the adapters the deployment pointers name (kept current by a
+DeploymentWatcher). Shutdown runs in reverse: stop taking
 batches, flush or spool every event, close connections.
 """
 
@@ -13,13 +14,11 @@ import logging
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from sqlalchemy import select
 
 from rlhf_loop.bus.producer import EventProducer
 from rlhf_loop.bus.spool import Spool
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
 from rlhf_loop.settings import Settings
-from schemas.tables import Adapter, DeploymentPointer
 from services.inference.auth import KeyCache
 from services.inference.context import ApiContext
 from services.inference.ratelimit import RateLimiter
@@ -67,6 +66,7 @@ def _build_runtime(settings: Settings, sessions, closers: list):  # noqa: ANN001
 
     from rlhf_loop.models.engine import GenerationEngine
     from rlhf_loop.models.loading import load_base, resolve_base_model, resolve_device
+    from services.inference.deployment import DeploymentWatcher
     from services.inference.runtime.adapters import AdapterManager
     from services.inference.runtime.batching import MicroBatcher
 
@@ -80,14 +80,9 @@ def _build_runtime(settings: Settings, sessions, closers: list):  # noqa: ANN001
     batcher.start()
     closers.append(batcher.stop)
     adapters = AdapterManager(engine, batcher, settings.runtime.adapter_slots)
-    with sessions() as session:
-        active = session.scalars(
-            select(Adapter).join(DeploymentPointer, DeploymentPointer.adapter_id == Adapter.id)
-            .where(DeploymentPointer.role == "active")
-        ).one_or_none()  # fmt: skip
-    if active is not None:
-        adapters.activate(active.id, Path(active.path))
-    log.info("serving %s with adapter %s on %s", path, adapters.active, device)
+    watcher = DeploymentWatcher(sessions, adapters, settings.redis.url, settings.promotion.poll_interval_s).start()
+    closers.append(watcher.stop)
+    log.info("serving %s with adapters %s on %s", path, adapters.routing, device)
     return batcher, adapters, Path(path).name if not settings.model.base_model else settings.model.base_model
 
 

@@ -16,8 +16,8 @@ from workers.training.config import TrainConfig
 
 def start_run(settings: Settings, cfg: TrainConfig, inline: bool, base_model: str | None = None,
               reason: str = "requested") -> tuple[str, str | None]:  # fmt: skip
-    """Create a run; enqueue it (returns (run_id, None)) or run it here with progress bars
-    (returns (run_id, adapter id or None when it failed))."""
+    """Create a run; enqueue it (returns (run_id, None); the worker gates the candidate) or run it and the
+    gate here with progress bars (returns (run_id, adapter id or None when it failed))."""
     from rlhf_loop.db import make_engine, make_sessionmaker
     from workers.training.pipeline import create_run
 
@@ -37,7 +37,12 @@ def start_run(settings: Settings, cfg: TrainConfig, inline: bool, base_model: st
 
         base = base_model or resolve_base_model(settings.model)
         with StageBars.make_progress() as bars:
-            return run_id, run(settings, sessions, run_id, base, report=StageBars(bars))
+            adapter_id = run(settings, sessions, run_id, base, report=StageBars(bars))
+            if adapter_id is not None:
+                from workers.training.gating import gate_candidate
+
+                bars.console.print(f"gate of {adapter_id}: {gate_candidate(settings, sessions, adapter_id, base)}")
+        return run_id, adapter_id
     finally:
         engine.dispose()
 

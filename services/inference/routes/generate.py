@@ -29,7 +29,7 @@ async def generate(
     if not decision.allowed:
         raise RateLimited(decision.retry_after_s)
     started = time.perf_counter()
-    adapter_id = ctx.adapters.active
+    adapter_id = ctx.adapters.route(body.user_ref)
     prompt = f"{body.context}\n{body.prompt}" if body.context else body.prompt
     seed = body.sampling.seed if body.sampling.seed is not None else uuid.uuid4().int & 0x7FFF_FFFF
     result = await ctx.batcher.generate(

@@ -8,9 +8,11 @@ an adapter is detached only when it is neither active, canary, nor among the rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,24 @@ def _norm(value: object) -> object:
     return sorted(value) if isinstance(value, list | set | tuple) else value
 
 
+def in_canary(user_ref: str, share: float) -> bool:
+    """Whether ``user_ref`` falls in the first ``share`` of users by a stable hash (same answer in every replica)."""
+    bucket = int.from_bytes(hashlib.sha256(user_ref.encode()).digest()[:8], "big") / 2**64  # uniform in [0, 1)
+    return bucket < share
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which adapter serves whom: ``share`` of users (by hash of user_ref) get ``canary``, the rest ``active``."""
+
+    active: str
+    canary: str | None = None
+    share: float = 0.0
+
+    def route(self, user_ref: str) -> str:
+        return self.canary if self.canary is not None and in_canary(user_ref, self.share) else self.active
+
+
 class AdapterManager:
     """Which adapters are attached to the engine's model, and which one new requests get."""
 
@@ -71,12 +91,36 @@ class AdapterManager:
         self._slots = slots
         self._lock = threading.Lock()
         self._configs: OrderedDict[str, dict] = OrderedDict()  # attached adapters, least recent first
-        self._active = BASE
+        self._routing = Routing(BASE)  # replaced whole, so a reader never sees half a deployment
         self._module_names = {name.rsplit(".", 1)[-1] for name, _ in engine.model.named_modules()}
 
     @property
     def active(self) -> str:
-        return self._active
+        return self._routing.active
+
+    @property
+    def routing(self) -> Routing:
+        return self._routing
+
+    def route(self, user_ref: str) -> str:
+        """The adapter serving ``user_ref``: the canary for its share of users (stable per user), else active."""
+        return self._routing.route(user_ref)
+
+    def deploy(self, active: str, active_path: Path | None, canary: str | None = None, canary_path: Path | None = None,
+               share: float = 0.0, timeout_s: float = 120.0) -> None:  # fmt: skip
+        """Serve ``active`` to everyone but ``share`` of users, who get ``canary``. Both are attached first;
+        on any error nothing changes (AdapterLoadError, AdapterIncompatible)."""
+        for adapter_id, path in ((active, active_path), (canary, canary_path)):
+            if adapter_id is not None and adapter_id != BASE and adapter_id not in self._configs:
+                if path is None:
+                    raise AdapterLoadError(f"adapter {adapter_id!r} is not loaded and no path was given")
+                self.attach(adapter_id, path, timeout_s)
+        with self._lock:
+            self._routing = Routing(active, canary, share if canary else 0.0)
+            for adapter_id in (canary, active):
+                if adapter_id in self._configs:
+                    self._configs.move_to_end(adapter_id)
+        self._evict()
 
     @property
     def loaded(self) -> list[str]:
@@ -87,15 +131,7 @@ class AdapterManager:
 
         Raises AdapterIncompatible or AdapterLoadError and leaves the served adapter unchanged.
         """
-        if adapter_id != BASE and adapter_id not in self._configs:
-            if path is None:
-                raise AdapterLoadError(f"adapter {adapter_id!r} is not loaded and no path was given")
-            self.attach(adapter_id, path, timeout_s)
-        with self._lock:
-            self._active = adapter_id
-            if adapter_id in self._configs:
-                self._configs.move_to_end(adapter_id)
-        self._evict()
+        self.deploy(adapter_id, path, timeout_s=timeout_s)
 
     def attach(self, adapter_id: str, path: Path, timeout_s: float = 120.0) -> None:
         """Validate and attach an adapter without routing requests to it (canary, warm-up)."""
@@ -122,7 +158,8 @@ class AdapterManager:
 
     def _evict(self) -> None:
         with self._lock:
-            victims = [a for a in self._configs if a != self._active][: max(0, len(self._configs) - self._slots)]
+            serving = {self._routing.active, self._routing.canary}
+            victims = [a for a in self._configs if a not in serving][: max(0, len(self._configs) - self._slots)]
             for a in victims:
                 del self._configs[a]
         for a in victims:
