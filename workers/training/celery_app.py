@@ -1,5 +1,6 @@
 """The Celery app of the training workers (LIGHT: no torch at import). Redis is broker and result
-backend; retrains go to the ``gpu`` queue, housekeeping (the new-pairs check) to ``default``.
+backend; retrains and gates go to the ``gpu`` queue, housekeeping (the new-pairs check, the canary
+monitor, SQL-only drift) to ``default``.
 
 Reliability: tasks are acknowledged only after they finish (``acks_late``), a task whose worker
 process died is put back on the queue (``reject_on_worker_lost``), a worker takes one task at a time
@@ -16,11 +17,14 @@ from rlhf_loop.settings import Settings, get_settings
 
 RETRAIN = "workers.training.tasks.retrain"
 CHECK_NEW_PAIRS = "workers.training.tasks.check_new_pairs"
+GATE = "workers.training.tasks.gate"
+WATCH_CANARY = "workers.training.tasks.watch_canary"
 CHECK_DRIFT = "workers.training.tasks.check_drift"
 CHECK_MODEL_DRIFT = "workers.training.tasks.check_model_drift"
 QUEUES = ("gpu", "default")
 ROUTES = {
     RETRAIN: {"queue": "gpu"},
+    GATE: {"queue": "gpu"},
     CHECK_MODEL_DRIFT: {"queue": "gpu"},
     "workers.training.tasks.*": {"queue": "default"},
 }
@@ -48,6 +52,11 @@ def make_celery(settings: Settings) -> Celery:
                 "task": CHECK_NEW_PAIRS,
                 "schedule": settings.training.check_interval_s,
                 "options": {"expires": settings.training.check_interval_s},
+            },
+            "watch-canary": {
+                "task": WATCH_CANARY,
+                "schedule": settings.promotion.canary_check_interval_s,
+                "options": {"expires": settings.promotion.canary_check_interval_s},
             },
             **_drift_schedule(settings),
         },

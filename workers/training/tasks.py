@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rlhf_loop.settings import Settings, get_settings
 from schemas.tables import TrainingRun
-from workers.training.celery_app import CHECK_DRIFT, CHECK_MODEL_DRIFT, CHECK_NEW_PAIRS, RETRAIN, app
+from workers.training.celery_app import (
+    CHECK_DRIFT,
+    CHECK_MODEL_DRIFT,
+    CHECK_NEW_PAIRS,
+    GATE,
+    RETRAIN,
+    WATCH_CANARY,
+    app,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +34,40 @@ def _sessions() -> sessionmaker[Session]:
 
 @app.task(bind=True, name=RETRAIN, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def retrain(self, run_id: str) -> str | None:  # noqa: ANN001 - the bound task
-    """Run or resume training run ``run_id``; returns the candidate adapter id (None when the run failed:
-    its record says why). While another live worker holds the run, retries after the lease."""
+    """Run or resume training run ``run_id``, then enqueue the gate of its candidate; returns the candidate
+    adapter id (None when the run failed: its record says why). While another live worker holds the run,
+    retries after the lease."""
     from rlhf_loop.models.loading import resolve_base_model
     from workers.training.pipeline import RunBusy, run
 
     settings = get_settings()
     try:
-        return run(settings, _sessions(), run_id, resolve_base_model(settings.model, progress=False))
+        adapter_id = run(settings, _sessions(), run_id, resolve_base_model(settings.model, progress=False))
     except RunBusy as e:
         raise self.retry(countdown=settings.training.lease_s, exc=e) from e
+    if adapter_id is not None:
+        gate.delay(adapter_id)
+    return adapter_id
+
+
+@app.task(name=GATE, acks_late=True, reject_on_worker_lost=True)
+def gate(adapter_id: str) -> str:
+    """Gate a candidate against the active adapter; returns its state afterwards (idempotent)."""
+    from rlhf_loop.models.loading import resolve_base_model
+    from workers.training.gating import gate_candidate
+
+    settings = get_settings()
+    return gate_candidate(settings, _sessions(), adapter_id, resolve_base_model(settings.model, progress=False))
+
+
+@app.task(name=WATCH_CANARY)
+def watch_canary() -> dict:
+    """Celery beat: judge the running canary from SQL feedback; roll it back or promote it."""
+    from services.promotion.service import Promotions
+
+    settings = get_settings()
+    verdict = Promotions(_sessions(), settings.promotion, settings.redis.url).watch_canary()
+    return {"decision": verdict.decision, "canary": verdict.canary_id, "p_value": verdict.p_value}
 
 
 def start_if_due(settings: Settings, sessions: sessionmaker[Session]) -> str | None:
