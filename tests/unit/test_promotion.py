@@ -1,0 +1,147 @@
+"""Pure promotion logic: the state machine, the gate's checks, the canary's statistics, canary routing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from rlhf_loop.settings import PromotionSettings
+from services.inference.runtime.adapters import Routing, in_canary
+from services.promotion.canary import Arm, judge, p_worse
+from services.promotion.gate import BadGolden, GoldenCase, Measurements, decide, load_golden, repetition
+from services.promotion.states import TRANSITIONS, IllegalTransition, State, check_transition
+
+CFG = PromotionSettings()
+GOLDEN = [GoldenCase("hi", must=(r"\w{2,}",), must_not=(r"<\|",)), GoldenCase("bye", must_not=(r"\bugh\b",))]
+
+
+def test_the_lifecycle_path_is_legal() -> None:
+    path = ["candidate", "gated", "awaiting_approval", "approved", "canary", "active", "retired", "active"]
+    for a, b in zip(path, path[1:], strict=False):
+        check_transition(a, b)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [("candidate", "approved"), ("candidate", "active"), ("gated", "approved"), ("awaiting_approval", "active"),
+     ("rejected", "awaiting_approval"), ("rolled_back", "active"), ("active", "canary"), ("approved", "rejected"),
+     ("candidate", "nonsense")],
+)  # fmt: skip
+def test_illegal_transitions_are_refused(src: str, dst: str) -> None:
+    with pytest.raises(IllegalTransition):
+        check_transition(src, dst)
+
+
+def test_final_states_have_no_way_out_and_every_state_is_listed() -> None:
+    assert set(TRANSITIONS) == set(State)
+    assert not TRANSITIONS[State.REJECTED] and not TRANSITIONS[State.ROLLED_BACK]
+
+
+def test_repetition_counts_repeated_trigrams() -> None:
+    assert repetition("thanks for waiting, your order ships today") == 0.0
+    # 6 words -> 4 trigrams: (a b c) (b c a) (c a b) (a b c): one repeat of 4
+    assert repetition("a b c a b c") == pytest.approx(0.25)
+    assert repetition("go go go go go go go go go go") == pytest.approx(7 / 8)
+    assert repetition("") == 0.0
+
+
+def _meas(candidate: list[str], active: list[str] | None = None, **overrides: object) -> Measurements:
+    active = active or ["sorry about order #12, a refund is on its way"] * len(candidate)
+    values = dict(prompts=[f"p{i}" for i in range(len(candidate))], candidate_responses=candidate,
+                  active_responses=active, win_rate=0.7, kl_vs_base=3.0, heldout_accuracy=0.9,
+                  active_heldout_accuracy=0.88, golden_candidate=["fine answer", "ok then"],
+                  golden_active=["fine answer", "ok then"], active_id="ad-old")  # fmt: skip
+    return Measurements(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+def test_a_healthy_candidate_passes_every_check() -> None:
+    result = decide(_meas(["thanks, the refund for #12 is on its way"] * 8), GOLDEN, CFG)
+    assert result.passed, result.checks
+    assert [c.name for c in result.checks] == [
+        "reward_win_rate",
+        "kl_vs_base_nats",
+        "heldout_pair_accuracy",
+        "golden_regressions",
+        "repetition",
+        "empty_share",
+        "length_ratio",
+    ]
+    acc = next(c for c in result.checks if c.name == "heldout_pair_accuracy")
+    assert acc.threshold == pytest.approx(0.88 - CFG.accuracy_tolerance)
+    assert len(result.samples) == 8 and result.samples[0]["active"].startswith("sorry")
+
+
+@pytest.mark.parametrize(
+    ("responses", "failing"),
+    [(["no no no no no no no no no no no no"] * 8, "repetition"), ([""] * 4 + ["thanks a lot"] * 4, "empty_share"),
+     ([" ".join(f"w{i}" for i in range(60))] * 8, "length_ratio")],
+)  # fmt: skip
+def test_degenerate_output_fails_its_check(responses: list[str], failing: str) -> None:
+    result = decide(_meas(responses), GOLDEN, CFG)
+    assert not result.passed
+    assert {c.name for c in result.checks if not c.passed} >= {failing}
+
+
+def test_thresholds_fail_their_checks() -> None:
+    result = decide(_meas(["thanks, the refund is on its way"] * 8, win_rate=0.3, kl_vs_base=50.0,
+                          heldout_accuracy=0.7), GOLDEN, CFG)  # fmt: skip
+    assert {c.name for c in result.checks if not c.passed} == {
+        "reward_win_rate",
+        "kl_vs_base_nats",
+        "heldout_pair_accuracy",
+    }
+    assert result.summary() == "failed: reward_win_rate, kl_vs_base_nats, heldout_pair_accuracy"
+
+
+def test_golden_regressions_count_only_cases_the_active_adapter_passes() -> None:
+    both_fail = decide(_meas(["thanks"] * 8, golden_candidate=["x", "ugh"], golden_active=["y", "ugh"]), GOLDEN, CFG)
+    regressed = decide(_meas(["thanks"] * 8, golden_candidate=["<|", "ok"]), GOLDEN, CFG)
+    assert next(c for c in both_fail.checks if c.name == "golden_regressions").value == 0
+    check = next(c for c in regressed.checks if c.name == "golden_regressions")
+    assert check.value == 1 and not check.passed
+    assert regressed.golden_failures[0]["failures"] == ["must: \\w{2,}", "must_not: <\\|"]
+
+
+def test_without_an_active_reward_model_the_accuracy_floor_applies() -> None:
+    result = decide(_meas(["thanks a lot"] * 8, active_heldout_accuracy=None, heldout_accuracy=0.55), GOLDEN, CFG)
+    acc = next(c for c in result.checks if c.name == "heldout_pair_accuracy")
+    assert acc.threshold == CFG.min_heldout_accuracy and not acc.passed
+
+
+def test_the_shipped_golden_suite_loads_and_bad_files_say_where(tmp_path: Path) -> None:
+    assert len(load_golden(None)) >= 10
+    bad = tmp_path / "golden.jsonl"
+    bad.write_text('{"prompt": "a"}\n{"prompt": "b", "must": ["("]}\n')
+    with pytest.raises(BadGolden, match="golden.jsonl:2"):
+        load_golden(bad)
+    with pytest.raises(BadGolden, match="cannot read"):
+        load_golden(tmp_path / "missing.jsonl")
+
+
+def test_p_value_matches_a_hand_computed_z_test() -> None:
+    # canary 30/100 down, active 20/100: pooled 0.25, se = sqrt(.25*.75*(2/100)) = 0.061237, z = 1.63299
+    p = p_worse(Arm(100, 30), Arm(100, 20))
+    assert p == pytest.approx(0.5 * math.erfc(1.632993 / math.sqrt(2)), rel=1e-5)
+    assert p == pytest.approx(0.05124, abs=1e-4)
+    assert p_worse(Arm(100, 20), Arm(100, 30)) > 0.9  # better canary: far from significant
+    assert p_worse(Arm(0, 0), Arm(100, 30)) == 1.0 and p_worse(Arm(50, 0), Arm(50, 0)) == 1.0
+
+
+def test_the_canary_verdict_waits_rolls_back_or_promotes() -> None:
+    cfg = PromotionSettings(canary_min_samples=100, canary_promote_samples=400, canary_alpha=0.01)
+    assert judge(Arm(99, 90), Arm(500, 50), cfg).decision == "wait"  # too few ratings for anything
+    assert judge(Arm(150, 75), Arm(500, 100), cfg).decision == "rollback"  # 50% vs 20%
+    assert judge(Arm(150, 33), Arm(500, 100), cfg).decision == "wait"  # 22% vs 20%: not significant yet
+    assert judge(Arm(400, 70), Arm(500, 100), cfg).decision == "promote"
+
+
+def test_canary_routing_is_stable_and_takes_its_share() -> None:
+    users = [f"user-{i}" for i in range(20_000)]
+    share = sum(in_canary(u, 0.1) for u in users) / len(users)
+    assert share == pytest.approx(0.1, abs=0.01)
+    routing = Routing("ad-a", "ad-b", 0.1)
+    assert [routing.route(u) for u in users[:500]] == [routing.route(u) for u in users[:500]]
+    assert Routing("ad-a", None, 0.5).route("anyone") == "ad-a"
+    assert not any(in_canary(u, 0.0) for u in users[:1000]) and all(in_canary(u, 1.0) for u in users[:1000])
