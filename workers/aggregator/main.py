@@ -39,8 +39,13 @@ def build(settings: Settings) -> BatchConsumer:
 
 
 def run(settings: Settings) -> None:
-    """Consume until SIGTERM/SIGINT; then finish the batch in hand, commit it and leave the group."""
+    """Consume until SIGTERM/SIGINT; then finish the batch in hand, commit it and leave the group. Serves
+    /metrics on ``monitoring.aggregator_metrics_port`` (bound to ``api.host``) meanwhile."""
     consumer = build(settings)
+    if settings.monitoring.aggregator_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.monitoring.aggregator_metrics_port, addr=settings.api.host)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: consumer.stopping.set())
     log.info("aggregating %s into %s", settings.kafka.bootstrap_servers, settings.database.url.split("@")[-1])
