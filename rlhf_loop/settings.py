@@ -172,6 +172,48 @@ class TrainingSettings(_Group):
     """Port of the worker's /metrics endpoint (0: none)."""
 
 
+class PromotionSettings(_Group):
+    """Gate thresholds, approval, canary rollout and automatic rollback."""
+
+    min_win_rate: float = Field(0.5, ge=0, le=1)
+    """Gate: the candidate's responses must outscore the active adapter's (by the candidate's reward model) on at
+    least this share of held-out prompts."""
+    max_kl_nats: float = Field(12.0, gt=0)
+    """Gate: largest mean sequence KL of the candidate's responses from the base model."""
+    accuracy_tolerance: float = Field(0.05, ge=0, le=1)
+    """Gate: held-out pair accuracy may be at most this much below the active adapter's reward model's."""
+    min_heldout_accuracy: float = Field(0.6, ge=0, le=1)
+    """Gate: floor for the candidate reward model's held-out pair accuracy."""
+    golden_path: Path | None = None
+    """Golden-prompt suite (JSON lines: prompt, must, must_not regexes); empty: the one shipped with rlhf-loop."""
+    max_golden_regressions: int = Field(0, ge=0)
+    """Gate: golden cases the active adapter passes and the candidate may fail."""
+    max_repetition: float = Field(0.5, ge=0, le=1)
+    """Gate: largest mean share of repeated word 3-grams in the candidate's responses."""
+    max_empty_share: float = Field(0.1, ge=0, le=1)
+    """Gate: largest share of empty responses."""
+    max_length_ratio: float = Field(2.5, gt=1)
+    """Gate: largest mean response length relative to the active adapter's."""
+    gate_prompts: int = Field(64, ge=8)
+    """Held-out prompts the gate samples both adapters on."""
+    required_approvals: int = Field(1, ge=1, le=2)
+    """Approvals by different approvers needed before a candidate deploys."""
+    auto_approve: bool = False
+    """Approve every candidate that passes the gate without a person (the demo; refused when env is prod)."""
+    canary_share: float = Field(0.1, ge=0, le=1)
+    """Share of users (by a stable hash of user_ref) routed to a newly approved adapter; 0 deploys it at once."""
+    canary_min_samples: int = Field(200, ge=10)
+    """Ratings each arm needs before the canary can be judged."""
+    canary_promote_samples: int = Field(1000, ge=10)
+    """Ratings of the canary after which, if not significantly worse, it becomes active."""
+    canary_alpha: float = Field(0.01, gt=0, lt=0.5)
+    """Significance level of the one-sided two-proportion z-test that rolls a canary back."""
+    canary_check_interval_s: float = Field(30.0, gt=0)
+    """How often Celery beat judges the canary."""
+    poll_interval_s: float = Field(5.0, gt=0)
+    """API replicas re-read the deployment pointers this often (fallback for a missed Redis message)."""
+
+
 class SimulatorSettings(_Group):
     """Synthetic prompts and simulated users."""
 
@@ -202,8 +244,9 @@ class MonitoringSettings(_Group):
     """Live responses of the active adapter scored for reward-score drift and policy KL (model forward passes)."""
     baseline_window_s: int = Field(7 * 24 * 3600, ge=60)
     """Negative-feedback baseline of an adapter: its ratings in this span before the drift window."""
-    aggregator_metrics_port: int = Field(9102, ge=0, le=65535)
-    """Port of the aggregator's /metrics endpoint (0: none)."""
+    aggregator_metrics_port: int = Field(0, ge=0, le=65535)
+    """Port of the aggregator's /metrics endpoint; 0: none (the deployments set 9102; replicas on one host need
+    a port each)."""
 
 
 class Settings(BaseSettings):
@@ -229,6 +272,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     training: TrainingSettings = TrainingSettings()
+    promotion: PromotionSettings = PromotionSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
 
@@ -236,6 +280,8 @@ class Settings(BaseSettings):
     def _refuse_demo_secrets(self) -> Settings:
         if self.env != "demo" and self.token.secret == DEMO_TOKEN_SECRET:
             raise ValueError("RLHF_TOKEN__SECRET must be set when RLHF_ENV is not 'demo'")
+        if self.env == "prod" and self.promotion.auto_approve:
+            raise ValueError("RLHF_PROMOTION__AUTO_APPROVE is refused when RLHF_ENV is 'prod': approvals need a person")
         return self
 
 
