@@ -1,0 +1,124 @@
+"""The gate on real adapters (demo model, CPU, SQLite): a PPO-trained candidate passes against the base
+model and waits for approval; an adapter that repeats itself fails on degeneration and is not
+deployable; with auto-approve (the demo setting) a passing candidate goes live at once, loudly."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.settings import DatabaseSettings, PromotionSettings, Settings
+from rlhf_loop.simulator import Simulator
+from schemas.tables import Adapter, DeploymentPointer, PromotionAudit
+from services.promotion.registry import Actor, Conflict
+from services.promotion.service import Promotions
+from tests.support.adapters import register, taught_adapter
+from tests.support.training import store_pairs
+from workers.training.gating import gate_candidate
+from workers.training.pipeline import create_run, run, run_config
+from workers.training.synthetic import distinct_prompts, simulated_pairs
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+HYPER = {"reward": {"epochs": 2}, "ppo": {"episodes": 384, "checkpoint_every": 100}}
+
+
+@dataclass
+class Trained:
+    settings: Settings
+    db_file: Path
+    candidate: str
+    run_id: str
+
+
+@pytest.fixture(scope="module")
+def trained(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """One retrain through the service pipeline: pairs in SQL -> snapshot -> reward model -> PPO -> candidate."""
+    from rlhf_loop.models.loading import load_base
+
+    root = tmp_path_factory.mktemp("gate")
+    settings = Settings(data_dir=root, artifacts_dir=root / "artifacts", redis={"url": "redis://127.0.0.1:6379/15"},
+                        database=DatabaseSettings(url=f"sqlite:///{root / 'rlhf.sqlite3'}"),
+                        model={"demo_dir": demo_model_dir, "device": "cpu"},
+                        training={"hyperparameters": HYPER})  # fmt: skip
+    upgrade(settings.database.url)
+    engine = make_engine(settings.database)
+    sessions = make_sessionmaker(engine)
+    model, tokenizer = load_base(demo_model_dir)
+    pairs = simulated_pairs(Simulator(7), model, tokenizer, distinct_prompts(Simulator(7), 200, seed=0), raters=5)
+    with sessions.begin() as session:
+        store_pairs(session, pairs)
+        run_id = create_run(session, run_config(settings), reason="test")
+    candidate = run(settings, sessions, run_id, str(demo_model_dir))
+    engine.dispose()
+    assert candidate is not None
+    return Trained(settings, root / "rlhf.sqlite3", candidate, run_id)
+
+
+def _fresh(trained: Trained, tmp_path: Path, **promotion: object) -> tuple[Settings, Promotions]:
+    """The trained state in a database of this test's own (the artifacts are shared, read-only)."""
+    shutil.copy(trained.db_file, tmp_path / "rlhf.sqlite3")
+    settings = trained.settings.model_copy(update={
+        "database": DatabaseSettings(url=f"sqlite:///{tmp_path / 'rlhf.sqlite3'}"),
+        "promotion": PromotionSettings(**promotion),
+    })  # fmt: skip
+    return settings, Promotions(make_sessionmaker(make_engine(settings.database)), settings.promotion,
+                                settings.redis.url)  # fmt: skip
+
+
+def test_a_trained_candidate_passes_the_gate_and_waits_for_approval(trained: Trained, tmp_path: Path,
+                                                                     demo_model_dir: Path) -> None:  # fmt: skip
+    settings, promotions = _fresh(trained, tmp_path)
+    state = gate_candidate(settings, promotions.sessions, trained.candidate, str(demo_model_dir))
+
+    assert state == "awaiting_approval"
+    with promotions.sessions() as session:
+        adapter = session.get(Adapter, trained.candidate)
+        gate = adapter.metrics["gate"]
+        checks = {c["name"]: c for c in gate["checks"]}
+        assert gate["passed"], gate["checks"]
+        assert checks["reward_win_rate"]["value"] > 0.5 and checks["reward_win_rate"]["detail"] == "vs base"
+        assert all({"value", "threshold", "op", "passed"} <= set(c) for c in gate["checks"])
+        assert len(gate["samples"]) == 8 and gate["samples"][0]["candidate"] != gate["samples"][0]["active"]
+        audit = session.scalars(select(PromotionAudit).where(PromotionAudit.adapter_id == trained.candidate)
+                                .order_by(PromotionAudit.id)).all()  # fmt: skip
+        assert [(a.from_state, a.to_state, a.actor) for a in audit] == [
+            ("candidate", "gated", "gate"),
+            ("gated", "awaiting_approval", "gate"),
+        ]
+        assert session.get(DeploymentPointer, "active") is None  # nothing deploys without approval
+    assert gate_candidate(settings, promotions.sessions, trained.candidate, str(demo_model_dir)) == "awaiting_approval"
+
+
+def test_the_gate_fails_an_adapter_that_repeats_itself(trained: Trained, tmp_path: Path, demo_model_dir: Path) -> None:
+    settings, promotions = _fresh(trained, tmp_path)
+    path = taught_adapter(demo_model_dir, tmp_path / "loop", "Sorry sorry sorry sorry sorry sorry sorry sorry sorry",
+                          distinct_prompts(Simulator(7), 32, seed=1))  # fmt: skip
+    with promotions.sessions.begin() as session:
+        register(session, "ad-loop", path, run_id=trained.run_id, base_model=str(demo_model_dir))
+
+    assert gate_candidate(settings, promotions.sessions, "ad-loop", str(demo_model_dir)) == "gated"
+    with promotions.sessions() as session:
+        gate = session.get(Adapter, "ad-loop").metrics["gate"]
+    failed = {c["name"] for c in gate["checks"] if not c["passed"]}
+    assert not gate["passed"] and "repetition" in failed, gate["checks"]
+    with pytest.raises(Conflict, match="gated cannot become approved"):
+        promotions.approve("ad-loop", Actor("ml-team", 2), "looks fine to me")
+
+
+@pytest.mark.usefixtures("redis_url")
+def test_auto_approve_deploys_a_passing_candidate_and_says_so(trained: Trained, tmp_path: Path, demo_model_dir: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    settings, promotions = _fresh(trained, tmp_path, auto_approve=True, canary_share=0.0)
+    with caplog.at_level(logging.WARNING):
+        assert gate_candidate(settings, promotions.sessions, trained.candidate, str(demo_model_dir)) == "active"
+    assert any("AUTO-APPROVING" in r.getMessage() for r in caplog.records)
+    with promotions.sessions() as session:
+        assert session.get(DeploymentPointer, "active").adapter_id == trained.candidate
+        approval = session.scalars(select(PromotionAudit).where(PromotionAudit.to_state == "approved")).one()
+        assert approval.actor == "auto-approve" and "auto_approve" in approval.reason
