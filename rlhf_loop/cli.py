@@ -19,6 +19,11 @@ model_app = typer.Typer(help="The base model: build the demo model kit, sample f
 spool_app = typer.Typer(help="The durable event spool: inspect it, drain it to the broker.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys for apps, approvers and admins.", no_args_is_help=True)
 users_app = typer.Typer(help="End users' data.", no_args_is_help=True)
+adapters_app = typer.Typer(
+    help="The adapter registry through the API (approver key): list, show, approve, reject, promote, roll back.",
+    no_args_is_help=True,
+)
+app.add_typer(adapters_app, name="adapters")
 app.add_typer(users_app, name="users")
 app.add_typer(model_app, name="model")
 app.add_typer(spool_app, name="spool")
@@ -210,6 +215,83 @@ def keys_create(
         key = create_key(session, name, role)  # type: ignore[arg-type]
     engine.dispose()
     typer.echo(key)
+
+
+ApiUrl = Annotated[str | None, typer.Option("--api", help="API base URL (default: http://api.host:api.port).")]
+ApiKeyOpt = Annotated[str, typer.Option("--key", envvar="RLHF_API_KEY", help="An approver key.", show_default=False)]
+Reason = Annotated[str, typer.Option(help="Why (kept in the audit log).")]
+
+
+def _api(url: str | None, key: str, method: str, path: str, body: dict | None = None, params: dict | None = None):  # noqa: ANN202
+    """Call the API and return its JSON; a refusal becomes a one-line error and exit code 1."""
+    from rlhf_loop.api_client import ApiClient, ApiError
+
+    cfg = _settings().api
+    try:
+        client = ApiClient(url or f"http://{cfg.host}:{cfg.port}", key)
+        try:
+            return client.call(method, path, body, params)
+        finally:
+            client.close()
+    except ApiError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@adapters_app.command("list")
+def adapters_list(
+    key: ApiKeyOpt = "", api: ApiUrl = None,
+    state: Annotated[str | None, typer.Option(help="Only adapters in this state.")] = None,
+) -> None:  # fmt: skip
+    """Adapters, newest first, with their state and gate result; then what is deployed."""
+    rows = _api(api, key, "GET", "/v1/adapters", params={"state": state} if state else None)
+    gate = {None: "-", True: "passed", False: "failed"}
+    for a in rows:
+        typer.echo(f"{a['id']:<22} {a['state']:<18} gate {gate[a['gate_passed']]:<7} {a['created_at'][:19]}")
+    d = _api(api, key, "GET", "/v1/deployment")
+    canary = f", canary {d['canary']} for {d['canary_share']:.0%} of users" if d["canary"] else ""
+    typer.echo(f"serving: {d['active'] or 'base model'}{canary}")
+
+
+@adapters_app.command("show")
+def adapters_show(adapter_id: str, key: ApiKeyOpt = "", api: ApiUrl = None) -> None:
+    """One adapter as JSON: metrics, gate verdict, lineage, audit log."""
+    import json
+
+    typer.echo(json.dumps(_api(api, key, "GET", f"/v1/adapters/{adapter_id}"), indent=2))
+
+
+def _deployed(result: dict) -> str:
+    d = result["deployment"]
+    canary = f", canary {d['canary']} ({d['canary_share']:.0%})" if d["canary"] else ""
+    return f"serving {d['active'] or 'base model'}{canary}"
+
+
+@adapters_app.command("approve")
+def adapters_approve(adapter_id: str, reason: Reason, key: ApiKeyOpt = "", api: ApiUrl = None) -> None:
+    """Approve an adapter awaiting approval (it deploys once enough approvers agree)."""
+    r = _api(api, key, "POST", f"/v1/promotions/{adapter_id}/approve", {"reason": reason})
+    typer.echo(f"{adapter_id}: {r['state']}; {_deployed(r)}")
+
+
+@adapters_app.command("reject")
+def adapters_reject(adapter_id: str, reason: Reason, key: ApiKeyOpt = "", api: ApiUrl = None) -> None:
+    """Reject a gated or awaiting adapter for good."""
+    r = _api(api, key, "POST", f"/v1/promotions/{adapter_id}/reject", {"reason": reason})
+    typer.echo(f"{adapter_id}: {r['state']}")
+
+
+@adapters_app.command("promote")
+def adapters_promote(reason: Reason, key: ApiKeyOpt = "", api: ApiUrl = None) -> None:
+    """Make the running canary active for every user now."""
+    r = _api(api, key, "POST", "/v1/promotions/promote", {"reason": reason})
+    typer.echo(f"{r['adapter_id']}: active; {_deployed(r)}")
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(reason: Reason, key: ApiKeyOpt = "", api: ApiUrl = None) -> None:
+    """Undo the newest deployment: withdraw the canary, or restore the adapter the active one replaced."""
+    r = _api(api, key, "POST", "/v1/promotions/rollback", {"reason": reason})
+    typer.echo(f"rolled back {r['rolled_back']} ({r['role']}); {_deployed(r)}")
 
 
 @app.command()
