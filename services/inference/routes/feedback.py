@@ -58,7 +58,8 @@ async def feedback_batch(body: FeedbackBatchRequest, ctx: CtxDep, _: AppKey) -> 
         except TokenExpired:
             verified.append((i, "expired_feedback_token"))
     per_user = Counter(c.user_ref for _, c in verified if isinstance(c, FeedbackClaims))
-    allowed = {u: (await ctx.limiter.check("feedback", u, cost=n)).allowed for u, n in per_user.items()}
+    decisions = await ctx.limiter.check_many("feedback", per_user)
+    allowed = {u: d.allowed for u, d in decisions.items()}
     results = []
     for i, claims in verified:
         if isinstance(claims, str):
