@@ -145,3 +145,15 @@ def test_canary_routing_is_stable_and_takes_its_share() -> None:
     assert [routing.route(u) for u in users[:500]] == [routing.route(u) for u in users[:500]]
     assert Routing("ad-a", None, 0.5).route("anyone") == "ad-a"
     assert not any(in_canary(u, 0.0) for u in users[:1000]) and all(in_canary(u, 1.0) for u in users[:1000])
+
+
+def test_target_modules_match_as_peft_matches_them() -> None:
+    from services.inference.runtime.adapters import AdapterIncompatible, check_compatible
+
+    names = {"transformer", "transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc", "lm_head"}
+    for targets in (["c_attn"], ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc"], "c_fc"):
+        check_compatible({"peft_type": "LORA", "target_modules": targets}, names, None)
+    with pytest.raises(AdapterIncompatible, match=r"\['h.0.attn.q_proj'\]"):
+        check_compatible({"peft_type": "LORA", "target_modules": ["c_attn", "h.0.attn.q_proj"]}, names, None)
+    with pytest.raises(AdapterIncompatible, match="target_modules"):
+        check_compatible({"peft_type": "LORA", "target_modules": ["attn.c_att"]}, names, None)

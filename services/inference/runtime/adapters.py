@@ -44,14 +44,15 @@ def read_adapter_config(path: Path) -> dict:
 def check_compatible(config: dict, module_names: set[str], reference: dict | None) -> None:
     """Raise AdapterIncompatible naming the first key that differs.
 
-    ``module_names``: leaf module names of the base model (the adapter's target modules must exist);
+    ``module_names``: module names of the base model; each target module must match one as PEFT does (the
+    whole name, or a suffix after a dot: "c_attn" and "transformer.h.0.attn.c_attn" both name one);
     ``reference``: the config of an adapter already served, whose shape-defining keys must match.
     """
     if config.get("peft_type") != "LORA":
         raise AdapterIncompatible(f"peft_type is {config.get('peft_type')!r}, expected 'LORA'")
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
-    missing = sorted(set(targets) - module_names)
+    missing = sorted(t for t in set(targets) if not any(n == t or n.endswith("." + t) for n in module_names))
     if missing:
         raise AdapterIncompatible(f"target_modules {missing} do not exist in the base model")
     if reference is not None:
@@ -92,7 +93,7 @@ class AdapterManager:
         self._lock = threading.Lock()
         self._configs: OrderedDict[str, dict] = OrderedDict()  # attached adapters, least recent first
         self._routing = Routing(BASE)  # replaced whole, so a reader never sees half a deployment
-        self._module_names = {name.rsplit(".", 1)[-1] for name, _ in engine.model.named_modules()}
+        self._module_names = {name for name, _ in engine.model.named_modules() if name}
 
     @property
     def active(self) -> str:

@@ -1,0 +1,166 @@
+"""Approval and deployment across two real API processes (uvicorn, PostgreSQL, Redis, the Kafka-protocol
+broker): only approver keys act, illegal transitions are refused, two different approvers are needed,
+and after the second approval both replicas serve the new adapter within 2 s while a continuous
+/generate load sees no failed request; a rollback from the CLI takes both back the same way."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+
+from rlhf_loop.bus.broker import EmbeddedBroker
+from rlhf_loop.simulator import Simulator
+from tests.conftest import REDIS_URL
+from tests.support.adapters import register, taught_adapter
+from tests.support.api import Api, cli, start_api
+from workers.training.synthetic import distinct_prompts
+
+pytestmark = pytest.mark.integration
+SWAP_DEADLINE_S = 2.0
+PROMPT = "My parcel #4821 never arrived, can you help?"
+
+
+@dataclass
+class Cluster:
+    apis: list[Api]
+    lead_key: str
+    """A second approver's key."""
+    sessions: sessionmaker
+    adapter_dir: Path
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker,
+            demo_model_dir: Path) -> Iterator[Cluster]:  # fmt: skip
+    """Two API replicas on one database; pointer polling slowed to 60 s, so only the Redis notice can
+    make a replica switch within the deadline."""
+    settings = {"promotion__canary_share": "0", "promotion__required_approvals": "2",
+                "promotion__poll_interval_s": "60", "api__rate_limit": "100000"}  # fmt: skip
+    apis = [start_api(tmp_path_factory.mktemp(f"api{i}"), module_pg_url, broker.bootstrap_servers, demo_model_dir,
+                      REDIS_URL, **settings) for i in range(2)]  # fmt: skip
+    lead_key = cli(apis[0].env, "keys", "create", "ml-lead", "--role", "approver")
+    adapter_dir = taught_adapter(demo_model_dir, tmp_path_factory.mktemp("adapters") / "polite",
+                                 "Thanks for reaching out, I am happy to help. Have a nice day!",
+                                 distinct_prompts(Simulator(7), 32, seed=1))  # fmt: skip
+    engine = create_engine(module_pg_url)
+    yield Cluster(apis, lead_key, sessionmaker(engine), adapter_dir)
+    engine.dispose()
+    for api in apis:
+        api.process.stop()
+
+
+def _post(api: Api, path: str, key: str, reason: str = "reviewed the gate and samples") -> httpx.Response:
+    return httpx.post(f"{api.url}{path}", json={"reason": reason}, headers={"Authorization": f"Bearer {key}"},
+                      timeout=30)  # fmt: skip
+
+
+def test_only_approvers_act_and_illegal_transitions_are_refused(cluster: Cluster) -> None:
+    api = cluster.apis[0]
+    with cluster.sessions.begin() as session:
+        register(session, "ad-fresh", cluster.adapter_dir, state="candidate")
+    app_key_approval = _post(api, "/v1/promotions/ad-fresh/approve", api.app_key)
+    assert app_key_approval.status_code == 403 and app_key_approval.json()["code"] == "forbidden"
+    assert httpx.post(f"{api.url}/v1/promotions/ad-fresh/approve", json={"reason": "x"}).status_code == 401
+    assert httpx.get(f"{api.url}/v1/adapters", headers=api.headers).status_code == 403
+
+    skipped_gate = _post(api, "/v1/promotions/ad-fresh/approve", api.approver_key)
+    assert skipped_gate.status_code == 409
+    assert "candidate cannot become approved" in skipped_gate.json()["message"]
+    assert _post(api, "/v1/promotions/ad-nope/approve", api.approver_key).status_code == 404
+    no_reason = httpx.post(f"{api.url}/v1/promotions/ad-fresh/reject", json={"reason": ""},
+                           headers={"Authorization": f"Bearer {api.approver_key}"})  # fmt: skip
+    assert no_reason.status_code == 422
+    assert _post(api, "/v1/promotions/rollback", api.approver_key).status_code == 409  # nothing deployed yet
+
+
+class Load:
+    """Clients calling /generate on every replica in a loop, recording (started, replica, status, adapter)."""
+
+    def __init__(self, apis: list[Api], clients_per_api: int = 3) -> None:
+        self.apis, self.stop = apis, threading.Event()
+        self.records: list[tuple[float, int, int, str]] = []
+        self.threads = [threading.Thread(target=self._loop, args=(i, c), daemon=True)
+                        for i in range(len(apis)) for c in range(clients_per_api)]  # fmt: skip
+
+    def _loop(self, replica: int, client: int) -> None:
+        api = self.apis[replica]
+        with httpx.Client(base_url=api.url, headers=api.headers, timeout=30) as http:
+            n = 0
+            while not self.stop.is_set():
+                started = time.monotonic()
+                body = {"prompt": PROMPT, "user_ref": f"load-{replica}-{client}-{n % 50}",
+                        "sampling": {"max_new_tokens": 8, "temperature": 0}}  # fmt: skip
+                try:
+                    r = http.post("/v1/generate", json=body)
+                    self.records.append((started, replica, r.status_code, r.json().get("adapter_id", "")))
+                except httpx.HTTPError as e:
+                    self.records.append((started, replica, 0, type(e).__name__))
+                n += 1
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def switched_after(self, t0: float, adapter_id: str) -> list[float]:
+        """Per replica: seconds from ``t0`` to the start of the first request after which every response
+        carries ``adapter_id`` (inf if it never settled)."""
+        out = []
+        for replica in range(len(self.apis)):
+            rows = sorted(r for r in self.records if r[1] == replica and r[0] >= t0)
+            stale = [r[0] for r in rows if r[3] != adapter_id]
+            settled = [r[0] for r in rows if r[3] == adapter_id and (not stale or r[0] > max(stale))]
+            out.append(min(settled) - t0 if settled else float("inf"))
+        return out
+
+
+def test_both_replicas_serve_the_approved_adapter_within_2_s_without_a_failed_request(cluster: Cluster) -> None:
+    api, other = cluster.apis
+    with cluster.sessions.begin() as session:
+        register(session, "ad-polite", cluster.adapter_dir, state="awaiting_approval")
+    with Load(cluster.apis) as load:
+        time.sleep(1.0)
+        first = _post(api, "/v1/promotions/ad-polite/approve", api.approver_key)
+        assert first.status_code == 200 and first.json()["state"] == "awaiting_approval", first.text
+        again = _post(other, "/v1/promotions/ad-polite/approve", other.approver_key)  # another key of ml-team
+        assert again.status_code == 409 and "must come from someone else" in again.json()["message"]
+        t0 = time.monotonic()
+        second = _post(other, "/v1/promotions/ad-polite/approve", cluster.lead_key)
+        assert second.status_code == 200, second.text
+        assert second.json()["state"] == "active" and second.json()["deployment"]["active"] == "ad-polite"
+        time.sleep(SWAP_DEADLINE_S + 1.5)
+        switch = load.switched_after(t0, "ad-polite")
+
+        t1 = time.monotonic()
+        out = cli(api.env, "adapters", "rollback", "--reason", "drill: roll back", "--key", cluster.lead_key,
+                  "--api", api.url)  # fmt: skip
+        assert "rolled back ad-polite (active)" in out and "serving base model" in out
+        time.sleep(SWAP_DEADLINE_S + 1.5)
+        back = load.switched_after(t1, "base")
+
+    print(f"replicas switched {switch} s after the approval, {back} s after the rollback; {len(load.records)} requests")
+    failed = [r for r in load.records if r[2] != 200]
+    assert not failed, failed[:5]
+    assert len(load.records) > 50
+    assert max(switch) <= SWAP_DEADLINE_S, switch
+    assert max(back) <= SWAP_DEADLINE_S, back
+
+    detail = httpx.get(f"{api.url}/v1/adapters/ad-polite", headers={"Authorization": f"Bearer {api.approver_key}"})
+    audit = [(a["from_state"], a["to_state"], a["actor"]) for a in detail.json()["audit"]]
+    assert audit[1:] == [("awaiting_approval", "awaiting_approval", "ml-team"),
+                         ("awaiting_approval", "approved", "ml-lead"), ("approved", "active", "ml-lead"),
+                         ("active", "rolled_back", "ml-lead")]  # fmt: skip
+    assert detail.json()["audit"][-1]["reason"] == "drill: roll back"
