@@ -15,6 +15,7 @@ LIGHT = [
     "rlhf_loop.bus.codec", "rlhf_loop.db", "rlhf_loop.simulator", "services.inference.app",
     "workers.aggregator.main", "workers.training.celery_app", "workers.training.tasks", "workers.training.pipeline",
     "workers.training.service", "workers.training.config", "workers.training.dataset", "workers.training.snapshot",
+    "workers.monitoring.drift", "workers.monitoring.features",
 ]  # fmt: skip
 
 
