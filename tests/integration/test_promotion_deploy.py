@@ -164,3 +164,74 @@ def test_both_replicas_serve_the_approved_adapter_within_2_s_without_a_failed_re
                          ("awaiting_approval", "approved", "ml-lead"), ("approved", "active", "ml-lead"),
                          ("active", "rolled_back", "ml-lead")]  # fmt: skip
     assert detail.json()["audit"][-1]["reason"] == "drill: roll back"
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    """Debian's headless Chromium through its chromedriver (the CI installs both; missing is a failure)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        assert Path(binary).exists(), f"{binary} is missing: apt-get install chromium chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+GATE = {"passed": True, "samples": [{"prompt": PROMPT, "candidate": "Thanks, happy to help.", "active": "Ugh."}],
+        "checks": [{"name": "reward_win_rate", "value": 0.81, "threshold": 0.5, "op": ">=", "passed": True,
+                    "detail": "vs base"}], "golden_failures": []}  # fmt: skip
+
+
+def _sign_in(driver, url: str, key: str) -> None:  # noqa: ANN001 - a selenium WebDriver
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{url}/ui/adapters")
+    assert driver.current_url.endswith("/ui/login")  # not signed in: sent to the sign-in form
+    driver.find_element(By.ID, "key").send_keys(key)
+    driver.find_element(By.ID, "sign-in").click()
+
+
+def test_the_approval_page_approves_a_candidate_end_to_end(cluster: Cluster, browser) -> None:  # noqa: ANN001
+    from selenium.webdriver.common.by import By
+
+    api = cluster.apis[0]
+    with cluster.sessions.begin() as session:
+        adapter = register(session, "ad-page", cluster.adapter_dir, state="awaiting_approval")
+        adapter.metrics = {"gate": GATE, "evaluation": {"mean_reward": 0.42, "kl_vs_base": 2.5}}
+
+    _sign_in(browser, api.url, api.app_key)
+    assert "not an approver key" in browser.find_element(By.CLASS_NAME, "error").text
+
+    _sign_in(browser, api.url, api.approver_key)
+    browser.find_element(By.LINK_TEXT, "ad-page").click()
+    assert browser.find_element(By.ID, "state").text == "awaiting_approval"
+    assert "reward_win_rate" in browser.find_element(By.ID, "gate").text
+    samples = browser.find_element(By.ID, "samples").text
+    assert "Thanks, happy to help." in samples and "Ugh." in samples
+    assert "0.420" in browser.page_source  # candidate metrics next to the active's
+
+    browser.find_element(By.ID, "reason").send_keys("gate passed, samples read well")
+    browser.find_element(By.ID, "approve").click()
+    assert "approved by ml-team: now awaiting_approval" in browser.find_element(By.ID, "done").text
+    browser.find_element(By.ID, "reason").send_keys("agree")
+    browser.find_element(By.ID, "approve").click()
+    assert "must come from someone else" in browser.find_element(By.ID, "error").text  # same approver again
+
+    browser.delete_all_cookies()
+    _sign_in(browser, api.url, cluster.lead_key)
+    browser.get(f"{api.url}/ui/adapters/ad-page")
+    browser.find_element(By.ID, "reason").send_keys("second approval")
+    browser.find_element(By.ID, "approve").click()
+    assert browser.find_element(By.ID, "state").text == "active"
+    audit = browser.find_element(By.ID, "audit").text
+    assert "ml-lead" in audit and "second approval" in audit and "gate passed, samples read well" in audit
+    deployed = httpx.get(f"{api.url}/v1/deployment", headers={"Authorization": f"Bearer {cluster.lead_key}"}).json()
+    assert deployed["active"] == "ad-page"
