@@ -155,17 +155,17 @@ def test_negative_feedback_recording_rule_matches_the_simulated_users(stack, tmp
         second = simulated_ratings(api, sim, 80, "second")
         assert {a for a, _ in second} == adapters
         counted = 'sum(rlhf_feedback_events_total{job="rlhf-api"})'
-        wait_until(lambda: prom.query(counted).get("") == len(first) + len(second), 30,
+        wait_until(lambda: prom.query(counted).get("") == len(first) + len(second), 90,
                    lambda: f"scraped {prom.query(counted)} of {len(first) + len(second)} ratings")  # fmt: skip
 
         for adapter in adapters:
             expected = down_share(second, adapter)
-            wait_until(lambda a=adapter, e=expected: abs(prom.query(RULE).get(f"adapter={a}", -1) - e) < 1e-9, 15,
+            wait_until(lambda a=adapter, e=expected: abs(prom.query(RULE).get(f"adapter={a}", -1) - e) < 1e-9, 45,
                        lambda e=expected: f"{RULE} = {prom.query(RULE)}, users produced {e}")  # fmt: skip
             # The aggregator's window gauge counts both phases (all within its window), from SQL + Redis.
             both = down_share(first + second, adapter)
             gauge = f'rlhf_negative_feedback_rate{{job="rlhf-aggregator",adapter="{adapter}"}}'
-            wait_until(lambda g=gauge, e=both: abs(sum(prom.query(g).values()) - e) < 1e-9, 60,
+            wait_until(lambda g=gauge, e=both: abs(sum(prom.query(g).values()) - e) < 1e-9, 90,
                        lambda g=gauge, e=both: f"{prom.query(g)} vs {e}:\n{aggregator.tail()}")  # fmt: skip
     finally:
         prom.stop()
