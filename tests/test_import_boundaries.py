@@ -15,7 +15,8 @@ LIGHT = [
     "rlhf_loop.bus.codec", "rlhf_loop.db", "rlhf_loop.simulator", "services.inference.app",
     "workers.aggregator.main", "workers.training.celery_app", "workers.training.tasks", "workers.training.pipeline",
     "workers.training.service", "workers.training.config", "workers.training.dataset", "workers.training.snapshot",
-    "workers.monitoring.drift", "workers.monitoring.features",
+    "workers.monitoring.drift", "workers.monitoring.features", "services.promotion.routes", "services.promotion.page",
+    "services.promotion.service", "services.promotion.gate", "services.inference.deployment",
 ]  # fmt: skip
 
 

@@ -23,7 +23,6 @@ from services.promotion import registry
 from services.promotion.canary import Verdict, assess
 from services.promotion.gate import GateResult
 from services.promotion.registry import Actor
-from services.promotion.states import State
 
 log = logging.getLogger(__name__)
 CHANNEL = "rlhf:deployments"
@@ -94,7 +93,3 @@ class Promotions:
             log.warning("canary %s: %s (%s)", verdict.canary_id, verdict.decision, verdict.reason)
             self.notify()
         return verdict
-
-
-def is_deployable(state: str) -> bool:
-    return state in (State.CANARY, State.ACTIVE)
