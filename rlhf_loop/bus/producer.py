@@ -33,10 +33,12 @@ Contract:
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kafka import KafkaProducer
@@ -62,6 +64,13 @@ def event_key(event: Event) -> bytes | None:
     if isinstance(event, DeadLetter):
         return event.key.encode() if event.key is not None else None
     return event.prompt_hash.encode()  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_hash(key: bytes) -> int:
+    """kafka-python's murmur2 (the Java client's partitioner), pure Python: cached per key, since one
+    prompt group's events keep coming with the same key."""
+    return murmur2(key)
 
 
 @dataclass
@@ -101,6 +110,7 @@ class EventProducer:
         self._kafka: KafkaProducer | None = None
         self._partitions: dict[str, int] = {}  # partition count per topic, fixed at connect
         self._retired: list[KafkaProducer] = []  # fenced clients, closed by the replayer
+        self._attempt_counters = {t: PRODUCE_ATTEMPTS.labels(t) for t in Topics.ALL}
         self.replayer = Replayer(self, replay)
 
     def start(self) -> EventProducer:
@@ -140,28 +150,41 @@ class EventProducer:
 
     def send(self, topic: str, event: Event) -> None:
         """Produce ``event`` to ``topic`` (a name from schemas.events.Topics); see the module contract."""
-        self.send_raw(topic, event_key(event), encode(event))
+        self.send_raw_many(topic, [(event_key(event), encode(event))])
+
+    def send_many(self, topic: str, events: Sequence[Event]) -> None:
+        """:meth:`send` for several events at once, in order (one lock, one spool write in an outage)."""
+        self.send_raw_many(topic, [(event_key(e), encode(e)) for e in events])
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
-        PRODUCE_ATTEMPTS.labels(topic).inc()
+        self.send_raw_many(topic, [(key, value)])
+
+    def send_raw_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Hand encoded ``(key, value)`` records to Kafka in order, or spool them (see the module contract).
+        Once one of them is spooled, the rest are spooled behind it."""
+        counter = self._attempt_counters.get(topic)
+        (PRODUCE_ATTEMPTS.labels(topic) if counter is None else counter).inc(len(records))
+        physical = self.topic_prefix + topic
         with self._lock:
-            self.counters.attempts += 1
-            self._seq += 1
-            event = SpooledEvent(self._seq, self.topic_prefix + topic, key, value)
+            self.counters.attempts += len(records)
+            seq, self._seq = self._seq, self._seq + len(records)
+            events = [SpooledEvent(seq + i, physical, key, value) for i, (key, value) in enumerate(records, 1)]
             if self._outage or self._kafka is None:
-                self._spool([event], "outage")
+                self._spool(events, "outage")
                 return
-            try:
-                self._hand_over(self._kafka, event, in_spool=False)
-            except UNACCEPTABLE as e:
-                self.reject(event, e)
-            except kerr.KafkaError as e:  # no metadata or buffer space within max_block_ms
-                self._spool([event], f"{type(e).__name__}: {e}")
+            for i, event in enumerate(events):
+                try:
+                    self._hand_over(self._kafka, event, in_spool=False)
+                except UNACCEPTABLE as e:
+                    self.reject(event, e)
+                except kerr.KafkaError as e:  # no metadata or buffer space within max_block_ms
+                    self._spool(events[i:], f"{type(e).__name__}: {e}")
+                    return
 
     # --- the client and its callbacks ------------------------------------------------------------
     def _hand_over(self, kafka: KafkaProducer, event: SpooledEvent, in_spool: bool) -> None:
         count = self._partitions.get(event.topic)
-        partition = murmur2(event.key) % count if event.key is not None and count else None
+        partition = _key_hash(event.key) % count if event.key is not None and count else None
         with self._flight:
             self._in_flight[event.seq] = _InFlight(event, time.monotonic(), in_spool)
         try:

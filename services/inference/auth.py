@@ -22,6 +22,8 @@ from schemas.tables import ApiKey
 
 Role = Literal["app", "approver", "admin"]
 KEY_PREFIX = "rlk_"
+APP_ROLES: tuple[Role, ...] = ("app", "admin")
+"""Roles that may generate and forward feedback."""
 
 
 class AuthError(Exception):
@@ -41,6 +43,13 @@ class Principal:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key in an ``Authorization: Bearer <key>`` header value, if there is one."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
 
 
 def create_key(session: Session, name: str, role: Role) -> str:

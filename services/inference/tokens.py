@@ -4,13 +4,14 @@ A token binds one response to one user: ``response_id``, ``prompt_hash``, ``adap
 ``user_ref`` and an expiry, signed with HMAC-SHA256 under the key named by its key id, so keys can
 rotate (sign with the current key, verify with current and previous ones). Format:
 ``<kid>.<payload, base64url JSON>.<signature, base64url>``. Verification compares in constant time.
+Each signature has one spelling (unpadded base64url of the 32-byte HMAC): verification compares the
+token's signature text with that spelling of the expected HMAC, so no other spelling is accepted.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import time
@@ -60,7 +61,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _sign(secret: str, kid: str, payload: str) -> bytes:
-    return hmac.new(secret.encode(), f"{kid}.{payload}".encode(), hashlib.sha256).digest()
+    return hmac.digest(secret.encode(), f"{kid}.{payload}".encode(), "sha256")
 
 
 def issue(keys: TokenKeys, claims: FeedbackClaims) -> str:
@@ -82,13 +83,8 @@ def verify(keys: TokenKeys, token: str, now: float | None = None) -> FeedbackCla
     secret = keys.secrets.get(kid)
     if secret is None:
         raise TokenInvalid("unknown key id")
-    try:
-        given = _unb64(signature)
-    except (binascii.Error, ValueError) as e:
-        raise TokenInvalid("malformed signature") from e
-    if _b64(given) != signature:  # one canonical spelling per signature: no malleable tokens
-        raise TokenInvalid("malformed signature")
-    if not hmac.compare_digest(_sign(secret, kid, payload), given):
+    # one spelling per signature (no malleable tokens); bytes, since compare_digest refuses non-ASCII str
+    if not hmac.compare_digest(_b64(_sign(secret, kid, payload)).encode(), signature.encode(errors="replace")):
         raise TokenInvalid("bad signature")
     try:
         claims = FeedbackClaims(**json.loads(_unb64(payload)))
