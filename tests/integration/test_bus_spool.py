@@ -99,3 +99,25 @@ def test_broker_down_at_start_then_up_and_a_poison_event(kafka_settings: KafkaSe
     [(rejected, reason)] = producer.spool.rejected()
     assert len(rejected.value) == 2_000_000 and "MessageSizeTooLarge" in reason
     assert producer.counters.rejected == 1 and producer.counters.attempts == 502
+
+
+def test_send_many_spools_a_whole_batch_in_an_outage_then_produces_directly(kafka_settings: KafkaSettings,
+                                                                           tmp_path: Path, reader) -> None:  # noqa: ANN001  # fmt: skip
+    port = free_port()
+    producer = EventProducer(f"127.0.0.1:{port}", kafka_settings.model_copy(update={"send_timeout_s": 0.5}),
+                             Spool(tmp_path / "s.db"), REPLAY).start()  # fmt: skip
+    events = make_events(600)
+    producer.send_many(Topics.FEEDBACK, events[:300])
+    assert producer.outage and producer.spool.depth() == 300
+
+    broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu.log").start()
+    try:
+        wait_drained(producer)
+        producer.send_many(Topics.FEEDBACK, events[300:])  # direct again, in order behind the replayed ones
+        assert producer.wait_in_flight(10) and producer.spool.depth() == 0
+        received = read_feedback(broker, kafka_settings, reader, 600)
+        producer.close()
+    finally:
+        broker.kill()
+    assert_complete_and_ordered(events, received)
+    assert producer.counters.attempts == 600 and producer.counters.spooled == 300

@@ -122,6 +122,29 @@ def test_feedback_batch_judges_each_item(api: Api) -> None:
     assert too_many.status_code == 422
 
 
+def test_feedback_batch_counts_each_users_limit_and_logs_the_accepted(api: Api, broker: EmbeddedBroker) -> None:
+    heavy, light = generate(api, user("frank")), generate(api, user("gina"))
+    # frank: 35 ratings against a limit of 30 per window; one call judges the whole batch for him
+    items = [{"feedback_token": heavy["feedback_token"], "rating": "down"}] * 35
+    items.insert(3, {"feedback_token": light["feedback_token"], "rating": "up", "comment": "thanks"})
+    body = httpx.post(f"{api.url}/v1/feedback/batch", json={"items": items}, headers=api.headers).json()
+    assert (body["accepted"], body["rejected"]) == (1, 35)
+    assert [r["index"] for r in body["results"] if r["status"] == "accepted"] == [3]
+    assert {r["error"] for r in body["results"] if r["status"] == "rejected"} == {"rate_limited"}
+    [given] = read_events(broker.bootstrap_servers, Topics.FEEDBACK, expect=1,
+                          where=lambda e: e.response_id == light["response_id"])  # fmt: skip
+    assert str(given.event_id) == body["results"][3]["event_id"] and given.comment == "thanks" and given.rating == 1
+
+
+def test_the_app_key_is_checked_before_the_body(api: Api) -> None:
+    for path in ("/v1/feedback", "/v1/feedback/batch"):
+        for headers in ({}, {"Authorization": "Bearer nope"}):
+            r = httpx.post(f"{api.url}{path}", json={"rating": "meh"}, headers=headers)
+            assert r.status_code == 401 and r.json()["code"] in ("missing_api_key", "invalid_api_key"), r.text
+        wrong_role = httpx.post(f"{api.url}{path}", json={}, headers={"Authorization": f"Bearer {api.approver_key}"})
+        assert wrong_role.status_code == 403
+
+
 def test_metrics_are_exported(api: Api) -> None:
     text = httpx.get(f"{api.url}/metrics").text
     for name in ("rlhf_request_duration_seconds_bucket", "rlhf_feedback_events_total", "rlhf_generation_batch_size",
