@@ -85,11 +85,21 @@ class ProducerCounters:
     rejected: int = 0  # events the broker can never accept
 
 
-@dataclass
+@dataclass(slots=True)
 class _InFlight:
-    event: SpooledEvent
+    """One event kafka-python holds (the SpooledEvent's fields, unpacked: a frozen dataclass costs more to
+    build than the hand-over itself, and most events never need one)."""
+
+    seq: int
+    topic: str
+    key: bytes | None
+    value: bytes
     sent_at: float
     in_spool: bool  # a copy is in the spool: a replay, or copied by a fence
+
+    @property
+    def event(self) -> SpooledEvent:
+        return SpooledEvent(self.seq, self.topic, self.key, self.value)
 
 
 class EventProducer:
@@ -168,33 +178,35 @@ class EventProducer:
         with self._lock:
             self.counters.attempts += len(records)
             seq, self._seq = self._seq, self._seq + len(records)
-            events = [SpooledEvent(seq + i, physical, key, value) for i, (key, value) in enumerate(records, 1)]
             if self._outage or self._kafka is None:
-                self._spool(events, "outage")
+                self._spool([SpooledEvent(seq + i, physical, k, v) for i, (k, v) in enumerate(records, 1)], "outage")
                 return
-            for i, event in enumerate(events):
+            now = time.monotonic()
+            for i, (key, value) in enumerate(records, 1):
+                flight = _InFlight(seq + i, physical, key, value, now, False)
                 try:
-                    self._hand_over(self._kafka, event, in_spool=False)
+                    self._hand_over(self._kafka, flight)
                 except UNACCEPTABLE as e:
-                    self.reject(event, e)
+                    self.reject(flight.event, e)
                 except kerr.KafkaError as e:  # no metadata or buffer space within max_block_ms
-                    self._spool(events[i:], f"{type(e).__name__}: {e}")
+                    rest = [SpooledEvent(seq + j, physical, k, v) for j, (k, v) in enumerate(records[i - 1 :], i)]
+                    self._spool(rest, f"{type(e).__name__}: {e}")
                     return
 
     # --- the client and its callbacks ------------------------------------------------------------
-    def _hand_over(self, kafka: KafkaProducer, event: SpooledEvent, in_spool: bool) -> None:
-        count = self._partitions.get(event.topic)
-        partition = _key_hash(event.key) % count if event.key is not None and count else None
+    def _hand_over(self, kafka: KafkaProducer, flight: _InFlight) -> None:
+        count = self._partitions.get(flight.topic)
+        partition = _key_hash(flight.key) % count if flight.key is not None and count else None
         with self._flight:
-            self._in_flight[event.seq] = _InFlight(event, time.monotonic(), in_spool)
+            self._in_flight[flight.seq] = flight
         try:
-            future = kafka.send(event.topic, key=event.key, value=event.value, partition=partition)
+            future = kafka.send(flight.topic, key=flight.key, value=flight.value, partition=partition)
         except kerr.KafkaError:
             with self._flight:
-                del self._in_flight[event.seq]
+                del self._in_flight[flight.seq]
             raise
-        future.add_callback(self._acked, event.seq)
-        future.add_errback(self._failed, event.seq, kafka)
+        future.add_callback(self._acked, flight.seq)
+        future.add_errback(self._failed, flight.seq, kafka)
 
     def _acked(self, seq: int, _metadata: object) -> None:
         with self._flight:
@@ -212,7 +224,7 @@ class EventProducer:
             if flight is not None and isinstance(error, UNACCEPTABLE):
                 self.reject(flight.event, error)
             elif flight is not None and kafka is self._kafka:  # else aborted by an earlier fence
-                PRODUCE_ERRORS.labels(topic=flight.event.topic.removeprefix(self.topic_prefix)).inc()
+                PRODUCE_ERRORS.labels(topic=flight.topic.removeprefix(self.topic_prefix)).inc()
                 self._fence(f"{type(error).__name__}: {error}")
             with self._flight:
                 self._in_flight.pop(seq, None)
@@ -323,8 +335,9 @@ class EventProducer:
         for n, event in enumerate(events):
             if kafka is None or kafka is not self._kafka:  # fenced meanwhile
                 return n
+            flight = _InFlight(event.seq, event.topic, event.key, event.value, time.monotonic(), in_spool=True)
             try:
-                self._hand_over(kafka, event, in_spool=True)
+                self._hand_over(kafka, flight)
             except UNACCEPTABLE as e:
                 self.reject(event, e)
             except kerr.KafkaError:
