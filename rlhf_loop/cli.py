@@ -38,14 +38,24 @@ def _settings():  # noqa: ANN202 - keeps pydantic-settings out of import time
 
 @app.command()
 def demo(
-    seed: Annotated[int, typer.Option(help="Seed for the demo model's sampling and the simulated users.")] = 7,
-    samples: Annotated[int, typer.Option(help="Prompts to sample and rate.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, the simulated users and training.")] = 7,
+    rounds: Annotated[int, typer.Option(min=2, help="Rounds of traffic; a retrain follows each but the last.")] = 4,
+    users: Annotated[
+        int, typer.Option(min=50, help="Simulated users (one prompt and one rating each) per round.")
+    ] = 400,
 ) -> None:
-    """Run the main job on embedded defaults (today: build the demo model, sample it, and let the simulated
-    users rate it, printing the baseline negative-feedback rate that training starts from)."""
-    from rlhf_loop.demo import run_baseline
+    """Run the whole closed loop on embedded defaults: broker, API, aggregator and a Celery worker as child
+    processes; simulated users ask and rate through the API; retrain, gate, auto-approve (demo setting),
+    hot-swap; repeat. Prints a table per round and writes a report and a plot to var/reports/."""
+    from rlhf_loop.demo import DemoConfig, DemoError, run_demo
 
-    run_baseline(_settings(), seed=seed, samples=samples)
+    try:
+        run_demo(_settings(), DemoConfig(seed=seed, rounds=rounds, users=users))
+    except DemoError as e:
+        raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        typer.echo("interrupted: every child process was stopped", err=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()

@@ -18,7 +18,7 @@ PAIRS_FILE = "pairs.jsonl"
 
 
 def current_pairs(session: Session) -> tuple[list[PairRecord], int]:
-    """Every pair with its texts, in id order, and the highest pair id (0 when there are none)."""
+    """Every pair with its texts, ordered by content (not by arrival), and the highest pair id (0 when none)."""
     chosen, rejected = aliased(Response), aliased(Response)
     rows = session.execute(
         select(PreferencePair.id, chosen.prompt, chosen.response, rejected.response, PreferencePair.weight)
@@ -27,6 +27,7 @@ def current_pairs(session: Session) -> tuple[list[PairRecord], int]:
         .order_by(PreferencePair.id)
     ).all()
     pairs = [PairRecord(prompt, c, r, w) for _, prompt, c, r, w in rows if c != r]
+    pairs.sort(key=lambda p: (p.prompt, p.chosen, p.rejected))  # by content: the same pairs give the same file
     return pairs, max((row[0] for row in rows), default=0)
 
 

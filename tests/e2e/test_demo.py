@@ -1,0 +1,73 @@
+"""``rlhf-loop demo`` end to end, as a user runs it (a short loop: two rounds): the embedded broker, the
+API, the aggregator and a Celery worker start as child processes; the negative-feedback rate falls after
+one retrain; a report and a plot are written; afterwards no process of the run is left, also after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REDIS_URL
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _env(root: Path, demo_model_dir: Path) -> dict[str, str]:
+    return {**os.environ, "RLHF_DATA_DIR": str(root), "RLHF_MODEL__DEMO_DIR": str(demo_model_dir),
+            "RLHF_REDIS__URL": REDIS_URL}  # fmt: skip
+
+
+def _left_behind(root: Path) -> list[str]:
+    """Processes (any depth) started for this run: they carry its RLHF_DATA_DIR in their environment."""
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if proc.environ().get("RLHF_DATA_DIR") == str(root) and proc.pid != os.getpid():
+                found.append(f"{proc.pid} {proc.info['name']}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.usefixtures("redis_url")
+def test_a_short_demo_lowers_the_negative_feedback_rate_and_leaves_nothing_running(
+    tmp_path: Path, demo_model_dir: Path
+) -> None:
+    out = subprocess.run([sys.executable, "-m", "rlhf_loop", "demo", "--rounds", "2", "--users", "200"],
+                         env=_env(tmp_path, demo_model_dir), capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rounds = json.loads((tmp_path / "reports" / "demo-seed7.json").read_text())
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert rounds[1]["negative_rate"] < rounds[0]["negative_rate"], rounds
+    assert rounds[0]["adapter"] == "base" and rounds[1]["adapter"].startswith("ad-")
+    assert rounds[0]["gate"] == "passed" and rounds[0]["rm_accuracy"] > 0.5
+    assert (tmp_path / "reports" / "demo-seed7.png").stat().st_size > 1000
+    assert "| round |" in (tmp_path / "reports" / "demo-seed7.md").read_text()
+    assert "neg. rate" in out.stdout
+    assert not _left_behind(tmp_path)
+
+
+@pytest.mark.usefixtures("redis_url")
+def test_ctrl_c_stops_every_child_process(tmp_path: Path, demo_model_dir: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_loop", "demo", "--rounds", "2", "--users", "200"],
+                            env=_env(tmp_path, demo_model_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    api_log = tmp_path / "demo" / "seed-7" / "api.log"
+    deadline = time.monotonic() + 300
+    while not (api_log.exists() and "startup complete" in api_log.read_text(errors="replace")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.5)
+    assert len(_left_behind(tmp_path)) >= 4  # broker, API, aggregator, worker (and the worker's pool)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output[-3000:]
+    assert "every child process was stopped" in output
+    assert not _left_behind(tmp_path)
