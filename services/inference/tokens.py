@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from pydantic_core import from_json
+
 
 class TokenInvalid(ValueError):
     """Malformed, forged or altered token, or an unknown key id (HTTP 401)."""
@@ -87,7 +89,7 @@ def verify(keys: TokenKeys, token: str, now: float | None = None) -> FeedbackCla
     if not hmac.compare_digest(_b64(_sign(secret, kid, payload)).encode(), signature.encode(errors="replace")):
         raise TokenInvalid("bad signature")
     try:
-        claims = FeedbackClaims(**json.loads(_unb64(payload)))
+        claims = FeedbackClaims(**from_json(_unb64(payload)))
     except (binascii.Error, ValueError, TypeError) as e:
         raise TokenInvalid("malformed payload") from e
     if (time.time() if now is None else now) >= claims.exp:
