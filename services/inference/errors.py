@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.http import ErrorBody
 from services.inference.auth import AuthError
+from services.inference.limits import BodyTooLarge
 from services.inference.runtime.batching import BatcherStopped
 from services.inference.tokens import TokenExpired, TokenInvalid
 
@@ -41,6 +42,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, f"http_{exc.status_code}", str(exc.detail), exc.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return error_response(413, "body_too_large", str(exc.detail))
 
     @app.exception_handler(AuthError)
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:

@@ -107,6 +107,9 @@ def test_bad_input_is_a_clear_4xx(api: Api) -> None:
     assert huge.status_code == 413 and huge.json()["code"] == "body_too_large"
     not_json = httpx.post(f"{api.url}/v1/feedback", content=b"\xff\xfe", headers=api.headers)
     assert not_json.status_code == 422
+    chunked = httpx.post(f"{api.url}/v1/feedback/batch", content=iter([b'{"items": [' + b" " * 2_000_000]),
+                         headers=api.headers)  # no Content-Length: counted as it streams in  # fmt: skip
+    assert chunked.status_code == 413 and chunked.json()["code"] == "body_too_large"
 
 
 def test_feedback_batch_judges_each_item(api: Api) -> None:
