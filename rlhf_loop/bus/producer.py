@@ -33,6 +33,7 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sqlite3
@@ -121,6 +122,7 @@ class EventProducer:
         self._partitions: dict[str, int] = {}  # partition count per topic, fixed at connect
         self._retired: list[KafkaProducer] = []  # fenced clients, closed by the replayer
         self._attempt_counters = {t: PRODUCE_ATTEMPTS.labels(t) for t in Topics.ALL}
+        self._soon: list[tuple[str, Event, asyncio.Future[None]]] = []  # send_soon's current loop turn
         self.replayer = Replayer(self, replay)
 
     def start(self) -> EventProducer:
@@ -165,6 +167,35 @@ class EventProducer:
     def send_many(self, topic: str, events: Sequence[Event]) -> None:
         """:meth:`send` for several events at once, in order (one lock, one spool write in an outage)."""
         self.send_raw_many(topic, [(event_key(e), encode(e)) for e in events])
+
+    def send_soon(self, topic: str, event: Event) -> asyncio.Future[None]:
+        """:meth:`send` for code on an asyncio event loop (one loop per producer): the events of one loop
+        turn are handed over together (:meth:`send_many`, in call order) right after it. The future
+        resolves once ``event`` is with kafka-python or in the spool; if the spool cannot be written, every
+        event of that hand-over gets the error (some may have reached kafka-python: at-least-once)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._soon.append((topic, event, future))
+        if len(self._soon) == 1:
+            loop.call_soon(self._send_turn)
+        return future
+
+    def _send_turn(self) -> None:
+        turn, self._soon = self._soon, []
+        by_topic: dict[str, list[tuple[Event, asyncio.Future[None]]]] = {}
+        for topic, event, future in turn:
+            by_topic.setdefault(topic, []).append((event, future))
+        for topic, items in by_topic.items():
+            try:
+                self.send_many(topic, [event for event, _ in items])
+            except Exception as e:  # the spool could not be written: passed to every waiter, not swallowed
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for _, future in items:
+                if not future.done():
+                    future.set_result(None)
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.send_raw_many(topic, [(key, value)])

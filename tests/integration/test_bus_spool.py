@@ -4,7 +4,9 @@ spools and connects later, and an event the broker can never take is set aside w
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -121,3 +123,21 @@ def test_send_many_spools_a_whole_batch_in_an_outage_then_produces_directly(kafk
         broker.kill()
     assert_complete_and_ordered(events, received)
     assert producer.counters.attempts == 600 and producer.counters.spooled == 300
+
+
+def test_send_soon_hands_a_loop_turn_over_in_one_go_and_reports_a_spool_failure(kafka_settings: KafkaSettings,
+                                                                                 tmp_path: Path) -> None:  # fmt: skip
+    # never started: no client, so every hand-over goes to the spool, which shows what each one held
+    producer = EventProducer(f"127.0.0.1:{free_port()}", kafka_settings, Spool(tmp_path / "s.db"), REPLAY)
+    events = make_events(5)
+
+    async def turn(batch: list) -> list:  # noqa: ANN001
+        return await asyncio.gather(*(producer.send_soon(Topics.FEEDBACK, e) for e in batch), return_exceptions=True)
+
+    assert asyncio.run(turn(events)) == [None] * 5
+    spooled = producer.spool.oldest(10)
+    assert [decode(Topics.FEEDBACK, e.value).event_id for e in spooled] == [e.event_id for e in events]
+    assert producer.counters.spooled == 5
+    producer.spool.close()  # the next append fails: each waiter gets the error, none is left hanging
+    results = asyncio.run(turn(make_events(2)))
+    assert all(isinstance(r, sqlite3.ProgrammingError) for r in results)

@@ -4,7 +4,9 @@ These are the API's ingest path (``benchmarks.ingest``), so they keep per-reques
 the app key is checked by one dependency that reads the header itself (the ``AppKey``/``CtxDep``
 pair costs FastAPI's solver ~40 µs a request, more than the rating's own work), and a batch is
 handled as one unit: one key check, one rate-limit round trip for all of its users, one hand-over
-of all of its events to the producer.
+of all of its events to the producer. Single ratings get the same amortisation from micro-batching:
+their rate-limit checks share a Redis round trip, and the events of one event-loop turn are handed to
+the producer together (``send_soon``), still before the 202 goes out.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ async def feedback(body: Body, ctx: AppKeyCtx) -> FeedbackAccepted:
     if not decision.allowed:
         raise RateLimited(decision.retry_after_s)
     event = _event(body, claims, uuid.uuid4())
-    ctx.events.send(Topics.FEEDBACK, event)
+    await ctx.events.send_soon(Topics.FEEDBACK, event)  # type: ignore[attr-defined]  # EventProducer.send_soon
     _count(event.rating, event.adapter_id)
     return FeedbackAccepted(event_id=str(event.event_id))
 
