@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, status
 from prometheus_client import Counter as PromCounter
+from pydantic import TypeAdapter
 
 from rlhf_loop.metrics import FEEDBACK_EVENTS
-from schemas.events import FeedbackGiven, Topics
+from schemas.events import FeedbackGiven, Topics, utcnow
 from schemas.http import ErrorBody, FeedbackAccepted, FeedbackBatchRequest, FeedbackBatchResult, FeedbackItemResult
 from schemas.http import FeedbackRequest as Body
 from services.inference.auth import APP_ROLES, bearer_key
@@ -45,6 +47,7 @@ async def _app_key_context(request: Request) -> ApiContext:
 
 AppKeyCtx = Annotated[ApiContext, Depends(_app_key_context)]
 _counters: dict[tuple[int, str], PromCounter] = {}  # (rating, adapter) -> FEEDBACK_EVENTS child
+_EVENTS = TypeAdapter(list[FeedbackGiven])  # a batch's events validated in one call
 
 
 def _count(rating: int, adapter_id: str, n: int = 1) -> None:
@@ -54,11 +57,12 @@ def _count(rating: int, adapter_id: str, n: int = 1) -> None:
     child.inc(n)
 
 
-def _event(body: Body, claims: FeedbackClaims, event_id: uuid.UUID) -> FeedbackGiven:
-    return FeedbackGiven(
-        event_id=event_id, response_id=claims.response_id, prompt_hash=claims.prompt_hash,
-        adapter_id=claims.adapter_id, user_ref=claims.user_ref, rating=RATING[body.rating], comment=body.comment,
-    )  # fmt: skip
+def _event_fields(body: Body, claims: FeedbackClaims, event_id: uuid.UUID, now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event_id, "created_at": now, "response_id": claims.response_id,
+        "prompt_hash": claims.prompt_hash, "adapter_id": claims.adapter_id, "user_ref": claims.user_ref,
+        "rating": RATING[body.rating], "comment": body.comment,
+    }  # fmt: skip
 
 
 def _event_ids(n: int) -> list[uuid.UUID]:
@@ -76,7 +80,7 @@ async def feedback(body: Body, ctx: AppKeyCtx) -> FeedbackAccepted:
     decision = await ctx.limiter.check("feedback", claims.user_ref)
     if not decision.allowed:
         raise RateLimited(decision.retry_after_s)
-    event = _event(body, claims, uuid.uuid4())
+    event = FeedbackGiven.model_validate(_event_fields(body, claims, uuid.uuid4(), utcnow()))
     await ctx.events.send_soon(Topics.FEEDBACK, event)  # type: ignore[attr-defined]  # EventProducer.send_soon
     _count(event.rating, event.adapter_id)
     return FeedbackAccepted(event_id=str(event.event_id))
@@ -97,17 +101,17 @@ async def feedback_batch(body: FeedbackBatchRequest, ctx: AppKeyCtx) -> Feedback
             verified.append("expired_feedback_token")
     per_user = Counter(c.user_ref for c in verified if isinstance(c, FeedbackClaims))
     decisions = await ctx.limiter.check_many("feedback", per_user)
-    ids = iter(_event_ids(sum(n for u, n in per_user.items() if decisions[u].allowed)))
-    events: list[FeedbackGiven] = []
-    results: list[FeedbackItemResult] = []
-    for i, (item, claims) in enumerate(zip(body.items, verified, strict=True)):
-        if isinstance(claims, str):
-            results.append(FeedbackItemResult(index=i, status="rejected", error=claims))
-        elif not decisions[claims.user_ref].allowed:
-            results.append(FeedbackItemResult(index=i, status="rejected", error="rate_limited"))
-        else:
-            events.append(event := _event(item, claims, next(ids)))
-            results.append(FeedbackItemResult(index=i, status="accepted", event_id=str(event.event_id)))
+    allowed = {u for u, d in decisions.items() if d.allowed}
+    accepted = [(i, c) for i, c in enumerate(verified) if isinstance(c, FeedbackClaims) and c.user_ref in allowed]
+    ids, now = _event_ids(len(accepted)), utcnow()
+    fields = [_event_fields(body.items[i], c, event_id, now) for (i, c), event_id in zip(accepted, ids, strict=True)]
+    events = _EVENTS.validate_python(fields)
+    event_ids = {i: str(event_id) for (i, _), event_id in zip(accepted, ids, strict=True)}
+    results = [
+        FeedbackItemResult(index=i, status="accepted", event_id=event_ids[i]) if i in event_ids
+        else FeedbackItemResult(index=i, status="rejected", error=c if isinstance(c, str) else "rate_limited")
+        for i, c in enumerate(verified)
+    ]  # fmt: skip
     if events:
         ctx.events.send_many(Topics.FEEDBACK, events)  # type: ignore[attr-defined]  # EventProducer.send_many
         for (rating, adapter_id), n in Counter((e.rating, e.adapter_id) for e in events).items():
