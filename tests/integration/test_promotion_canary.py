@@ -108,7 +108,7 @@ def test_a_canary_the_users_dislike_is_rolled_back_automatically(world: World) -
     _start_canary(world, "ad-rude")
     served = simulate_users(world, RATINGS, seed=1)
     assert served["ad-rude"] >= CANARY.canary_min_samples and served["base"] >= CANARY.canary_min_samples, served
-    assert wait_for(lambda: _stored(world, "ad-rude") == served["ad-rude"], timeout_s=120), (
+    assert wait_for(lambda: _stored(world, "ad-rude") == served["ad-rude"], timeout_s=240), (
         _stored(world, "ad-rude"),
         served,
     )
@@ -133,7 +133,7 @@ def test_a_canary_the_users_like_is_promoted_not_rolled_back(world: World) -> No
     _start_canary(world, "ad-polite")
     served = simulate_users(world, RATINGS, seed=3)
     assert served["ad-polite"] >= CANARY.canary_promote_samples, served
-    assert wait_for(lambda: _stored(world, "ad-polite") == served["ad-polite"], timeout_s=120), (
+    assert wait_for(lambda: _stored(world, "ad-polite") == served["ad-polite"], timeout_s=240), (
         _stored(world, "ad-polite"),
         served,
     )
