@@ -146,6 +146,11 @@ def test_the_app_key_is_checked_before_the_body(api: Api) -> None:
             assert r.status_code == 401 and r.json()["code"] in ("missing_api_key", "invalid_api_key"), r.text
         wrong_role = httpx.post(f"{api.url}{path}", json={}, headers={"Authorization": f"Bearer {api.approver_key}"})
         assert wrong_role.status_code == 403
+    invalid = httpx.post(f"{api.url}/v1/feedback", json={"feedback_token": "t", "rating": "meh"}, headers=api.headers)
+    assert invalid.status_code == 422 and invalid.json()["code"] == "invalid_request"
+    assert invalid.json()["message"].startswith("rating:"), invalid.text
+    empty = httpx.post(f"{api.url}/v1/feedback", headers=api.headers)
+    assert empty.status_code == 422 and empty.json()["code"] == "invalid_request"
 
 
 def test_metrics_are_exported(api: Api) -> None:

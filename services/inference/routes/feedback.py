@@ -1,12 +1,16 @@
 """POST /v1/feedback and /v1/feedback/batch: signed ratings, logged as FeedbackGiven.
 
 These are the API's ingest path (``benchmarks.ingest``), so they keep per-request overhead low:
-the app key is checked by one dependency that reads the header itself (the ``AppKey``/``CtxDep``
-pair costs FastAPI's solver ~40 µs a request, more than the rating's own work), and a batch is
-handled as one unit: one key check, one rate-limit round trip for all of its users, one hand-over
-of all of its events to the producer. Single ratings get the same amortisation from micro-batching:
-their rate-limit checks share a Redis round trip, and the events of one event-loop turn are handed to
-the producer together (``send_soon``), still before the 202 goes out.
+- The app key is checked by code that reads the header itself: the ``AppKey``/``CtxDep`` pair costs
+  FastAPI's dependency solver ~40 µs a request, more than the rating's own work.
+- The single route validates its body with pydantic's own JSON parser after the key check (the
+  order the dependencies had), ~17 µs less than a FastAPI body parameter; its OpenAPI entry is
+  written out here.
+- A batch is one unit: one key check, one rate-limit round trip for all of its users, one
+  validation call for its events and one hand-over of them to the producer. Single ratings get the
+  same amortisation from micro-batching: their rate-limit checks share a Redis round trip, and the
+  events of one event-loop turn are handed to the producer together (``send_soon``), before the
+  202 goes out.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, status
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import Counter as PromCounter
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from rlhf_loop.metrics import FEEDBACK_EVENTS
 from schemas.events import FeedbackGiven, Topics, utcnow
@@ -35,7 +40,11 @@ ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 413, 422, 429)}
 RATING = {"up": 1, "down": -1}
 AUTH_HEADER = {"parameters": [{"name": "authorization", "in": "header", "required": False,
                                "description": "Bearer <app key>", "schema": {"type": "string"}}]}  # fmt: skip
-"""The header the ``AppKeyCtx`` dependency reads, documented as the other /v1 routes document it."""
+"""The header these routes read themselves, documented as the other /v1 routes document it."""
+RATING_BODY = {
+    **AUTH_HEADER,
+    "requestBody": {"required": True, "content": {"application/json": {"schema": Body.model_json_schema()}}},
+}
 
 
 async def _app_key_context(request: Request) -> ApiContext:
@@ -46,6 +55,18 @@ async def _app_key_context(request: Request) -> ApiContext:
 
 
 AppKeyCtx = Annotated[ApiContext, Depends(_app_key_context)]
+
+
+async def _authorized_rating(request: Request) -> tuple[ApiContext, Body]:
+    """The context and the validated body of an app-key request; AuthError (401/403) before any
+    parsing, then RequestValidationError (422, naming the field) for a body that is not a rating."""
+    ctx = await _app_key_context(request)
+    try:
+        return ctx, Body.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False, include_context=False)) from e
+
+
 _counters: dict[tuple[int, str], PromCounter] = {}  # (rating, adapter) -> FEEDBACK_EVENTS child
 _EVENTS = TypeAdapter(list[FeedbackGiven])  # a batch's events validated in one call
 
@@ -72,10 +93,11 @@ def _event_ids(n: int) -> list[uuid.UUID]:
 
 
 @router.post("/feedback", status_code=status.HTTP_202_ACCEPTED, response_model=FeedbackAccepted, responses=ERRORS,
-             openapi_extra=AUTH_HEADER)  # fmt: skip
-async def feedback(body: Body, ctx: AppKeyCtx) -> FeedbackAccepted:
+             openapi_extra=RATING_BODY)  # fmt: skip
+async def feedback(request: Request) -> FeedbackAccepted:
     """Record one end user's thumbs-up/down on the response the token was issued for.
     Forged or altered tokens get 401, expired ones 403. Accepted means durably logged."""
+    ctx, body = await _authorized_rating(request)
     claims = verify(ctx.token_keys, body.feedback_token)
     decision = await ctx.limiter.check("feedback", claims.user_ref)
     if not decision.allowed:
