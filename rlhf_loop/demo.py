@@ -17,6 +17,7 @@ seed and the adapter, and the trainer is deterministic on CPU, so the same seed 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -361,7 +362,7 @@ def write_report(reports: Path, cfg: DemoConfig, rounds: list[Round], wall_s: fl
     lines += ["", f"![negative-feedback rate per round]({stem.with_suffix('.png').name})", "", "Seconds per stage:", ""]
     lines += [f"- round {r.round}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.seconds.items()) for r in rounds]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    (stem.with_suffix(".json")).write_text(__import__("json").dumps([asdict(r) for r in rounds], indent=2))
+    stem.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rounds], indent=2))
     return stem.with_suffix(".md")
 
 

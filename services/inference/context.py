@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,6 +25,12 @@ class EventSink(Protocol):
     """Where the API logs events: never blocks on the broker, never loses an accepted event."""
 
     def send(self, topic: str, event: Event) -> None: ...
+
+    def send_many(self, topic: str, events: Sequence[Event]) -> None: ...
+
+    def send_soon(self, topic: str, event: Event) -> asyncio.Future[None]:
+        """Hand over with the other events of this event-loop turn; resolves once it is safe."""
+        ...
 
     def healthy(self) -> bool: ...
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from services.inference.auth import Principal
+from services.inference.auth import Principal, bearer_key
 from services.inference.context import ApiContext
 
 
@@ -17,20 +17,14 @@ async def get_context(request: Request) -> ApiContext:
 CtxDep = Annotated[ApiContext, Depends(get_context)]
 
 
-def _bearer(authorization: str | None) -> str | None:
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
-
-
 async def require_app_key(ctx: CtxDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """An app (or admin) key: may generate and forward feedback."""
-    return await ctx.keys.require(_bearer(authorization), ("app", "admin"))
+    return await ctx.keys.require(bearer_key(authorization), ("app", "admin"))
 
 
 async def require_approver_key(ctx: CtxDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """An approver (or admin) key: may approve, reject and roll back adapters."""
-    return await ctx.keys.require(_bearer(authorization), ("approver", "admin"))
+    return await ctx.keys.require(bearer_key(authorization), ("approver", "admin"))
 
 
 AppKey = Annotated[Principal, Depends(require_app_key)]

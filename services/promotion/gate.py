@@ -99,9 +99,6 @@ class Measurements:
     """Greedy answers to each golden prompt, in file order."""
     active_id: str
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class Check:

@@ -20,8 +20,8 @@ from schemas.http import MAX_REASON_CHARS, AdapterDetail
 from services.inference.auth import AuthError, Principal
 from services.inference.deps import CtxDep
 from services.promotion import views
-from services.promotion.registry import Actor, PromotionError
-from services.promotion.service import Promotions
+from services.promotion.registry import PromotionError
+from services.promotion.routes import actor, promotions
 from services.promotion.states import State
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -215,10 +215,10 @@ async def decide(adapter_id: str, request: Request, ctx: CtxDep,
     back = f"/ui/adapters/{quote(adapter_id)}"
     if action not in ("approve", "reject") or not reason:
         return RedirectResponse(back + "?error=" + quote("choose approve or reject and give a reason"), 303)
-    service = Promotions(ctx.sessions, ctx.settings.promotion, ctx.settings.redis.url)
+    service = promotions(ctx)
     act = service.approve if action == "approve" else service.reject
     try:
-        state = await anyio.to_thread.run_sync(act, adapter_id, Actor(principal.name, principal.key_id), reason)
+        state = await anyio.to_thread.run_sync(act, adapter_id, actor(principal), reason)
     except PromotionError as e:
         return RedirectResponse(back + "?error=" + quote(str(e)), 303)
     verb = "approved" if action == "approve" else "rejected"

@@ -65,10 +65,7 @@ def get(session: Session, adapter_id: str, lock: bool = False) -> Adapter:
 def transition(session: Session, adapter: Adapter, to: State, actor: Actor, reason: str,
                details: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Move ``adapter`` to ``to`` and audit it; raises Conflict for a transition the registry does not allow."""
-    try:
-        check_transition(adapter.state, to)
-    except IllegalTransition as e:
-        raise Conflict(f"{adapter.id}: {e}") from e
+    check_or_conflict(adapter, to)
     session.add(PromotionAudit(adapter_id=adapter.id, from_state=adapter.state, to_state=to, actor=actor.name,
                                reason=reason, details={**actor.details(), **(details or {})}, at=now()))  # fmt: skip
     adapter.state, adapter.updated_at = to, now()

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis
 from sqlalchemy.orm import Session, sessionmaker
@@ -74,8 +74,8 @@ class Promotions:
     def promote(self, actor: Actor, reason: str) -> str:
         return self._write(lambda s: registry.promote_canary(s, actor, reason).id)
 
-    def rollback(self, actor: Actor, reason: str, trigger: str = "manual") -> dict[str, Any]:
-        return self._write(lambda s: registry.rollback(s, actor, reason, trigger))  # type: ignore[arg-type]
+    def rollback(self, actor: Actor, reason: str, trigger: Literal["auto", "manual"] = "manual") -> dict[str, Any]:
+        return self._write(lambda s: registry.rollback(s, actor, reason, trigger))
 
     def watch_canary(self) -> Verdict:
         """Judge the running canary and act on the verdict (rollback or promote)."""

@@ -103,7 +103,7 @@ async def feedback(request: Request) -> FeedbackAccepted:
     if not decision.allowed:
         raise RateLimited(decision.retry_after_s)
     event = FeedbackGiven.model_validate(_event_fields(body, claims, uuid.uuid4(), utcnow()))
-    await ctx.events.send_soon(Topics.FEEDBACK, event)  # type: ignore[attr-defined]  # EventProducer.send_soon
+    await ctx.events.send_soon(Topics.FEEDBACK, event)
     _count(event.rating, event.adapter_id)
     return FeedbackAccepted(event_id=str(event.event_id))
 
@@ -135,7 +135,7 @@ async def feedback_batch(body: FeedbackBatchRequest, ctx: AppKeyCtx) -> Feedback
         for i, c in enumerate(verified)
     ]  # fmt: skip
     if events:
-        ctx.events.send_many(Topics.FEEDBACK, events)  # type: ignore[attr-defined]  # EventProducer.send_many
+        ctx.events.send_many(Topics.FEEDBACK, events)
         for (rating, adapter_id), n in Counter((e.rating, e.adapter_id) for e in events).items():
             _count(rating, adapter_id, n)
     return FeedbackBatchResult(accepted=len(events), rejected=len(results) - len(events), results=results)
