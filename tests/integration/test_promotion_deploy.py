@@ -190,17 +190,30 @@ GATE = {"passed": True, "samples": [{"prompt": PROMPT, "candidate": "Thanks, hap
                     "detail": "vs base"}], "golden_failures": []}  # fmt: skip
 
 
+def _click(driver, element_id: str) -> None:  # noqa: ANN001 - a selenium WebDriver
+    """Click a submit button and wait until the page it leads to has replaced this one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, element_id).click()
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+
+
 def _sign_in(driver, url: str, key: str) -> None:  # noqa: ANN001 - a selenium WebDriver
     from selenium.webdriver.common.by import By
 
     driver.get(f"{url}/ui/adapters")
     assert driver.current_url.endswith("/ui/login")  # not signed in: sent to the sign-in form
     driver.find_element(By.ID, "key").send_keys(key)
-    driver.find_element(By.ID, "sign-in").click()
+    _click(driver, "sign-in")
 
 
 def test_the_approval_page_approves_a_candidate_end_to_end(cluster: Cluster, browser) -> None:  # noqa: ANN001
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     api = cluster.apis[0]
     with cluster.sessions.begin() as session:
@@ -211,7 +224,9 @@ def test_the_approval_page_approves_a_candidate_end_to_end(cluster: Cluster, bro
     assert "not an approver key" in browser.find_element(By.CLASS_NAME, "error").text
 
     _sign_in(browser, api.url, api.approver_key)
+    page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.LINK_TEXT, "ad-page").click()
+    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(page))
     assert browser.find_element(By.ID, "state").text == "awaiting_approval"
     assert "reward_win_rate" in browser.find_element(By.ID, "gate").text
     samples = browser.find_element(By.ID, "samples").text
@@ -219,17 +234,17 @@ def test_the_approval_page_approves_a_candidate_end_to_end(cluster: Cluster, bro
     assert "0.420" in browser.page_source  # candidate metrics next to the active's
 
     browser.find_element(By.ID, "reason").send_keys("gate passed, samples read well")
-    browser.find_element(By.ID, "approve").click()
+    _click(browser, "approve")
     assert "approved by ml-team: now awaiting_approval" in browser.find_element(By.ID, "done").text
     browser.find_element(By.ID, "reason").send_keys("agree")
-    browser.find_element(By.ID, "approve").click()
+    _click(browser, "approve")
     assert "must come from someone else" in browser.find_element(By.ID, "error").text  # same approver again
 
     browser.delete_all_cookies()
     _sign_in(browser, api.url, cluster.lead_key)
     browser.get(f"{api.url}/ui/adapters/ad-page")
     browser.find_element(By.ID, "reason").send_keys("second approval")
-    browser.find_element(By.ID, "approve").click()
+    _click(browser, "approve")
     assert browser.find_element(By.ID, "state").text == "active"
     audit = browser.find_element(By.ID, "audit").text
     assert "ml-lead" in audit and "second approval" in audit and "gate passed, samples read well" in audit
