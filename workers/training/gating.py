@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from rlhf_loop.generation import BASE, GenerationRequest
@@ -27,6 +26,7 @@ from services.promotion.states import State
 from workers.training.config import TrainConfig
 from workers.training.dataset import make_dataset
 from workers.training.encoding import Encoder
+from workers.training.evaluate import compare
 from workers.training.ppo import PPOTrainer, RewardNorm
 from workers.training.reward import accuracy, load_reward
 from workers.training.roles import POLICY, REWARD, ScalarHead, hidden_size
@@ -35,7 +35,6 @@ from workers.training.trainer import REWARD_DIR
 
 GATE_SEED = 7_654_321
 ACTIVE_SLOT = "active"
-BATCH = 64
 
 
 def gate_candidate(settings: Settings, sessions: sessionmaker[Session], adapter_id: str, base_model: str) -> str:
@@ -80,16 +79,7 @@ def measure(settings: Settings, sessions: sessionmaker[Session], adapter_id: str
     trainer = PPOTrainer(model, ScalarHead(width).to(device), reward_head, enc, cfg.ppo,
                          RewardNorm(meta["score_mean"], meta["score_std"]), device)  # fmt: skip
 
-    ours, theirs, wins, kls = [], [], [], []
-    for i in range(0, len(prompts), BATCH):
-        chunk = prompts[i : i + BATCH]
-        packed, texts, _ = trainer.sample(chunk, GATE_SEED + i)
-        other_packed, other_texts, _ = trainer.sample(chunk, GATE_SEED + i, adapter=other)
-        a, b = trainer.score(packed), trainer.score(other_packed)
-        wins.append((a > b).float() + 0.5 * (a == b).float())
-        kls.append(trainer.kl_vs_reference(packed))
-        ours += texts
-        theirs += other_texts
+    vs = compare(trainer, prompts, other, GATE_SEED)
     heldout_accuracy = accuracy(model, reward_head, enc, dataset.heldout, device)
     active_accuracy = None
     active_rm = runs_dir / active.run_id / REWARD_DIR if active is not None and active.run_id else None
@@ -105,9 +95,8 @@ def measure(settings: Settings, sessions: sessionmaker[Session], adapter_id: str
         return [g.text for g in trainer.engine.generate(requests)]
 
     return Measurements(
-        prompts=prompts, candidate_responses=ours, active_responses=theirs,
-        win_rate=float(torch.cat(wins).mean()) if wins else 0.0,
-        kl_vs_base=float(torch.cat(kls).mean()) if kls else 0.0,
+        prompts=prompts, candidate_responses=vs.policy_texts, active_responses=vs.other_texts, win_rate=vs.win_rate,
+        kl_vs_base=float(vs.kl.mean()) if len(vs.kl) else 0.0,
         heldout_accuracy=heldout_accuracy, active_heldout_accuracy=active_accuracy,
         golden_candidate=greedy(POLICY), golden_active=greedy(other), active_id=active.id if active else BASE,
     )  # fmt: skip
