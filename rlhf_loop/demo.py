@@ -103,14 +103,6 @@ class Child:
                 return
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Loop:
     """The running demo: child processes, keys, and the SQL it reads progress from."""
 
@@ -123,7 +115,7 @@ class Loop:
 
     # --- start and stop ---------------------------------------------------------------------------
     def start(self) -> None:
-        from rlhf_loop.bus.broker import EmbeddedBroker
+        from rlhf_loop.bus.broker import EmbeddedBroker, free_port
         from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
         from rlhf_loop.models.demo_kit import build_demo_model
         from services.inference.auth import create_key
@@ -132,7 +124,7 @@ class Loop:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         self.broker = EmbeddedBroker(log_path=self.root / "broker.log").start()
-        self.api_port, self.worker_port = _free_port(), _free_port()
+        self.api_port, self.worker_port = free_port(), free_port()
         db_url = f"sqlite:///{self.root / 'rlhf.sqlite3'}"
         self.env = {
             **os.environ, "RLHF_ENV": "demo", "RLHF_DATA_DIR": str(self.root), "RLHF_DATABASE__URL": db_url,
@@ -162,7 +154,7 @@ class Loop:
             Child("worker", ["worker", "--queues", "gpu,default", "--concurrency", "1"], self.env, logs / "worker.log"),
         ]
         self.url = f"http://127.0.0.1:{self.api_port}"
-        self._wait("the API", lambda: _ok(f"{self.url}/readyz"), 180)
+        self.wait("the API", lambda: _ok(f"{self.url}/readyz"), 180)
         worker_metrics = f"http://127.0.0.1:{self.worker_port}/metrics"
         self.console.print(f"API {self.url} · Prometheus metrics: [bold]{self.url}/metrics[/] (API), "
                            f"{worker_metrics} (training worker) · logs in {self.root}")  # fmt: skip
@@ -177,7 +169,7 @@ class Loop:
         if getattr(self, "engine", None) is not None:
             self.engine.dispose()
 
-    def _wait(self, what: str, done: Callable[[], bool], timeout_s: float, poll_s: float = 0.3) -> None:
+    def wait(self, what: str, done: Callable[[], bool], timeout_s: float, poll_s: float = 0.3) -> None:
         deadline = time.monotonic() + timeout_s
         while not done():
             for child in self.children:
@@ -246,7 +238,7 @@ class Loop:
                                 completed=p.get("step"), figures=figures)  # fmt: skip
             return state["status"] in ("succeeded", "failed")
 
-        self._wait(f"training run {run_id}", finished, self.cfg.stage_timeout_s, poll_s=1.0)
+        self.wait(f"training run {run_id}", finished, self.cfg.stage_timeout_s, poll_s=1.0)
         if state["status"] == "failed":
             raise DemoError(f"training run {run_id} failed: {state['error']}")
         progress.update(task, description=f"round {round_no}: retrain", completed=1, total=1)
@@ -265,13 +257,13 @@ class Loop:
                 verdict.update(state=adapter.state, gate=(adapter.metrics or {}).get("gate"))
             return verdict["state"] not in ("candidate", "gated") or bool(verdict["gate"])
 
-        self._wait(f"the gate of {adapter_id}", gated, self.cfg.stage_timeout_s)
+        self.wait(f"the gate of {adapter_id}", gated, self.cfg.stage_timeout_s)
         gate = verdict["gate"] or {}
         summary = "passed" if gate.get("passed") else "failed: " + ", ".join(
             c["name"] for c in gate.get("checks", []) if not c["passed"])  # fmt: skip
         progress.update(task, total=1, completed=1, figures=summary)
         if gate.get("passed"):
-            self._wait(f"the API to serve {adapter_id}", lambda: self.serving() == adapter_id, 60)
+            self.wait(f"the API to serve {adapter_id}", lambda: self.serving() == adapter_id, 60)
         return summary
 
     def serving(self) -> str:
@@ -306,7 +298,7 @@ def _one_round(loop: Loop, r: int, cfg: DemoConfig, progress: Progress) -> Round
     seconds = {"traffic": time.monotonic() - t}
     t = time.monotonic()
     total = cfg.users * (r + 1)
-    loop._wait("the aggregator", lambda: loop.stored()[0] >= total, cfg.stage_timeout_s)
+    loop.wait("the aggregator", lambda: loop.stored()[0] >= total, cfg.stage_timeout_s)
     seconds["aggregate"] = time.monotonic() - t
     row = Round(r, adapter, events, rate, loop.stored()[1], seconds=seconds)
     if r == cfg.rounds - 1:
