@@ -102,3 +102,14 @@ def test_orphan_ratings_are_counted_and_dropped_after_their_ttl(session: Session
     with session.begin():
         assert orphan_feedback(session, older_than=datetime.now(UTC) + timedelta(days=1)) == (0, 1)
     assert count(session, Feedback) == 1
+
+
+def test_text_with_nul_bytes_is_stored_not_refused(session: Session) -> None:
+    """A model can emit NUL, which PostgreSQL text refuses: such a row must not stop the partition."""
+    event = response("r-nul").model_copy(update={"response": "ok\x00then", "prompt": "where\x00 is my order?"})
+    insert_responses(session, [event])
+    upsert_feedback(session, [rating("r-nul", "u1", -1, 0).model_copy(update={"comment": "bad\x00"})])
+    session.commit()
+    stored = session.scalars(select(Response).where(Response.response_id == "r-nul")).one()
+    assert (stored.response, stored.prompt) == ("ok\ufffdthen", "where\ufffd is my order?")
+    assert session.scalars(select(Feedback.comment)).one() == "bad\ufffd"

@@ -27,15 +27,31 @@ def _insert(session: Session, mapped):  # noqa: ANN001, ANN202 - a dialect inser
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(mapped.__table__)
 
 
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL: a model can emit one, so it is stored as U+FFFD (the event on
+    Kafka keeps the exact text). Without this one such response would stop its partition."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+
+
 def insert_responses(session: Session, events: Sequence[ResponseLogged]) -> None:
     if not events:
         return
     rows = [
         dict(
-            event_id=e.event_id, response_id=e.response_id, request_id=e.request_id, app_id=e.app_id,
-            user_ref=e.user_ref, prompt=e.prompt, prompt_hash=e.prompt_hash, response=e.response,
-            adapter_id=e.adapter_id, base_model=e.base_model, sampling=e.sampling.model_dump(),
-            prompt_tokens=e.prompt_tokens, completion_tokens=e.completion_tokens, latency_ms=e.latency_ms,
+            event_id=e.event_id,
+            response_id=e.response_id,
+            request_id=e.request_id,
+            app_id=e.app_id,
+            user_ref=e.user_ref,
+            prompt=_text(e.prompt),
+            prompt_hash=e.prompt_hash,
+            response=_text(e.response),
+            adapter_id=e.adapter_id,
+            base_model=e.base_model,
+            sampling=e.sampling.model_dump(),
+            prompt_tokens=e.prompt_tokens,
+            completion_tokens=e.completion_tokens,
+            latency_ms=e.latency_ms,
             created_at=e.created_at,
         )  # fmt: skip
         for e in events
@@ -54,8 +70,14 @@ def upsert_feedback(session: Session, events: Sequence[FeedbackGiven]) -> None:
             latest[key] = e
     rows = [
         dict(
-            event_id=e.event_id, response_id=e.response_id, prompt_hash=e.prompt_hash, adapter_id=e.adapter_id,
-            user_ref=e.user_ref, rating=e.rating, comment=e.comment, created_at=e.created_at,
+            event_id=e.event_id,
+            response_id=e.response_id,
+            prompt_hash=e.prompt_hash,
+            adapter_id=e.adapter_id,
+            user_ref=e.user_ref,
+            rating=e.rating,
+            comment=_text(e.comment),
+            created_at=e.created_at,
         )  # fmt: skip
         for e in latest.values()
     ]
@@ -98,8 +120,12 @@ def replace_pairs(session: Session, prompt_hashes: Iterable[str], pairs: Sequenc
     existing = set(session.scalars(select(PreferencePair.pair_key).where(PreferencePair.pair_key.in_(keys))))
     rows = [
         dict(
-            pair_key=p.pair_key, prompt_hash=p.prompt_hash, chosen_response_id=p.chosen_response_id,
-            rejected_response_id=p.rejected_response_id, weight=p.weight, margin=p.margin,
+            pair_key=p.pair_key,
+            prompt_hash=p.prompt_hash,
+            chosen_response_id=p.chosen_response_id,
+            rejected_response_id=p.rejected_response_id,
+            weight=p.weight,
+            margin=p.margin,
         )  # fmt: skip
         for p in pairs
     ]
