@@ -11,8 +11,9 @@ a fresh SQLite file and artifact directory under ``var/demo/seed-<seed>``. Each 
    then gates the candidate against the active adapter and, with ``promotion.auto_approve`` on (a
    demo-only setting, logged as such), deploys it; the API hot-swaps it.
 
-Simulated ratings depend only on (seed, user, prompt, response) and generation only on the request's
-seed and the adapter, and the trainer is deterministic on CPU, so the same seed gives the same table.
+Simulated ratings depend only on (seed, user, prompt, response), generation only on the request's seed
+and the adapter, the pairs only on the ratings and the texts (ties rank by text, not by the random
+response ids), and the trainer is deterministic on CPU, so the same seed gives the same table.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ class Round:
     round: int
     adapter: str
     """The adapter that served this round's traffic."""
+    served_by: str
+    """The same, named by the retrain that made it ("base", "retrain 0", ...): ids are random, names repeat."""
     events: int
     """Responses + ratings logged this round."""
     negative_rate: float
@@ -61,6 +64,14 @@ class Round:
     kl: float | None = None
     gate: str = "—"
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def cells(self) -> list[str]:
+        """The row of the round table (the same seed gives the same rows)."""
+        return [str(self.round), self.served_by, str(self.events), f"{self.negative_rate:.1%}", str(self.pairs),
+                _fmt(self.rm_accuracy), _fmt(self.ppo_reward), _fmt(self.kl, "{:.2f}"), self.gate]  # fmt: skip
+
+
+COLUMNS = ("round", "served by", "events", "neg. rate", "pairs", "RM acc.", "PPO reward", "KL", "gate")
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,8 @@ class Loop:
     def __init__(self, settings: Settings, cfg: DemoConfig, console: Console) -> None:
         self.cfg, self.console = cfg, console
         self.root = (settings.data_dir / "demo" / f"seed-{cfg.seed}").resolve()
+        self.made_by: dict[str, str] = {"base": "base"}
+        """Adapter id -> the retrain that made it ("retrain 0", ...)."""
         self.children: list[Child] = []
         self.settings = settings
         self.sim = Simulator.from_settings(settings.simulator)
@@ -300,13 +313,14 @@ def _one_round(loop: Loop, r: int, cfg: DemoConfig, progress: Progress) -> Round
     total = cfg.users * (r + 1)
     loop.wait("the aggregator", lambda: loop.stored()[0] >= total, cfg.stage_timeout_s)
     seconds["aggregate"] = time.monotonic() - t
-    row = Round(r, adapter, events, rate, loop.stored()[1], seconds=seconds)
+    row = Round(r, adapter, loop.made_by.get(adapter, adapter), events, rate, loop.stored()[1], seconds=seconds)
     if r == cfg.rounds - 1:
         return row
     t = time.monotonic()
     _, metrics = loop.retrain(r, progress)
     seconds["retrain"] = time.monotonic() - t
     t = time.monotonic()
+    loop.made_by[metrics["adapter_id"]] = f"retrain {r}"
     row.gate = loop.gate_and_deploy(metrics["adapter_id"], progress)
     seconds["gate+deploy"] = time.monotonic() - t
     row.rm_accuracy = metrics.get("reward", {}).get("heldout_accuracy")
@@ -321,11 +335,10 @@ def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
 
 def round_table(rounds: list[Round]) -> Table:
     table = Table(title="rlhf-loop demo: one row per round (training columns: the retrain after the round)")
-    for column in ("round", "served by", "events", "neg. rate", "pairs", "RM acc.", "PPO reward", "KL", "gate"):
+    for column in COLUMNS:
         table.add_column(column)
     for r in rounds:
-        table.add_row(str(r.round), r.adapter, str(r.events), f"{r.negative_rate:.1%}", str(r.pairs),
-                      _fmt(r.rm_accuracy), _fmt(r.ppo_reward), _fmt(r.kl, "{:.2f}"), r.gate)  # fmt: skip
+        table.add_row(*r.cells())
     return table
 
 
@@ -347,15 +360,18 @@ def write_report(reports: Path, cfg: DemoConfig, rounds: list[Round], wall_s: fl
     fig.savefig(stem.with_suffix(".png"))
     plt.close(fig)
     lines = ["# rlhf-loop demo", "", f"seed {cfg.seed}, {cfg.rounds} rounds of {cfg.users} simulated users, "
-             f"wall time {wall_s:.0f} s", "", "| round | served by | events | neg. rate | pairs | RM acc. | PPO reward "
-             "| KL | gate |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r.round} | {r.adapter} | {r.events} | {r.negative_rate:.1%} | {r.pairs} | {_fmt(r.rm_accuracy)} "
-              f"| {_fmt(r.ppo_reward)} | {_fmt(r.kl, '{:.2f}')} | {r.gate} |" for r in rounds]  # fmt: skip
+             f"wall time {wall_s:.0f} s", "", _md_row(COLUMNS), _md_row(["---"] * len(COLUMNS))]  # fmt: skip
+    lines += [_md_row(r.cells()) for r in rounds]
+    lines += ["", "Adapters: " + ", ".join(f"{r.served_by} = {r.adapter}" for r in rounds if r.adapter != "base")]
     lines += ["", f"![negative-feedback rate per round]({stem.with_suffix('.png').name})", "", "Seconds per stage:", ""]
     lines += [f"- round {r.round}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.seconds.items()) for r in rounds]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rounds], indent=2))
     return stem.with_suffix(".md")
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _nested(env: dict[str, str]) -> dict:

@@ -1,6 +1,7 @@
 """``rlhf-loop demo`` end to end, as a user runs it (a short loop: two rounds): the embedded broker, the
 API, the aggregator and a Celery worker start as child processes; the negative-feedback rate falls after
-one retrain; a report and a plot are written; afterwards no process of the run is left, also after Ctrl-C."""
+one retrain; a report and a plot are written; the same seed gives the same table; afterwards no process
+of the run is left, also after Ctrl-C."""
 
 from __future__ import annotations
 
@@ -37,21 +38,35 @@ def _left_behind(root: Path) -> list[str]:
     return found
 
 
+def _demo(root: Path, demo_model_dir: Path) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "rlhf_loop", "demo", "--rounds", "2", "--users", "200"],
+                         env=_env(root, demo_model_dir), capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def _table(root: Path) -> list[str]:
+    """The round table of the run's markdown report."""
+    return [line for line in (root / "reports" / "demo-seed7.md").read_text().splitlines() if line.startswith("|")]
+
+
 @pytest.mark.usefixtures("redis_url")
 def test_a_short_demo_lowers_the_negative_feedback_rate_and_leaves_nothing_running(
     tmp_path: Path, demo_model_dir: Path
 ) -> None:
-    out = subprocess.run([sys.executable, "-m", "rlhf_loop", "demo", "--rounds", "2", "--users", "200"],
-                         env=_env(tmp_path, demo_model_dir), capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = _demo(tmp_path, demo_model_dir)
     rounds = json.loads((tmp_path / "reports" / "demo-seed7.json").read_text())
     assert [r["round"] for r in rounds] == [0, 1]
     assert rounds[1]["negative_rate"] < rounds[0]["negative_rate"], rounds
     assert rounds[0]["adapter"] == "base" and rounds[1]["adapter"].startswith("ad-")
     assert rounds[0]["gate"] == "passed" and rounds[0]["rm_accuracy"] > 0.5
     assert (tmp_path / "reports" / "demo-seed7.png").stat().st_size > 1000
-    assert "| round |" in (tmp_path / "reports" / "demo-seed7.md").read_text()
+    assert rounds[1]["served_by"] == "retrain 0" and len(_table(tmp_path)) == 4  # header, rule, 2 rounds
     assert "wall time" in out.stdout and "report" in out.stdout
+    assert not _left_behind(tmp_path)
+
+    _demo(tmp_path / "again", demo_model_dir)  # same seed, fresh state
+    assert _table(tmp_path / "again") == _table(tmp_path)
     assert not _left_behind(tmp_path)
 
 

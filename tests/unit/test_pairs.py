@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.aggregator.pairs import PairRules, Vote, build_pairs, labels
+from workers.aggregator.pairs import PairRules, Vote, build_pairs, labels, text_key
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PH = "a" * 32
@@ -38,6 +38,22 @@ def test_one_rater_cannot_dominate_a_group() -> None:
     pairs, group_labels = build_pairs(PH, spam + fans, PairRules(max_votes_per_rater=2))
     assert {lb.response_id for lb in group_labels if lb.label < 0} == {"r1"}  # only the troll's first two count
     assert [(p.chosen_response_id, p.rejected_response_id) for p in pairs] == [("r0", "r1")]
+
+
+def test_kept_pairs_do_not_depend_on_response_ids() -> None:
+    """The group cap keeps the same pairs of texts whatever random ids the responses were given."""
+    texts = [f"answer {i}" for i in range(12)]
+
+    def kept(ids: list[str]) -> set[tuple[str, str]]:
+        votes = [Vote(rid, f"u{i}", 1 if i % 2 else -1, T0, text_key(text))
+                 for i, (rid, text) in enumerate(zip(ids, texts, strict=True))]  # fmt: skip
+        text_of = dict(zip(ids, texts, strict=True))
+        pairs, _ = build_pairs(PH, votes, PairRules(max_pairs_per_group=5))
+        return {(text_of[p.chosen_response_id], text_of[p.rejected_response_id]) for p in pairs}
+
+    rng = random.Random(3)
+    runs = [kept([f"{rng.getrandbits(64):016x}" for _ in texts]) for _ in range(5)]
+    assert len(runs[0]) == 5 and all(r == runs[0] for r in runs)
 
 
 votes_strategy = st.lists(

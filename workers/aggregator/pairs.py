@@ -6,7 +6,9 @@ Rules (DESIGN.md, "Preference pairs"):
 2. A response's label is the sign of its vote sum (majority); a tie gives no label.
 3. Every (up-labelled, down-labelled) pair of distinct responses is a pair, chosen = up.
 4. Weight grows with the weaker side's margin: ``min(margin_up, margin_down, cap) / cap``.
-5. At most ``max_pairs_per_group`` pairs per group: heaviest first, ties by (chosen, rejected) id.
+5. At most ``max_pairs_per_group`` pairs per group: heaviest first, ties by what the responses say
+   (``Vote.text_key``), then by (chosen, rejected) id. Response ids are random, so ranking ties by text
+   is what makes the kept pairs' content depend only on the ratings and the responses.
 Labels that end up in no pair are still returned (for KTO-style training).
 """
 
@@ -25,6 +27,8 @@ class Vote:
     rating: int
     """+1 or -1: the user's current rating of the response."""
     created_at: datetime
+    text_key: str = ""
+    """A digest of the response text (``text_key()``); ranks ties among pairs (rule 5)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Label:
     """+1 (majority up) or -1 (majority down)."""
     margin: int
     """|up votes - down votes| after capping."""
+    text_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,11 @@ def pair_key(prompt_hash: str, chosen: str, rejected: str) -> str:
     return hashlib.sha256(f"{prompt_hash}|{chosen}|{rejected}".encode()).hexdigest()
 
 
+def text_key(text: str) -> str:
+    """A short digest of a response's text, for ``Vote.text_key``."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
 def capped_votes(votes: list[Vote], max_per_rater: int) -> list[Vote]:
     """Each user's earliest ``max_per_rater`` votes in the group (rule 1)."""
     by_user: dict[str, list[Vote]] = defaultdict(list)
@@ -74,9 +84,11 @@ def capped_votes(votes: list[Vote], max_per_rater: int) -> list[Vote]:
 def labels(votes: list[Vote], rules: PairRules = PairRules()) -> list[Label]:
     """Majority label per response, sorted by response id; ties are left out (rule 2)."""
     totals: dict[str, int] = defaultdict(int)
+    keys: dict[str, str] = {}
     for v in capped_votes(votes, rules.max_votes_per_rater):
         totals[v.response_id] += v.rating
-    return [Label(r, 1 if t > 0 else -1, abs(t)) for r, t in sorted(totals.items()) if t != 0]
+        keys[v.response_id] = v.text_key
+    return [Label(r, 1 if t > 0 else -1, abs(t), keys[r]) for r, t in sorted(totals.items()) if t != 0]
 
 
 def build_pairs(prompt_hash: str, votes: list[Vote], rules: PairRules = PairRules()) -> tuple[list[Pair], list[Label]]:
@@ -86,11 +98,11 @@ def build_pairs(prompt_hash: str, votes: list[Vote], rules: PairRules = PairRule
     downs = [lb for lb in group_labels if lb.label < 0]
     cap = rules.margin_cap
     # rank every candidate by cheap integers first; hash keys only for the pairs that are kept
-    ranked = sorted((-min(u.margin, d.margin, cap), u.response_id, d.response_id, u.margin, d.margin)
-                    for u in ups for d in downs)[: rules.max_pairs_per_group]  # fmt: skip
+    ranked = sorted((-min(u.margin, d.margin, cap), u.text_key, d.text_key, u.response_id, d.response_id,
+                     u.margin, d.margin) for u in ups for d in downs)[: rules.max_pairs_per_group]  # fmt: skip
     pairs = [
         Pair(pair_key=pair_key(prompt_hash, chosen, rejected), prompt_hash=prompt_hash, chosen_response_id=chosen,
              rejected_response_id=rejected, weight=-neg_weight / cap, margin=min(mu, md))
-        for neg_weight, chosen, rejected, mu, md in ranked
+        for neg_weight, _, _, chosen, rejected, mu, md in ranked
     ]  # fmt: skip
     return sorted(pairs, key=lambda p: p.pair_key), group_labels

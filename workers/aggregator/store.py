@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from schemas.events import FeedbackGiven, ResponseLogged
 from schemas.tables import Feedback, PreferencePair, Response
-from workers.aggregator.pairs import Pair, Vote
+from workers.aggregator.pairs import Pair, Vote, text_key
 
 
 def _insert(session: Session, mapped):  # noqa: ANN001, ANN202 - a dialect insert construct
@@ -100,12 +100,13 @@ def votes_by_group(session: Session, prompt_hashes: Iterable[str]) -> dict[str, 
     if not hashes:
         return groups
     rows = session.execute(
-        select(Feedback.prompt_hash, Feedback.response_id, Feedback.user_ref, Feedback.rating, Feedback.created_at)
+        select(Feedback.prompt_hash, Feedback.response_id, Feedback.user_ref, Feedback.rating, Feedback.created_at,
+               Response.response)
         .join(Response, Response.response_id == Feedback.response_id)
         .where(Feedback.prompt_hash.in_(hashes))
-    )
-    for group, r, u, rating, at in rows:
-        groups[group].append(Vote(r, u, rating, at))
+    )  # fmt: skip
+    for group, r, u, rating, at, text in rows:
+        groups[group].append(Vote(r, u, rating, at, text_key(text)))
     return groups
 
 

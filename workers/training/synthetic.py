@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from rlhf_loop.models.loading import generate
 from rlhf_loop.simulator import Simulator
 from schemas.events import prompt_hash
-from workers.aggregator.pairs import PairRules, Vote, build_pairs
+from workers.aggregator.pairs import PairRules, Vote, build_pairs, text_key
 from workers.training.dataset import PairRecord, unique
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def simulated_pairs(sim: Simulator, model: PreTrainedModel, tokenizer: PreTraine
     out: list[PairRecord] = []
     for g, prompt in enumerate(prompts):
         responses = {f"r{g}-{k}": texts[g * per_prompt + k] for k in range(per_prompt)}
-        votes = [Vote(rid, u.ref, sim.rate(u, prompt, text), now)
+        votes = [Vote(rid, u.ref, sim.rate(u, prompt, text), now, text_key(text))
                  for rid, text in responses.items() for u in sim.sample_users(raters, rng)]  # fmt: skip
         pairs, _ = build_pairs(prompt_hash(prompt), votes, PairRules())
         out += [PairRecord(prompt, responses[p.chosen_response_id], responses[p.rejected_response_id], p.weight)
