@@ -28,7 +28,7 @@ from schemas.tables import Feedback, PreferencePair, Response
 from tests.conftest import REDIS_URL
 from tests.support.processes import ServiceProcess
 from workers.aggregator.main import build
-from workers.aggregator.pairs import PairRules, Vote, build_pairs
+from workers.aggregator.pairs import PairRules, Vote, build_pairs, text_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -58,7 +58,7 @@ def world(seed: int, n_responses: int = 300, n_ratings: int = 1500) -> tuple[lis
 
 def reference_pairs(responses: list[ResponseLogged], feedback: list[FeedbackGiven], rules: PairRules) -> dict:
     """The pure answer: latest rating per (response, user), majority labels, pairs per group."""
-    known = {r.response_id for r in responses}
+    known = {r.response_id: text_key(r.response) for r in responses}
     latest: dict[tuple[str, str], FeedbackGiven] = {}
     for e in feedback:
         k = (e.response_id, e.user_ref)
@@ -67,7 +67,9 @@ def reference_pairs(responses: list[ResponseLogged], feedback: list[FeedbackGive
     groups: dict[str, list[Vote]] = {}
     for e in latest.values():
         if e.response_id in known:
-            groups.setdefault(e.prompt_hash, []).append(Vote(e.response_id, e.user_ref, e.rating, e.created_at))
+            groups.setdefault(e.prompt_hash, []).append(
+                Vote(e.response_id, e.user_ref, e.rating, e.created_at, known[e.response_id])
+            )
     pairs = [p for g, votes in groups.items() for p in build_pairs(g, votes, rules)[0]]
     return {p.pair_key: (p.chosen_response_id, p.rejected_response_id, round(p.weight, 9)) for p in pairs}
 
