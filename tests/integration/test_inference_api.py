@@ -13,6 +13,7 @@ import pytest
 from rlhf_loop.bus.broker import EmbeddedBroker
 from rlhf_loop.settings import DEMO_TOKEN_SECRET
 from schemas.events import Topics
+from schemas.http import FeedbackBatchResult
 from services.inference.tokens import FeedbackClaims, TokenKeys, issue
 from tests.conftest import REDIS_URL
 from tests.support.api import Api, start_api
@@ -116,8 +117,9 @@ def test_feedback_batch_judges_each_item(api: Api) -> None:
     good = [generate(api, user(f"erin-{i}"))["feedback_token"] for i in range(3)]
     items = [{"feedback_token": t, "rating": "up"} for t in good] + [{"feedback_token": "bad", "rating": "down"}]
     r = httpx.post(f"{api.url}/v1/feedback/batch", json={"items": items}, headers=api.headers)
-    assert r.status_code == 200, r.text
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
     body = r.json()
+    assert FeedbackBatchResult.model_validate(body).model_dump() == body  # the documented shape, field for field
     assert (body["accepted"], body["rejected"]) == (3, 1)
     assert [x["status"] for x in body["results"]] == ["accepted"] * 3 + ["rejected"]
     assert body["results"][3]["error"] == "invalid_feedback_token"
