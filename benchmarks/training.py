@@ -8,7 +8,10 @@ is timed. The parent imports no torch: a child's ``ru_maxrss`` starts from its p
 The hidden-preference score (the simulator's, which the RM only sees through noisy votes) is measured on
 64 prompts no stage trained on, 8 samples each, for the base (``hidden_before``) and both trained adapters,
 with our sampler and the same seeds: one sample per prompt moves the mean by about +-0.04 from seed to
-seed. TRL's own 64 samples (its sampler) are scored too, as a cross-check.
+seed. ``ours_minus_trl_hidden`` is the difference of the two trained adapters' scores with its standard
+error (prompts as units); ``ppo_gain_at_least_trl`` holds when ours is not below TRL's by more than two
+standard errors (the gains are equal within the measurement, or ours is larger). TRL's own 64 samples
+(its sampler) are scored too, as a cross-check.
 
 Differences kept on purpose (each side at its defaults): TRL decays the learning rate linearly, ours is
 constant; TRL's RM has no per-pair weights; TRL's PPO trains a separate full value model (ours: a head on
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from benchmarks import trl_baseline
 from benchmarks.report import emit
-from rlhf_loop.simulator import mean_score
+from rlhf_loop.simulator import mean_score, score_response
 
 WORK, VENV = Path("var/bench/training"), Path("var/bench/trl-venv")
 N_EVAL, SAMPLES_PER_PROMPT = trl_baseline.N_SAMPLES, 8
@@ -162,12 +166,26 @@ def stage_eval(work: Path, s: dict) -> dict:
     model = PeftModel.from_pretrained(base, str(work / "ours" / "policy"), adapter_name="ours")
     model.load_adapter(str(work / "trl" / "policy"), adapter_name="trl")  # GPT-2 LoRA, as TRL saved it
     prompts = read_prompts(work / "eval_prompts.jsonl") * SAMPLES_PER_PROMPT
-    out = {"eval_samples": len(prompts)}
+    out: dict = {"eval_samples": len(prompts)}
+    scores: dict[str, list[float]] = {}
     for name, adapter in (("hidden_before", BASE), ("ours_hidden_after", "ours"), ("trl_hidden_after", "trl")):
         texts = generate(model, tokenizer, prompts, seed=hp["seed"], max_new_tokens=hp["max_new_tokens"],
                          temperature=hp["temperature"], adapter_id=adapter)  # fmt: skip
-        out[name] = round(mean_score(list(zip(prompts, texts, strict=True))), 4)
+        scores[name] = [score_response(p, t) for p, t in zip(prompts, texts, strict=True)]
+        out[name] = round(statistics.fmean(scores[name]), 4)
+    diff, se = paired_difference(prompts, scores["ours_hidden_after"], scores["trl_hidden_after"])
+    out |= {"ours_minus_trl_hidden": round(diff, 4), "ours_minus_trl_hidden_se": round(se, 4)}
     return out
+
+
+def paired_difference(prompts: list[str], ours: list[float], theirs: list[float]) -> tuple[float, float]:
+    """Mean of ``ours - theirs`` and its standard error, with the samples of one prompt as one unit (they
+    are not independent: the same prompt, both adapters)."""
+    per_prompt: dict[str, list[float]] = {}
+    for prompt, a, b in zip(prompts, ours, theirs, strict=True):
+        per_prompt.setdefault(prompt, []).append(a - b)
+    means = [statistics.fmean(d) for d in per_prompt.values()]
+    return statistics.fmean(means), statistics.stdev(means) / len(means) ** 0.5
 
 
 STAGES = {"data": stage_data, "ours-rm": stage_ours_rm, "ours-ppo": stage_ours_ppo, "eval": stage_eval}
@@ -262,7 +280,11 @@ def main(argv: list[str] | None = None) -> None:
           "ours_rm_peak_rss_mb": ours_rm["peak_rss_mb"], "trl_rm_peak_rss_mb": trl_rm["peak_rss_mb"],
           "ours_ppo_episodes_per_s": ours_ppo["ppo_episodes_per_s"],
           "trl_ppo_episodes_per_s": trl_ppo["ppo_episodes_per_s"],
-          **{k: score[k] for k in ("hidden_before", "ours_hidden_after", "trl_hidden_after", "eval_samples")},
+          **{k: score[k] for k in ("hidden_before", "ours_hidden_after", "trl_hidden_after", "eval_samples",
+                                   "ours_minus_trl_hidden", "ours_minus_trl_hidden_se")},
+          "ppo_gain_vs_trl": round((score["ours_hidden_after"] - score["hidden_before"])
+                                   / max(score["trl_hidden_after"] - score["hidden_before"], 1e-9), 3),
+          "ppo_gain_at_least_trl": score["ours_minus_trl_hidden"] >= -2 * score["ours_minus_trl_hidden_se"],
           "trl_sampler_hidden_before": trl_sampler[0], "trl_sampler_hidden_after": trl_sampler[1],
           "ours_ppo_peak_rss_mb": ours_ppo["peak_rss_mb"], "trl_ppo_peak_rss_mb": trl_ppo["peak_rss_mb"],
           "trl_version": trl_ppo["trl_version"], "torch_version": ours_ppo["torch_version"],
