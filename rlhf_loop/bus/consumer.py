@@ -7,7 +7,8 @@ Contract:
   is redelivered to whoever owns the partitions next (at-least-once; idempotent writes make that
   harmless).
 - A message that does not decode to a known event version goes to the dead-letter topic with the
-  reason; dead letters are acknowledged before the offsets move past them, and the partition keeps
+  reason, and so does a valid event the handler returns as :class:`Refused` (its store can never take
+  it); dead letters are acknowledged before the offsets move past them, and the partition keeps
   flowing. ``dead_letter_limit`` consecutive dead letters stop the consumer with DeadLetterLimit:
   after a bad deploy it is better to stop than to dead-letter everything.
 - On a rebalance, before partitions are taken away, ``on_revoke(partitions)`` lets the caller flush
@@ -22,13 +23,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka import errors as kerr
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.producer.future import FutureRecordMetadata
 
 from rlhf_loop.bus.codec import InvalidEvent, decode, encode
 from rlhf_loop.metrics import CONSUMED_EVENTS, CONSUMER_LAG, DEAD_LETTERS
@@ -72,7 +73,16 @@ class Record:
     event: Event
 
 
-Handler = Callable[[list[Record]], None]
+@dataclass(frozen=True)
+class Refused:
+    """A valid event the handler's store refuses for good (say, a number out of a column's range): no
+    redelivery can change that, so it is dead-lettered instead of stopping its partition."""
+
+    record: Record
+    reason: str
+
+
+Handler = Callable[[list[Record]], "Sequence[Refused] | None"]
 
 
 def make_consumer(bootstrap_servers: str, cfg: KafkaSettings, group_id: str | None = None) -> KafkaConsumer:
@@ -129,10 +139,13 @@ class BatchConsumer:
                     records.append(Record(topic, m.partition, m.offset, m.key, decode(topic, m.value)))
                     self._consecutive_dead = 0
                 except InvalidEvent as e:
-                    letters.append(self._dead_letter(m, e.reason))
+                    letters.append(self._dead_letter(m.topic, m.partition, m.offset, m.key, m.value, e.reason))
             offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
         if records:
-            self._handler(records)
+            for refused in self._handler(records) or ():
+                r = refused.record
+                letters.append(self._dead_letter(self._prefix + r.topic, r.partition, r.offset, r.key,
+                                                 encode(r.event), refused.reason))  # fmt: skip
         for future in letters:
             future.get(timeout=self._send_timeout_s)  # acknowledged before the offset moves past it
         self._uncommitted.update(offsets)
@@ -165,15 +178,17 @@ class BatchConsumer:
         self._last_commit = time.monotonic()
         return offsets
 
-    def _dead_letter(self, message: ConsumerRecord, reason: str):  # noqa: ANN202 - a kafka-python future
+    def _dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                     reason: str) -> FutureRecordMetadata:  # fmt: skip
+        """Send one message (``topic``: the name on the wire) to the dead-letter topic with the reason."""
         letter = DeadLetter(
-            source_topic=message.topic, partition=message.partition, offset=message.offset,
-            key=message.key.decode("utf-8", errors="replace") if message.key is not None else None,
-            reason=reason[:4000], payload=(message.value or b"").decode("utf-8", errors="replace")[:100_000],
+            source_topic=topic, partition=partition, offset=offset,
+            key=key.decode("utf-8", errors="replace") if key is not None else None,
+            reason=reason[:4000], payload=(value or b"").decode("utf-8", errors="replace")[:100_000],
         )  # fmt: skip
-        future = self._dead_letters.send(self._prefix + Topics.DEADLETTER, key=message.key, value=encode(letter))
-        DEAD_LETTERS.labels(message.topic.removeprefix(self._prefix)).inc()
-        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+        future = self._dead_letters.send(self._prefix + Topics.DEADLETTER, key=key, value=encode(letter))
+        DEAD_LETTERS.labels(topic.removeprefix(self._prefix)).inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
         self._consecutive_dead += 1
         if self._consecutive_dead >= self._limit:
             raise DeadLetterLimit(f"{self._consecutive_dead} consecutive invalid messages; last: {reason}")

@@ -19,7 +19,7 @@ from kafka import KafkaProducer
 from sqlalchemy import create_engine, func, select
 
 from rlhf_loop.bus.broker import EmbeddedBroker
-from rlhf_loop.bus.codec import encode
+from rlhf_loop.bus.codec import decode, encode
 from rlhf_loop.db import upgrade
 from rlhf_loop.settings import DatabaseSettings, KafkaSettings, RedisSettings, Settings
 from rlhf_loop.simulator import Simulator
@@ -150,6 +150,38 @@ def test_pairs_equal_the_reference_through_duplicates_garbage_and_early_feedback
     assert stored_pairs(pg_url) == expected
     assert counts(pg_url)[0] == len(responses)
     assert redis.Redis.from_url(REDIS_URL).exists("rlhf:agg:window-built")  # the window gauge was computed
+
+
+@pytest.mark.allow_error_logs  # the refused event is logged as an error, on purpose
+def test_an_event_postgresql_refuses_is_dead_lettered_and_the_rest_is_stored(
+    pg_url: str, broker: EmbeddedBroker, kafka_settings: KafkaSettings, redis_url: str, reader  # noqa: ANN001
+) -> None:
+    responses, feedback = world(seed=3, n_responses=120, n_ratings=600)
+    poison = responses[40] = responses[40].model_copy(update={"prompt_tokens": 2**40})  # valid, beyond int4
+    settings = settings_for(pg_url, kafka_settings, broker.bootstrap_servers)
+    produce(broker.bootstrap_servers, kafka_settings.topic_prefix,
+            [(Topics.RESPONSES, r) for r in responses] + [(Topics.FEEDBACK, f) for f in feedback])  # fmt: skip
+    expected = reference_pairs([r for r in responses if r is not poison], feedback, PairRules())
+    assert len(expected) > 20
+
+    consumer = build(settings)
+    try:
+        assert wait_for(lambda: stored_pairs(pg_url) == expected, 90, poll=consumer.poll_once)
+    finally:
+        consumer.close()
+    assert counts(pg_url)[0] == len(responses) - 1
+    dead = reader(broker.bootstrap_servers, kafka_settings.topic_prefix + Topics.DEADLETTER)
+    [letter] = [decode(Topics.DEADLETTER, m.value) for m in dead.read_until(lambda ms: len(ms) >= 1)]
+    assert "the database refuses it" in letter.reason and "out of range" in letter.reason, letter.reason
+    assert decode(Topics.RESPONSES, letter.payload.encode()) == poison  # the whole event, for a replay once fixed
+
+    again = build(settings)  # the offsets moved past it: a restarted aggregator does not meet it again
+    try:
+        for _ in range(5):
+            again.poll_once()
+    finally:
+        again.close()
+    assert len(dead.read_until(lambda ms: len(ms) >= 2, timeout_s=3)) == 1
 
 
 def aggregator_process(db_url: str, kafka: KafkaSettings, bootstrap: str, log: Path) -> ServiceProcess:

@@ -4,6 +4,11 @@ the batch's offsets only after this returns (so after the DB commit).
 
 Redelivered events are harmless: the Redis dedup check skips work for events already stored, and
 if Redis forgot them, the SQL constraints make their writes no-ops.
+
+A batch the database refuses for its data (DataError, IntegrityError: a valid event with, say, a
+token count beyond the column's range) is split in halves, each its own transaction, down to the
+single events it refuses; those are returned as Refused for the consumer to dead-letter, and the rest
+is stored. Any other error (the database unreachable) raises: the batch is redelivered.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from rlhf_loop.bus.consumer import Record
+from rlhf_loop.bus.consumer import Record, Refused
 from rlhf_loop.metrics import (
     AGGREGATE_BATCH_SECONDS,
     AGGREGATED_EVENTS,
@@ -35,6 +41,8 @@ from workers.aggregator.store import (
 from workers.aggregator.window import HotState
 
 log = logging.getLogger(__name__)
+REFUSED_DATA = (DataError, IntegrityError)
+"""What the database says about the data itself: retrying the same rows cannot change it."""
 
 
 def rederive(session: Session, prompt_hashes: Iterable[str], rules: PairRules) -> int:
@@ -54,21 +62,18 @@ class AggregatorHandler:
         self._housekeeping_s = housekeeping_s
         self._last_housekeeping = 0.0
 
-    def __call__(self, records: list[Record]) -> None:
+    def __call__(self, records: list[Record]) -> list[Refused]:
         started = time.perf_counter()
         events = [r.event for r in records]
-        fresh = self._hot.unseen(events) if self._hot else events
-        responses = [e for e in fresh if isinstance(e, ResponseLogged)]
-        feedback = [e for e in fresh if isinstance(e, FeedbackGiven)]
-        if responses or feedback:
-            with self._sessions.begin() as session:
-                insert_responses(session, responses)
-                upsert_feedback(session, feedback)
-                new_pairs = rederive(session, {e.prompt_hash for e in [*responses, *feedback]}, self._rules)
-            PAIRS_BUILT.inc(new_pairs)
-            log.info("stored %d responses, %d ratings; %d new pairs", len(responses), len(feedback), new_pairs)
+        fresh_ids = {id(e) for e in (self._hot.unseen(events) if self._hot else events)}
+        fresh = [r for r in records if id(r.event) in fresh_ids]
+        refused = self._store(fresh) if fresh else []
+        gone = {id(x.record) for x in refused}
+        stored = [r.event for r in fresh if id(r) not in gone]
+        responses = [e for e in stored if isinstance(e, ResponseLogged)]
+        feedback = [e for e in stored if isinstance(e, FeedbackGiven)]
         if self._hot:
-            self._hot.mark_stored(fresh)
+            self._hot.mark_stored(stored)
             self._hot.count(feedback)
             self._hot.rates()
         AGGREGATED_EVENTS.labels("response").inc(len(responses))
@@ -76,6 +81,28 @@ class AggregatorHandler:
         AGGREGATE_BATCH_SECONDS.observe(time.perf_counter() - started)
         if time.monotonic() - self._last_housekeeping >= self._housekeeping_s:
             self.housekeeping()
+        return refused
+
+    def _store(self, records: list[Record]) -> list[Refused]:
+        """Store the records' events and re-derive their groups in one transaction; if the database
+        refuses the data, split (see the module docstring). Returns the refused records."""
+        responses = [r.event for r in records if isinstance(r.event, ResponseLogged)]
+        feedback = [r.event for r in records if isinstance(r.event, FeedbackGiven)]
+        try:
+            with self._sessions.begin() as session:
+                insert_responses(session, responses)
+                upsert_feedback(session, feedback)
+                new_pairs = rederive(session, {e.prompt_hash for e in [*responses, *feedback]}, self._rules)
+        except REFUSED_DATA as e:
+            if len(records) > 1:
+                half = len(records) // 2
+                return self._store(records[:half]) + self._store(records[half:])
+            reason = f"the database refuses it: {type(e.orig).__name__}: {str(e.orig).strip()[:500]}"
+            log.error("%s[%d]@%d: %s", records[0].topic, records[0].partition, records[0].offset, reason)
+            return [Refused(records[0], reason)]
+        PAIRS_BUILT.inc(new_pairs)
+        log.info("stored %d responses, %d ratings; %d new pairs", len(responses), len(feedback), new_pairs)
+        return []
 
     def housekeeping(self) -> None:
         """Bound the ratings waiting for their response: count them, drop those older than the TTL."""
