@@ -159,7 +159,6 @@ class Loop:
         self.sessions = make_sessionmaker(self.engine)
         with self.sessions.begin() as session:
             self.app_key = create_key(session, "demo-app", "app")
-            self.approver_key = create_key(session, "demo-ml-team", "approver")
         logs = self.root
         self.children = [
             Child("API", ["serve"], self.env, logs / "api.log"),
@@ -280,8 +279,9 @@ class Loop:
         return summary
 
     def serving(self) -> str:
-        r = httpx.get(f"{self.url}/v1/deployment", headers={"Authorization": f"Bearer {self.approver_key}"})
-        return _json(r)["active"] or "base"
+        """The adapter the API process serves now (its /readyz), not the deployment pointer in SQL: the
+        process swaps a moment after the pointer moves, and a round must not start before it did."""
+        return httpx.get(f"{self.url}/readyz").json()["adapter"] or "base"
 
 
 def run_demo(settings: Settings, cfg: DemoConfig, console: Console | None = None) -> list[Round]:
