@@ -12,8 +12,9 @@ a fresh SQLite file and artifact directory under ``var/demo/seed-<seed>``. Each 
    demo-only setting, logged as such), deploys it; the API hot-swaps it.
 
 Simulated ratings depend only on (seed, user, prompt, response), generation only on the request's seed
-and the adapter, the pairs only on the ratings and the texts (ties rank by text, not by the random
-response ids), and the trainer is deterministic on CPU, so the same seed gives the same table.
+and the adapter (a round starts once the API process serves the new one), the pairs only on the
+ratings and the texts (ties rank by text, not by the random response ids), and the trainer is
+deterministic on CPU, so the same seed gives the same table.
 """
 
 from __future__ import annotations
