@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -13,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 
 from rlhf_loop.db import downgrade, make_engine, make_sessionmaker, upgrade
 from rlhf_loop.settings import DatabaseSettings
-from schemas.tables import Base, Feedback
+from schemas.tables import Base, Feedback, Response
+from workers.aggregator.pairs import text_key
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +54,25 @@ def test_migrated_schema_matches_models(db_url: str) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert diff == [], f"models and migrations differ: {diff}"
+
+
+def test_response_text_keys_are_backfilled(db_url: str) -> None:
+    """Responses stored before 0003 get the digest the aggregator writes for new ones."""
+    upgrade(db_url, "0002")
+    engine = make_engine(DatabaseSettings(url=db_url))
+    texts = ["a kind answer", "a rude one", ""]
+    with engine.begin() as conn:  # the columns of 0002 only: a core insert names just these
+        conn.execute(sa.insert(Response.__table__), [
+            dict(event_id=uuid.uuid4(), response_id=f"r{i}", request_id="q", app_id="app", user_ref="u", prompt="p",
+                 prompt_hash="0" * 32, response=text, adapter_id="base", base_model="demo", sampling={},
+                 prompt_tokens=1, completion_tokens=1, latency_ms=1.0, created_at=datetime.now(UTC))
+            for i, text in enumerate(texts)
+        ])  # fmt: skip
+    upgrade(db_url)
+    with make_sessionmaker(engine)() as session:
+        keys = dict(session.execute(sa.select(Response.response, Response.text_key)).all())
+    engine.dispose()
+    assert keys == {text: text_key(text) for text in texts}
 
 
 def test_constraints_make_writes_idempotent(db_url: str) -> None:

@@ -46,6 +46,7 @@ def insert_responses(session: Session, events: Sequence[ResponseLogged]) -> None
             prompt=_text(e.prompt),
             prompt_hash=e.prompt_hash,
             response=_text(e.response),
+            text_key=text_key(e.response),
             adapter_id=e.adapter_id,
             base_model=e.base_model,
             sampling=e.sampling.model_dump(),
@@ -101,12 +102,12 @@ def votes_by_group(session: Session, prompt_hashes: Iterable[str]) -> dict[str, 
         return groups
     rows = session.execute(
         select(Feedback.prompt_hash, Feedback.response_id, Feedback.user_ref, Feedback.rating, Feedback.created_at,
-               Response.response)
+               Response.text_key)
         .join(Response, Response.response_id == Feedback.response_id)
         .where(Feedback.prompt_hash.in_(hashes))
     )  # fmt: skip
-    for group, r, u, rating, at, text in rows:
-        groups[group].append(Vote(r, u, rating, at, text_key(text)))
+    for group, r, u, rating, at, key in rows:
+        groups[group].append(Vote(r, u, rating, at, key))
     return groups
 
 
