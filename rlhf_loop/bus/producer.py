@@ -1,18 +1,20 @@
 """EventProducer: Kafka (acks=all, keyed by prompt_hash) with a durable spool behind it.
 
+The Kafka client is :class:`~rlhf_loop.bus.client.ProduceClient` (librdkafka; client.py says why).
+
 Contract:
-- :meth:`send` never waits on the broker: it hands the event to kafka-python's buffer or, during an
+- :meth:`send` never waits on the broker: it hands the event to the client's buffer or, during an
   outage, appends it to the spool, and returns. It raises only if the spool cannot be written (the
   event was then *not* accepted).
 - An accepted event is never lost: the broker acknowledged it (acks=all), or it is in the spool, or
-  it has been in kafka-python's buffer for less than ``send_timeout_s`` plus a watchdog tick. A
+  it has been in the client's buffer for less than ``send_timeout_s`` plus a watchdog tick. A
   graceful :meth:`close` spools everything unacknowledged; only a crash inside that window loses
   events, as with any in-memory producer buffer.
 - Order per key holds (duplicates aside):
   * each event gets a sequence number (seq) when :meth:`send` is called; the spool replays by seq;
   * the partition is murmur2(key) % the partition count seen at connect (at most
     ``kafka.partitions``), so a topic re-created with another count does not move keys mid-stream;
-  * kafka-python keeps per-partition order for what it holds (one request in flight per
+  * the client keeps per-partition order for what it holds (one request in flight per
     connection, retries in place);
   * the first send that fails, or an event unacknowledged after ``send_timeout_s`` (the watchdog),
     is a *fence*: every unacknowledged event is copied into the spool, the client is aborted so
@@ -42,11 +44,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kafka import KafkaProducer
+from confluent_kafka import KafkaError
 from kafka import errors as kerr
 from kafka.partitioner.default import murmur2
 
 from rlhf_loop.bus.admin import ensure_topics
+from rlhf_loop.bus.client import DeliveryError, ProduceClient, Unacceptable, Unavailable
 from rlhf_loop.bus.codec import encode
 from rlhf_loop.bus.replayer import Replayer
 from rlhf_loop.bus.spool import Spool, SpooledEvent
@@ -55,9 +58,6 @@ from rlhf_loop.settings import KafkaSettings, SpoolSettings
 from schemas.events import DeadLetter, Event, Topics
 
 log = logging.getLogger(__name__)
-UNACCEPTABLE = (kerr.MessageSizeTooLargeError, kerr.RecordListTooLargeError, kerr.InvalidTopicError,
-                kerr.InvalidRecordError)  # fmt: skip
-"""Broker answers about one record that no retry can change: it goes to the spool's rejected table."""
 
 
 def event_key(event: Event) -> bytes | None:
@@ -88,7 +88,7 @@ class ProducerCounters:
 
 @dataclass(slots=True)
 class _InFlight:
-    """One event kafka-python holds (the SpooledEvent's fields, unpacked: a frozen dataclass costs more to
+    """One event the client holds (the SpooledEvent's fields, unpacked: a frozen dataclass costs more to
     build than the hand-over itself, and most events never need one)."""
 
     seq: int
@@ -118,9 +118,9 @@ class EventProducer:
         self._acked_spooled: list[SpooledEvent] = []
         self._seq = max(spool.max_seq(), time.time_ns())  # increasing across restarts
         self._outage = spool.depth() > 0
-        self._kafka: KafkaProducer | None = None
+        self._kafka: ProduceClient | None = None
         self._partitions: dict[str, int] = {}  # partition count per topic, fixed at connect
-        self._retired: list[KafkaProducer] = []  # fenced clients, closed by the replayer
+        self._retired: list[ProduceClient] = []  # fenced clients, closed by the replayer
         self._attempt_counters = {t: PRODUCE_ATTEMPTS.labels(t) for t in Topics.ALL}
         self._soon: list[tuple[str, Event, asyncio.Future[None]]] = []  # send_soon's current loop turn
         self.replayer = Replayer(self, replay)
@@ -140,7 +140,7 @@ class EventProducer:
             kafka, self._kafka = self._kafka, None
             self._spool_unacknowledged("closing")
         for client in [*self._retired, *([kafka] if kafka else [])]:
-            _shut(client)
+            client.close()
         self._retired.clear()
         self.replayer.report_depth()
 
@@ -171,8 +171,8 @@ class EventProducer:
     def send_soon(self, topic: str, event: Event) -> asyncio.Future[None]:
         """:meth:`send` for code on an asyncio event loop (one loop per producer): the events of one loop
         turn are handed over together (:meth:`send_many`, in call order) right after it. The future
-        resolves once ``event`` is with kafka-python or in the spool; if the spool cannot be written, every
-        event of that hand-over gets the error (some may have reached kafka-python: at-least-once)."""
+        resolves once ``event`` is with the client or in the spool; if the spool cannot be written, every
+        event of that hand-over gets the error (some may have reached the client: at-least-once)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._soon.append((topic, event, future))
@@ -217,29 +217,34 @@ class EventProducer:
                 flight = _InFlight(seq + i, physical, key, value, now, False)
                 try:
                     self._hand_over(self._kafka, flight)
-                except UNACCEPTABLE as e:
+                except Unacceptable as e:
                     self.reject(flight.event, e)
-                except kerr.KafkaError as e:  # no metadata or buffer space within max_block_ms
+                except Unavailable as e:  # its queue is full
                     rest = [SpooledEvent(seq + j, physical, k, v) for j, (k, v) in enumerate(records[i - 1 :], i)]
                     self._spool(rest, f"{type(e).__name__}: {e}")
                     return
 
     # --- the client and its callbacks ------------------------------------------------------------
-    def _hand_over(self, kafka: KafkaProducer, flight: _InFlight) -> None:
+    def _hand_over(self, kafka: ProduceClient, flight: _InFlight) -> None:
         count = self._partitions.get(flight.topic)
         partition = _key_hash(flight.key) % count if flight.key is not None and count else None
         with self._flight:
             self._in_flight[flight.seq] = flight
         try:
-            future = kafka.send(flight.topic, key=flight.key, value=flight.value, partition=partition)
-        except kerr.KafkaError:
+            kafka.send(flight.topic, flight.key, flight.value, partition,
+                       functools.partial(self._delivered, flight.seq, kafka))  # fmt: skip
+        except (Unacceptable, Unavailable):
             with self._flight:
                 del self._in_flight[flight.seq]
             raise
-        future.add_callback(self._acked, flight.seq)
-        future.add_errback(self._failed, flight.seq, kafka)
 
-    def _acked(self, seq: int, _metadata: object) -> None:
+    def _delivered(self, seq: int, kafka: ProduceClient, error: KafkaError | None, _message: object) -> None:
+        if error is None:
+            self._acked(seq)
+        else:
+            self._failed(seq, kafka, DeliveryError(error))
+
+    def _acked(self, seq: int) -> None:
         with self._flight:
             self.counters.acked += 1
             flight = self._in_flight.pop(seq, None)
@@ -248,11 +253,11 @@ class EventProducer:
             if not self._in_flight:
                 self._flight.notify_all()
 
-    def _failed(self, seq: int, kafka: KafkaProducer, error: BaseException) -> None:
+    def _failed(self, seq: int, kafka: ProduceClient, error: DeliveryError) -> None:
         with self._lock:  # spool before leaving _in_flight, so an outage cannot end in between
             with self._flight:
                 flight = self._in_flight.get(seq)
-            if flight is not None and isinstance(error, UNACCEPTABLE):
+            if flight is not None and error.unacceptable:
                 self.reject(flight.event, error)
             elif flight is not None and kafka is self._kafka:  # else aborted by an earlier fence
                 PRODUCE_ERRORS.labels(topic=flight.topic.removeprefix(self.topic_prefix)).inc()
@@ -269,7 +274,7 @@ class EventProducer:
         kafka, self._kafka = self._kafka, None
         if kafka is not None:
             self._retired.append(kafka)
-            kafka._sender.force_close()  # noqa: SLF001 - aborts what it holds once this callback returns
+            kafka.abort()
 
     def reject(self, event: SpooledEvent, error: BaseException) -> None:
         """Move an event the broker can never accept out of the replay path (see Spool.reject)."""
@@ -317,7 +322,7 @@ class EventProducer:
         if self._kafka is not None:
             return True
         while self._retired:
-            _shut(self._retired.pop())
+            self._retired.pop().close()
         kafka = self._new_client() if self.ensure_topics() else None
         with self._lock:
             if kafka is None:
@@ -326,27 +331,10 @@ class EventProducer:
             self._kafka = kafka
         return True
 
-    def _new_client(self) -> KafkaProducer | None:
-        cfg, timeout_ms = self._cfg, int(self.send_timeout_s * 1000)
-        try:
-            kafka = KafkaProducer(
-                bootstrap_servers=self.bootstrap_servers, client_id=cfg.client_id, acks="all",
-                linger_ms=cfg.linger_ms, batch_size=cfg.batch_size, max_in_flight_requests_per_connection=1,
-                retries=2**31 - 1, request_timeout_ms=timeout_ms, delivery_timeout_ms=2 * timeout_ms + cfg.linger_ms,
-                max_block_ms=min(100, timeout_ms), bootstrap_timeout_ms=timeout_ms, reconnect_backoff_max_ms=1000,
-                allow_auto_create_topics=False, enable_idempotence=False,
-            )  # fmt: skip
-        except kerr.KafkaError as e:
-            log.info("cannot connect to %s yet: %s", self.bootstrap_servers, e)
-            return None
-        deadline = time.monotonic() + self.send_timeout_s
-        for topic in self.topic_names:  # cache metadata now, so send() never waits for it
-            while not (partitions := _partitions_for(kafka, topic)) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not partitions:
-                _shut(kafka)
-                return None
-            self._partitions[topic] = min(len(partitions), cfg.partitions)
+    def _new_client(self) -> ProduceClient | None:
+        kafka = ProduceClient.connect(self.bootstrap_servers, self._cfg, self.topic_names, self.send_timeout_s)
+        if kafka is not None:  # the partition counts are fixed here: see "Order per key"
+            self._partitions = {t: min(kafka.partitions(t) or 0, self._cfg.partitions) for t in self.topic_names}
         return kafka
 
     def ensure_topics(self) -> bool:
@@ -360,7 +348,7 @@ class EventProducer:
         return True
 
     def produce_spooled(self, events: list[SpooledEvent]) -> int:
-        """Hand spooled events to Kafka in seq order, stopping at the first that kafka-python refuses
+        """Hand spooled events to Kafka in seq order, stopping at the first that the client refuses
         for now (the rest stays spooled). Call only in an outage with nothing in flight."""
         kafka = self._kafka
         for n, event in enumerate(events):
@@ -369,9 +357,9 @@ class EventProducer:
             flight = _InFlight(event.seq, event.topic, event.key, event.value, time.monotonic(), in_spool=True)
             try:
                 self._hand_over(kafka, flight)
-            except UNACCEPTABLE as e:
+            except Unacceptable as e:
                 self.reject(event, e)
-            except kerr.KafkaError:
+            except Unavailable:
                 return n
         return len(events)
 
@@ -397,16 +385,3 @@ class EventProducer:
                 self._outage = False
                 log.info("spool drained; producing directly again")
             return not self._outage
-
-
-def _partitions_for(kafka: KafkaProducer, topic: str) -> set[int] | None:
-    try:
-        return kafka.partitions_for(topic)
-    except kerr.KafkaTimeoutError:
-        return None
-
-
-def _shut(kafka: KafkaProducer) -> None:
-    """Close a client without waiting on the broker; what it still holds is aborted (and already spooled)."""
-    kafka._sender.force_close()  # noqa: SLF001 - close() alone flushes first, and gives up while records are stuck
-    kafka.close(timeout=1)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydantic_core import from_json
 
@@ -29,8 +31,7 @@ class TokenExpired(ValueError):
     """A genuine token past its expiry (HTTP 403)."""
 
 
-@dataclass(frozen=True)
-class FeedbackClaims:
+class FeedbackClaims(NamedTuple):  # a tuple: built for every rating, ~3x cheaper than a frozen dataclass
     response_id: str
     prompt_hash: str
     adapter_id: str
@@ -47,6 +48,11 @@ class TokenKeys:
     secrets: Mapping[str, str]
     """key id -> secret; must contain ``current_kid``."""
 
+    @functools.cached_property
+    def secret_bytes(self) -> dict[str, bytes]:
+        """The secrets as HMAC keys (encoded once)."""
+        return {kid: secret.encode() for kid, secret in self.secrets.items()}
+
     def __post_init__(self) -> None:
         if self.current_kid not in self.secrets:
             raise ValueError(f"no secret for the current key id {self.current_kid!r}")
@@ -58,35 +64,42 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Unpadded base64url -> bytes (binascii directly: base64.urlsafe_b64decode costs 3x as much)."""
+    return binascii.a2b_base64(text.encode().translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4), strict_mode=True)
 
 
-def _sign(secret: str, kid: str, payload: str) -> bytes:
-    return hmac.digest(secret.encode(), f"{kid}.{payload}".encode(), "sha256")
+def _sign(secret: bytes, kid: str, payload: str) -> bytes:
+    return hmac.digest(secret, f"{kid}.{payload}".encode(), "sha256")
 
 
 def issue(keys: TokenKeys, claims: FeedbackClaims) -> str:
     """A token for ``claims`` signed with the current key."""
-    payload = _b64(json.dumps(asdict(claims), separators=(",", ":"), sort_keys=True).encode())
+    payload = _b64(json.dumps(claims._asdict(), separators=(",", ":"), sort_keys=True).encode())
     kid = keys.current_kid
-    return f"{kid}.{payload}.{_b64(_sign(keys.secrets[kid], kid, payload))}"
+    return f"{kid}.{payload}.{_b64(_sign(keys.secret_bytes[kid], kid, payload))}"
 
 
 def verify(keys: TokenKeys, token: str, now: float | None = None) -> FeedbackClaims:
     """The claims of a genuine, unexpired token. Raises TokenInvalid or TokenExpired.
 
     The signature is checked before the payload is parsed, so nothing unsigned is ever decoded.
+    (The feedback routes verify every rating, so this keeps to a few C calls: ~3 µs.)
     """
-    parts = token.split(".")
-    if len(parts) != 3:
+    signed, _, signature = token.rpartition(".")  # signed = "<kid>.<payload>", what _sign covers
+    kid, dot, payload = signed.partition(".")
+    if not dot or "." in payload or not token.isascii():
         raise TokenInvalid("malformed token")
-    kid, payload, signature = parts
-    secret = keys.secrets.get(kid)
+    secret = keys.secret_bytes.get(kid)
     if secret is None:
         raise TokenInvalid("unknown key id")
-    # one spelling per signature (no malleable tokens); bytes, since compare_digest refuses non-ASCII str
-    if not hmac.compare_digest(_b64(_sign(secret, kid, payload)).encode(), signature.encode(errors="replace")):
+    # one spelling per signature (no malleable tokens): the unpadded base64url of the HMAC (32 bytes
+    # encode to 43 characters and one "=")
+    expected = base64.urlsafe_b64encode(hmac.digest(secret, signed.encode(), "sha256"))[:-1]
+    if not hmac.compare_digest(expected, signature.encode()):
         raise TokenInvalid("bad signature")
     try:
         claims = FeedbackClaims(**from_json(_unb64(payload)))

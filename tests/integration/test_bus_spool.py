@@ -99,7 +99,7 @@ def test_broker_down_at_start_then_up_and_a_poison_event(kafka_settings: KafkaSe
         broker.kill()
     assert_complete_and_ordered(events, received)
     [(rejected, reason)] = producer.spool.rejected()
-    assert len(rejected.value) == 2_000_000 and "MessageSizeTooLarge" in reason
+    assert len(rejected.value) == 2_000_000 and "MSG_SIZE_TOO_LARGE" in reason
     assert producer.counters.rejected == 1 and producer.counters.attempts == 502
 
 
