@@ -120,6 +120,16 @@ class ProduceClient:
                 raise Unacceptable(f"{error.name()}: {error.str()}") from e
             raise Unavailable(f"{error.name()}: {error.str()}") from e
 
+    def serve_reports(self) -> None:
+        """Run the delivery callbacks that are due, in this thread, without waiting. The poller thread
+        runs them too, but a thread that holds the GIL most of the time (a busy API event loop) starves
+        it: each callback has to win the GIL back. The producer calls this after each hand-over."""
+        if not self._closed.is_set():
+            try:
+                self._producer.poll(0)
+            except RuntimeError:  # closed meanwhile by another thread: its reports are served there
+                pass
+
     def abort(self) -> None:
         """Drop everything the client holds; see the module contract. Safe from a delivery callback."""
         self._aborted = True

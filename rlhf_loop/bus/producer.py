@@ -113,7 +113,8 @@ class EventProducer:
         self.send_timeout_s = kafka.send_timeout_s
         self._cfg = kafka
         self._lock = threading.Lock()  # seq, mode, client swaps, spooling; taken before _flight
-        self._flight = threading.Condition()  # _in_flight, _acked_spooled; the only lock ack callbacks take
+        self._flight_lock = threading.Lock()  # _in_flight, _acked_spooled; the only lock ack callbacks take
+        self._flight = threading.Condition(self._flight_lock)  # notified when _in_flight empties
         self._in_flight: dict[int, _InFlight] = {}  # insertion order = hand-over order
         self._acked_spooled: list[SpooledEvent] = []
         self._seq = max(spool.max_seq(), time.time_ns())  # increasing across restarts
@@ -213,39 +214,45 @@ class EventProducer:
                 self._spool([SpooledEvent(seq + i, physical, k, v) for i, (k, v) in enumerate(records, 1)], "outage")
                 return
             now = time.monotonic()
-            for i, (key, value) in enumerate(records, 1):
-                flight = _InFlight(seq + i, physical, key, value, now, False)
-                try:
-                    self._hand_over(self._kafka, flight)
-                except Unacceptable as e:
-                    self.reject(flight.event, e)
-                except Unavailable as e:  # its queue is full
-                    rest = [SpooledEvent(seq + j, physical, k, v) for j, (k, v) in enumerate(records[i - 1 :], i)]
-                    self._spool(rest, f"{type(e).__name__}: {e}")
-                    return
+            flights = [_InFlight(seq + i, physical, k, v, now, False) for i, (k, v) in enumerate(records, 1)]
+            kafka = self._kafka
+            rest, error = self._hand_over(kafka, flights)
+            if rest:  # the client's queue is full
+                self._spool([f.event for f in rest], f"{type(error).__name__}: {error}")
+        kafka.serve_reports()  # outside _lock: a failure report takes it
 
     # --- the client and its callbacks ------------------------------------------------------------
-    def _hand_over(self, kafka: ProduceClient, flight: _InFlight) -> None:
-        count = self._partitions.get(flight.topic)
-        partition = _key_hash(flight.key) % count if flight.key is not None and count else None
-        with self._flight:
-            self._in_flight[flight.seq] = flight
-        try:
-            kafka.send(flight.topic, flight.key, flight.value, partition,
-                       functools.partial(self._delivered, flight.seq, kafka))  # fmt: skip
-        except (Unacceptable, Unavailable):
-            with self._flight:
-                del self._in_flight[flight.seq]
-            raise
+    def _hand_over(self, kafka: ProduceClient, flights: list[_InFlight]) -> tuple[list[_InFlight], Exception | None]:
+        """Give ``flights`` to the client in order. One the broker can never take is rejected; at the first
+        the client cannot take now, it stops and returns that one and the rest (no longer in flight) with
+        the error. The acknowledgement callbacks take ``_flight_lock`` for every record, so it is taken here
+        once for the lot: per record, the two threads would queue on it."""
+        with self._flight_lock:
+            for f in flights:
+                self._in_flight[f.seq] = f
+        for i, f in enumerate(flights):
+            count = self._partitions.get(f.topic)
+            partition = _key_hash(f.key) % count if f.key is not None and count else None
+            try:
+                kafka.send(f.topic, f.key, f.value, partition, functools.partial(self._delivered, f.seq, kafka))
+            except Unacceptable as e:
+                with self._flight_lock:
+                    del self._in_flight[f.seq]
+                self.reject(f.event, e)
+            except Unavailable as e:
+                with self._flight_lock:
+                    for rest in flights[i:]:
+                        del self._in_flight[rest.seq]
+                return flights[i:], e
+        return [], None
 
     def _delivered(self, seq: int, kafka: ProduceClient, error: KafkaError | None, _message: object) -> None:
-        if error is None:
-            self._acked(seq)
-        else:
+        """librdkafka's delivery report for one record: it runs for every event, so it is kept to one frame
+        and the plain lock (a Condition's own ``with`` costs two more Python calls)."""
+        if error is not None:
             self._failed(seq, kafka, DeliveryError(error))
-
-    def _acked(self, seq: int) -> None:
-        with self._flight:
+            return
+        with self._flight_lock:
             self.counters.acked += 1
             flight = self._in_flight.pop(seq, None)
             if flight is not None and flight.in_spool:
@@ -255,14 +262,14 @@ class EventProducer:
 
     def _failed(self, seq: int, kafka: ProduceClient, error: DeliveryError) -> None:
         with self._lock:  # spool before leaving _in_flight, so an outage cannot end in between
-            with self._flight:
+            with self._flight_lock:
                 flight = self._in_flight.get(seq)
             if flight is not None and error.unacceptable:
                 self.reject(flight.event, error)
             elif flight is not None and kafka is self._kafka:  # else aborted by an earlier fence
                 PRODUCE_ERRORS.labels(topic=flight.topic.removeprefix(self.topic_prefix)).inc()
                 self._fence(f"{type(error).__name__}: {error}")
-            with self._flight:
+            with self._flight_lock:
                 self._in_flight.pop(seq, None)
                 if not self._in_flight:
                     self._flight.notify_all()
@@ -299,7 +306,7 @@ class EventProducer:
                         reason)  # fmt: skip
 
     def _spool_unacknowledged(self, reason: str) -> None:
-        with self._flight:
+        with self._flight_lock:
             copies = [f for f in self._in_flight.values() if not f.in_spool]
             for f in copies:
                 f.in_spool = True
@@ -308,7 +315,7 @@ class EventProducer:
     # --- used by the replayer --------------------------------------------------------------------
     def expire_in_flight(self) -> bool:
         """The watchdog: fence if the oldest in-flight event has waited ``send_timeout_s``."""
-        with self._flight:
+        with self._flight_lock:
             oldest = next(iter(self._in_flight.values()), None)
         if oldest is None or time.monotonic() - oldest.sent_at < self.send_timeout_s:
             return False
@@ -351,20 +358,14 @@ class EventProducer:
         """Hand spooled events to Kafka in seq order, stopping at the first that the client refuses
         for now (the rest stays spooled). Call only in an outage with nothing in flight."""
         kafka = self._kafka
-        for n, event in enumerate(events):
-            if kafka is None or kafka is not self._kafka:  # fenced meanwhile
-                return n
-            flight = _InFlight(event.seq, event.topic, event.key, event.value, time.monotonic(), in_spool=True)
-            try:
-                self._hand_over(kafka, flight)
-            except Unacceptable as e:
-                self.reject(event, e)
-            except Unavailable:
-                return n
-        return len(events)
+        if kafka is None:
+            return 0
+        now = time.monotonic()
+        rest, _ = self._hand_over(kafka, [_InFlight(e.seq, e.topic, e.key, e.value, now, True) for e in events])
+        return len(events) - len(rest)
 
     def in_flight(self) -> int:
-        with self._flight:
+        with self._flight_lock:
             return len(self._in_flight)
 
     def wait_in_flight(self, timeout_s: float) -> bool:
@@ -374,7 +375,7 @@ class EventProducer:
 
     def take_acked_spooled(self) -> list[SpooledEvent]:
         """Spooled events acknowledged since the last call (for the replayer to remove from the spool)."""
-        with self._flight:
+        with self._flight_lock:
             acked, self._acked_spooled = self._acked_spooled, []
         return acked
 

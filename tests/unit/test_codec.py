@@ -24,6 +24,7 @@ LETTER = DeadLetter(source_topic=Topics.FEEDBACK, partition=2, offset=41, key=No
 def test_round_trip(topic: str, event: object) -> None:
     data = encode(event)  # type: ignore[arg-type]
     assert isinstance(data, bytes)
+    assert data == event.model_dump_json().encode()  # type: ignore[attr-defined]
     assert decode(topic, data) == event
     assert json.loads(data)["schema_version"] == 1
 
