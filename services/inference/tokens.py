@@ -69,12 +69,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
-
-
 def _unb64(text: str) -> bytes:
-    """Unpadded base64url -> bytes (binascii directly: base64.urlsafe_b64decode costs 3x as much)."""
-    return binascii.a2b_base64(text.encode().translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4), strict_mode=True)
+    """Unpadded base64url -> bytes; half the cost of base64.urlsafe_b64decode. Lenient like it (stray
+    characters are skipped): it only ever decodes a payload whose signature checked out."""
+    return binascii.a2b_base64(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4))
 
 
 def _sign(secret: bytes, kid: str, payload: str) -> bytes:
