@@ -230,11 +230,12 @@ class EventProducer:
         with self._flight_lock:
             for f in flights:
                 self._in_flight[f.seq] = f
+        send, delivered, partitions = kafka.send, self._delivered, self._partitions
         for i, f in enumerate(flights):
-            count = self._partitions.get(f.topic)
+            count = partitions.get(f.topic)
             partition = _key_hash(f.key) % count if f.key is not None and count else None
             try:
-                kafka.send(f.topic, f.key, f.value, partition, functools.partial(self._delivered, f.seq, kafka))
+                send(f.topic, f.key, f.value, partition, functools.partial(delivered, f.seq, kafka))
             except Unacceptable as e:
                 with self._flight_lock:
                     del self._in_flight[f.seq]
