@@ -129,3 +129,25 @@ def test_a_parent_adapter_of_another_base_model_is_refused(demo_model_dir: Path,
     get_peft_model(other, lora_config(CFG.ppo.lora)).save_pretrained(str(tmp_path / "foreign"))
     with pytest.raises(BaseModelMismatch, match="does not fit base model"):
         build_model(str(demo_model_dir), CFG, "cpu", tmp_path / "foreign")
+
+
+def test_last_hidden_matches_the_full_forward_pass_for_each_role(demo_model_dir: Path) -> None:
+    """The trunk-only pass the reward model uses gives the full model's last hidden states, for the
+    active adapter, with adapters disabled, and (through the full model) for another adapter."""
+    from workers.training.roles import POLICY, REWARD, last_hidden, pack, run
+    from workers.training.trainer import build_model, lora_config
+
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    model, _ = build_model(str(demo_model_dir), cfg, "cpu", None)
+    model.add_adapter(REWARD, lora_config(cfg.reward.lora))
+    for name, p in model.named_parameters():  # LoRA B starts at zero: make every adapter count
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    packed = pack([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], 0, "cpu")
+    with torch.no_grad():
+        for active, role in [(REWARD, REWARD), (REWARD, None), (POLICY, REWARD), (POLICY, POLICY)]:
+            model.set_adapter(active)
+            expected = run(model, packed, role)[1]
+            assert torch.allclose(last_hidden(model, packed, role), expected, atol=1e-5), (active, role)
+        assert not torch.allclose(last_hidden(model, packed, REWARD), last_hidden(model, packed, POLICY))

@@ -31,7 +31,7 @@ from workers.training.config import TrainConfig
 from workers.training.encoding import Encoder
 from workers.training.losses import token_logprobs
 from workers.training.reward import load_reward
-from workers.training.roles import POLICY, REWARD, ScalarHead, hidden_size, pack, run, sequence_scores
+from workers.training.roles import POLICY, REWARD, ScalarHead, hidden_size, last_hidden, pack, run, sequence_scores
 from workers.training.trainer import REWARD_DIR, build_model
 
 BATCH = 16
@@ -83,7 +83,7 @@ class Scorer:
             chunk = samples[i : i + BATCH]
             prompts, responses = zip(*(self._encode(s) for s in chunk), strict=True)
             packed = pack(list(prompts), list(responses), self.enc.pad_id, self.device)
-            _, hidden = run(self.model, packed, REWARD)
+            hidden = last_hidden(self.model, packed, REWARD)
             raw = sequence_scores(self.head, hidden, packed)  # (B,)
             truncated = torch.tensor([s.truncated for s in chunk], device=raw.device)
             scores.append(((raw - self.mean) / self.std - self.penalty * truncated.float()).cpu())

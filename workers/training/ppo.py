@@ -35,7 +35,17 @@ from workers.training.losses import (
     token_logprobs,
     value_loss,
 )  # fmt: skip
-from workers.training.roles import POLICY, REWARD, Packed, ScalarHead, pack, response_values, run, sequence_scores
+from workers.training.roles import (
+    POLICY,
+    REWARD,
+    Packed,
+    ScalarHead,
+    last_hidden,
+    pack,
+    response_values,
+    run,
+    sequence_scores,
+)
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -120,7 +130,7 @@ class PPOTrainer:
     @torch.no_grad()
     def score(self, packed: Packed) -> torch.Tensor:
         """Normalized reward-model scores (B,), less ``missing_eos_penalty`` for a response cut off before its end."""
-        _, hidden = run(self.model, packed, REWARD)
+        hidden = last_hidden(self.model, packed, REWARD)
         scores = (sequence_scores(self.reward_head, hidden, packed) - self.norm.mean) / self.norm.std  # (B,)
         last_token = packed.tokens[torch.arange(len(scores)), packed.resp_mask.sum(1).long() - 1]  # (B,)
         return torch.where(last_token == self.enc.eos_id, scores, scores - self.cfg.missing_eos_penalty)

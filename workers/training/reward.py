@@ -23,7 +23,7 @@ from workers.training.config import RewardConfig
 from workers.training.dataset import PairRecord
 from workers.training.encoding import Encoder
 from workers.training.losses import bradley_terry_loss
-from workers.training.roles import REWARD, ScalarHead, pack, run, sequence_scores
+from workers.training.roles import REWARD, ScalarHead, last_hidden, pack, sequence_scores
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -53,7 +53,7 @@ def scores(model: PeftModel, head: ScalarHead, enc: Encoder, items: list[tuple[s
         for i in range(0, len(items), batch):
             encoded = [enc.pair(p, r) for p, r in items[i : i + batch]]
             packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, device)
-            _, hidden = run(model, packed, REWARD)
+            hidden = last_hidden(model, packed, REWARD)
             out.append(sequence_scores(head, hidden, packed).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
@@ -105,7 +105,7 @@ def _step_loss(model: PeftModel, head: ScalarHead, enc: Encoder, batch: list[Pai
     """Chosen and rejected of every pair in one forward pass: (2B rows) -> scalar loss."""
     encoded = [enc.pair(p.prompt, p.chosen) for p in batch] + [enc.pair(p.prompt, p.rejected) for p in batch]
     packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, device)
-    _, hidden = run(model, packed, REWARD)
+    hidden = last_hidden(model, packed, REWARD)
     s = sequence_scores(head, hidden, packed)  # (2B,)
     weight = torch.tensor([p.weight for p in batch], device=s.device)
     return bradley_terry_loss(s[: len(batch)], s[len(batch) :], weight)

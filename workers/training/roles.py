@@ -91,6 +91,20 @@ def run(model: PeftModel, packed: Packed, adapter: str | None = POLICY) -> tuple
     return logits, out.hidden_states[-1]
 
 
+def last_hidden(model: PeftModel, packed: Packed, adapter: str | None = REWARD) -> torch.Tensor:
+    """Last-layer hidden states (B, P+R, H) as one role, for roles that need no logits (the reward
+    model). The active adapter, or none, runs through the transformer trunk alone: the LM head's
+    vocabulary projection over every position is ~40% of the demo model's forward FLOPs. Another
+    adapter needs PEFT's per-row adapter names, so it goes through :func:`run`."""
+    if adapter is not None and adapter != model.active_adapter:
+        return run(model, packed, adapter)[1]
+    trunk = model.get_base_model().base_model  # GPT2Model, Qwen2Model, LlamaModel, ...: no LM head
+    context = model.disable_adapter() if adapter is None else nullcontext()
+    with context, autocast(str(packed.ids.device)):
+        out = trunk(input_ids=packed.ids, attention_mask=packed.mask, position_ids=packed.positions, use_cache=False)
+    return out.last_hidden_state
+
+
 def response_values(head: ScalarHead, hidden: torch.Tensor, packed: Packed) -> torch.Tensor:
     """Value of the state before each response token: hidden (B, P+R, H) -> (B, R)."""
     return head(hidden[:, packed.width - 1 : -1, :])
