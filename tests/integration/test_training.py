@@ -151,3 +151,26 @@ def test_last_hidden_matches_the_full_forward_pass_for_each_role(demo_model_dir:
             expected = run(model, packed, role)[1]
             assert torch.allclose(last_hidden(model, packed, role), expected, atol=1e-5), (active, role)
         assert not torch.allclose(last_hidden(model, packed, REWARD), last_hidden(model, packed, POLICY))
+
+
+def test_reward_scores_do_not_depend_on_the_padding_layout(demo_model_dir: Path) -> None:
+    """The reward model packs whole sequences right-padded; generation's layout (left-padded prompt
+    block, then responses) gives the same scores."""
+    from workers.training.encoding import Encoder
+    from workers.training.reward import scores
+    from workers.training.roles import REWARD, ScalarHead, hidden_size, last_hidden, pack, sequence_scores
+    from workers.training.trainer import build_model, lora_config
+
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    model, tokenizer = build_model(str(demo_model_dir), cfg, "cpu", None)
+    model.add_adapter(REWARD, lora_config(cfg.reward.lora))
+    model.set_adapter(REWARD)
+    enc, head = Encoder(tokenizer, model), ScalarHead(hidden_size(model), init_std=0.1)
+    items = [("Where is my order?", "It ships today."), ("Hi", "Hello! How can I help you with your order today?"),
+             ("Can I return a gift without a receipt, please?", "Yes.")]  # fmt: skip
+    encoded = [enc.pair(p, r) for p, r in items]
+    with torch.no_grad():
+        packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, "cpu")
+        generation_layout = sequence_scores(head, last_hidden(model, packed, REWARD), packed)
+        assert torch.allclose(scores(model, head, enc, items, "cpu"), generation_layout, atol=1e-5)

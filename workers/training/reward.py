@@ -23,7 +23,7 @@ from workers.training.config import RewardConfig
 from workers.training.dataset import PairRecord
 from workers.training.encoding import Encoder
 from workers.training.losses import bradley_terry_loss
-from workers.training.roles import REWARD, ScalarHead, last_hidden, pack, sequence_scores
+from workers.training.roles import REWARD, Packed, ScalarHead, last_hidden, pack, sequence_scores
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -45,14 +45,21 @@ class RewardResult:
     seconds: float
 
 
+def _pack_texts(enc: Encoder, items: list[tuple[str, str]], device: str) -> Packed:
+    """Each (prompt, response) as one sequence, right-padded to the longest. The reward model reads
+    only each row's last real token, so the layout generation needs (a prompt block as wide as the
+    longest prompt, then a response block as wide as the longest response) would only add padding."""
+    seqs = [prompt + response for prompt, response in (enc.pair(p, r) for p, r in items)]
+    return pack([[] for _ in seqs], seqs, enc.pad_id, device)
+
+
 def scores(model: PeftModel, head: ScalarHead, enc: Encoder, items: list[tuple[str, str]], device: str,
            batch: int = EVAL_BATCH) -> torch.Tensor:  # fmt: skip
     """Raw reward of each (prompt, response), in order: (N,)."""
     out = []
     with torch.no_grad():
         for i in range(0, len(items), batch):
-            encoded = [enc.pair(p, r) for p, r in items[i : i + batch]]
-            packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, device)
+            packed = _pack_texts(enc, items[i : i + batch], device)
             hidden = last_hidden(model, packed, REWARD)
             out.append(sequence_scores(head, hidden, packed).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
@@ -103,8 +110,7 @@ def train_reward(model: PeftModel, head: ScalarHead, enc: Encoder, train: list[P
 
 def _step_loss(model: PeftModel, head: ScalarHead, enc: Encoder, batch: list[PairRecord], device: str) -> torch.Tensor:
     """Chosen and rejected of every pair in one forward pass: (2B rows) -> scalar loss."""
-    encoded = [enc.pair(p.prompt, p.chosen) for p in batch] + [enc.pair(p.prompt, p.rejected) for p in batch]
-    packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, device)
+    packed = _pack_texts(enc, [(p.prompt, p.chosen) for p in batch] + [(p.prompt, p.rejected) for p in batch], device)
     hidden = last_hidden(model, packed, REWARD)
     s = sequence_scores(head, hidden, packed)  # (2B,)
     weight = torch.tensor([p.weight for p in batch], device=s.device)
