@@ -12,8 +12,9 @@ Contract:
   (no retry can make the broker take it) or :class:`Unavailable` (not now: the queue is full or the
   client was aborted). ``on_delivery(error, message)`` is called exactly once per queued record, with
   ``error`` None once the broker acknowledged it (acks=all), else librdkafka's error (wrap it in a
-  :class:`DeliveryError`); calls come from the client's own poller thread. It is librdkafka's own
-  callback, called straight from C: one Python call per record is most of the per-record cost.
+  :class:`DeliveryError`); calls come from the client's poller thread or from a thread that calls
+  :meth:`serve_reports`. It is librdkafka's own callback, called straight from C: one Python call per
+  record is most of the per-record cost.
 - Per partition, records are sent in queue order with one request in flight per connection, and
   retried in place, so they reach the broker in order.
 - :meth:`abort` drops everything the client holds (queued or in flight): no acknowledgement comes
@@ -54,9 +55,8 @@ class DeliveryError(Exception):
     """A queued record was not acknowledged; ``unacceptable`` when no retry can change that."""
 
     def __init__(self, error: KafkaError) -> None:
-        super().__init__(f"{error.name()}: {error.str()}")
-        self.code = error.code()
-        self.unacceptable = self.code in UNACCEPTABLE_CODES
+        super().__init__(_describe(error))
+        self.unacceptable = error.code() in UNACCEPTABLE_CODES
 
 
 class _LibrdkafkaLog:
@@ -116,9 +116,7 @@ class ProduceClient:
             raise Unavailable(f"the client's queue is full: {e}") from e
         except KafkaException as e:
             error = e.args[0]
-            if error.code() in UNACCEPTABLE_CODES:
-                raise Unacceptable(f"{error.name()}: {error.str()}") from e
-            raise Unavailable(f"{error.name()}: {error.str()}") from e
+            raise (Unacceptable if error.code() in UNACCEPTABLE_CODES else Unavailable)(_describe(error)) from e
 
     def serve_reports(self) -> None:
         """Run the delivery callbacks that are due, in this thread, without waiting. The poller thread
@@ -158,7 +156,11 @@ class ProduceClient:
             self._producer.poll(POLL_S)
 
 
+def _describe(error: KafkaError) -> str:
+    return f"{error.name()}: {error.str()}"
+
+
 def _client_error(error: KafkaError) -> None:
     """librdkafka's client-wide errors (all brokers down, a transport failure): the producer's watchdog
     and delivery reports act on them, so they are logged here for the record only."""
-    log.info("kafka client: %s: %s", error.name(), error.str())
+    log.info("kafka client: %s", _describe(error))

@@ -49,14 +49,9 @@ class TokenKeys:
     """key id -> secret; must contain ``current_kid``."""
 
     @functools.cached_property
-    def secret_bytes(self) -> dict[str, bytes]:
-        """The secrets as HMAC keys (encoded once)."""
-        return {kid: secret.encode() for kid, secret in self.secrets.items()}
-
-    @functools.cached_property
     def macs(self) -> dict[str, hmac.HMAC]:
         """An HMAC-SHA256 already keyed with each secret: a copy of one signs ~30% faster than a fresh one."""
-        return {kid: hmac.new(secret, digestmod="sha256") for kid, secret in self.secret_bytes.items()}
+        return {kid: hmac.new(secret.encode(), digestmod="sha256") for kid, secret in self.secrets.items()}
 
     def __post_init__(self) -> None:
         if self.current_kid not in self.secrets:
@@ -75,22 +70,27 @@ def _unb64(text: str) -> bytes:
     return binascii.a2b_base64(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4))
 
 
-def _sign(secret: bytes, kid: str, payload: str) -> bytes:
-    return hmac.digest(secret, f"{kid}.{payload}".encode(), "sha256")
+def _sign(mac: hmac.HMAC, signed: str) -> bytes:
+    """The signature text of ``signed`` ("<kid>.<payload>", ASCII) under ``mac`` (one of TokenKeys.macs):
+    the unpadded base64url of the HMAC, 43 bytes, its one spelling (no malleable tokens)."""
+    mac = mac.copy()
+    mac.update(signed.encode())
+    return base64.urlsafe_b64encode(mac.digest())[:-1]  # 32 bytes encode to 43 characters and one "="
 
 
 def issue(keys: TokenKeys, claims: FeedbackClaims) -> str:
     """A token for ``claims`` signed with the current key."""
     payload = _b64(json.dumps(claims._asdict(), separators=(",", ":"), sort_keys=True).encode())
     kid = keys.current_kid
-    return f"{kid}.{payload}.{_b64(_sign(keys.secret_bytes[kid], kid, payload))}"
+    signed = f"{kid}.{payload}"
+    return f"{signed}.{_sign(keys.macs[kid], signed).decode()}"
 
 
 def verify(keys: TokenKeys, token: str, now: float | None = None) -> FeedbackClaims:
     """The claims of a genuine, unexpired token. Raises TokenInvalid or TokenExpired.
 
     The signature is checked before the payload is parsed, so nothing unsigned is ever decoded.
-    (The feedback routes verify every rating, so this keeps to a few C calls: ~3 µs.)
+    (The feedback routes verify every rating, so this keeps to a few C calls: ~4.5 µs.)
     """
     signed, _, signature = token.rpartition(".")  # signed = "<kid>.<payload>", what _sign covers
     kid, dot, payload = signed.partition(".")
@@ -99,12 +99,7 @@ def verify(keys: TokenKeys, token: str, now: float | None = None) -> FeedbackCla
     mac = keys.macs.get(kid)
     if mac is None:
         raise TokenInvalid("unknown key id")
-    mac = mac.copy()
-    mac.update(signed.encode())
-    # one spelling per signature (no malleable tokens): the unpadded base64url of the HMAC (32 bytes
-    # encode to 43 characters and one "=")
-    expected = base64.urlsafe_b64encode(mac.digest())[:-1]
-    if not hmac.compare_digest(expected, signature.encode()):
+    if not hmac.compare_digest(_sign(mac, signed), signature.encode()):
         raise TokenInvalid("bad signature")
     try:
         claims = FeedbackClaims(**from_json(_unb64(payload)))

@@ -91,7 +91,7 @@ def run(model: PeftModel, packed: Packed, adapter: str | None = POLICY) -> tuple
     return logits, out.hidden_states[-1]
 
 
-def last_hidden(model: PeftModel, packed: Packed, adapter: str | None = REWARD) -> torch.Tensor:
+def last_hidden(model: PeftModel, packed: Packed, adapter: str | None) -> torch.Tensor:
     """Last-layer hidden states (B, P+R, H) as one role, for roles that need no logits (the reward
     model). The active adapter, or none, runs through the transformer trunk alone: the LM head's
     vocabulary projection over every position is ~40% of the demo model's forward FLOPs. Another

@@ -72,7 +72,6 @@ async def _app_key_context(request: Request) -> ApiContext:
     return ctx
 
 
-
 async def _authorized_body(request: Request, model: type[M]) -> tuple[ApiContext, M]:
     """The context and the validated body of an app-key request; AuthError (401/403) before any
     parsing, then RequestValidationError (422, naming the field) for a body that is not a ``model``."""
