@@ -174,3 +174,43 @@ def test_reward_scores_do_not_depend_on_the_padding_layout(demo_model_dir: Path)
         packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, "cpu")
         generation_layout = sequence_scores(head, last_hidden(model, packed, REWARD), packed)
         assert torch.allclose(scores(model, head, enc, items, "cpu"), generation_layout, atol=1e-5)
+
+
+def test_a_batch_scores_each_shared_response_once_with_the_same_loss(demo_model_dir: Path) -> None:
+    """Pairs of one prompt share responses; the step scores each distinct sequence once, and its loss
+    (and gradient) equal those of scoring both sides of every pair separately."""
+    from workers.training.dataset import PairRecord
+    from workers.training.encoding import Encoder
+    from workers.training.losses import bradley_terry_loss
+    from workers.training.reward import Tokens, _step_loss
+    from workers.training.roles import REWARD, ScalarHead, hidden_size, last_hidden, pack, sequence_scores
+    from workers.training.trainer import build_model, lora_config
+
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    model, tokenizer = build_model(str(demo_model_dir), cfg, "cpu", None)
+    model.add_adapter(REWARD, lora_config(cfg.reward.lora))
+    model.set_adapter(REWARD)
+    enc, head = Encoder(tokenizer, model), ScalarHead(hidden_size(model), init_std=0.1)
+    a, b, c = "It ships today.", "No idea, sorry.", "Ugh, again?"
+    batch = [PairRecord("Where is my order?", a, b, 1.0), PairRecord("Where is my order?", a, c, 0.5),
+             PairRecord("Where is my order?", b, c, 1.0), PairRecord("Hi", "Hello!", "Go away.", 0.7)]  # fmt: skip
+    tokens = Tokens(enc)
+    shared = _step_loss(model, head, tokens, batch, "cpu")
+    assert len(tokens.cache) == 5  # five distinct sequences for eight pair sides
+    shared.backward()
+    grad_shared = head.linear.weight.grad.clone()
+    head.zero_grad()
+
+    def side(items: list[tuple[str, str]]) -> torch.Tensor:  # (B,) one row per pair side, with gradients
+        seqs = [prompt + response for prompt, response in (enc.pair(p, r) for p, r in items)]
+        packed = pack([[] for _ in seqs], seqs, enc.pad_id, "cpu")
+        return sequence_scores(head, last_hidden(model, packed, REWARD), packed)
+
+    separate = bradley_terry_loss(side([(p.prompt, p.chosen) for p in batch]),
+                                  side([(p.prompt, p.rejected) for p in batch]),
+                                  torch.tensor([p.weight for p in batch]))  # fmt: skip
+    separate.backward()
+    assert torch.allclose(shared.detach(), separate.detach(), atol=1e-5)
+    assert not grad_shared.eq(0).all()
+    assert torch.allclose(grad_shared, head.linear.weight.grad, atol=1e-5)

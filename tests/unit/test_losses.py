@@ -86,3 +86,21 @@ def test_adaptive_kl_moves_toward_the_target_by_at_most_twenty_percent() -> None
     ctl = AdaptiveKL(0.1, target=2.0, horizon=100)
     assert ctl.update(kl=4.0, episodes=10) == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))
     assert AdaptiveKL(0.1, 2.0, 100).update(kl=1.0, episodes=100) == pytest.approx(0.1 * (1 - 0.2))
+
+
+def test_group_batches_keep_a_prompts_pairs_together_and_use_each_pair_once() -> None:
+    import random
+
+    from workers.training.dataset import PairRecord
+    from workers.training.reward import group_batches
+
+    pairs = [PairRecord(f"p{g}", f"c{g}-{k}", f"r{g}-{k}") for g in range(7) for k in range(g % 3 + 1)]
+    batches = group_batches(pairs, 4, random.Random(0))
+    flat = [p for b in batches for p in b]
+    assert sorted(flat, key=lambda p: p.chosen) == sorted(pairs, key=lambda p: p.chosen)
+    assert [len(b) for b in batches] == [4, 4, 4, 1]  # 13 pairs
+    prompts = [p.prompt for p in flat]
+    runs = [q for i, q in enumerate(prompts) if i == 0 or prompts[i - 1] != q]
+    assert len(runs) == len(set(runs)) == 7  # each prompt's pairs in one run
+    assert group_batches(pairs, 4, random.Random(0)) == batches  # the seed fixes the order
+    assert group_batches(pairs, 4, random.Random(1)) != batches

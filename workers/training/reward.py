@@ -80,16 +80,14 @@ def train_reward(model: PeftModel, head: ScalarHead, enc: Encoder, train: list[P
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
+    tokens = Tokens(enc)
     steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     total, step, started = steps_per_epoch * cfg.epochs, 0, time.perf_counter()
     epoch_losses: list[float] = []
     for _ in range(cfg.epochs):
-        order = list(range(len(train)))
-        rng.shuffle(order)
         epoch_losses = []
-        for i in range(0, len(order), cfg.batch_size):
-            batch = [train[j] for j in order[i : i + cfg.batch_size]]
-            loss = _step_loss(model, head, enc, batch, device)
+        for batch in group_batches(train, cfg.batch_size, rng):
+            loss = _step_loss(model, head, tokens, batch, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -108,13 +106,48 @@ def train_reward(model: PeftModel, head: ScalarHead, enc: Encoder, train: list[P
     )  # fmt: skip
 
 
-def _step_loss(model: PeftModel, head: ScalarHead, enc: Encoder, batch: list[PairRecord], device: str) -> torch.Tensor:
-    """Chosen and rejected of every pair in one forward pass: (2B rows) -> scalar loss."""
-    packed = _pack_texts(enc, [(p.prompt, p.chosen) for p in batch] + [(p.prompt, p.rejected) for p in batch], device)
-    hidden = last_hidden(model, packed, REWARD)
-    s = sequence_scores(head, hidden, packed)  # (2B,)
+def group_batches(pairs: list[PairRecord], batch_size: int, rng: random.Random) -> list[list[PairRecord]]:
+    """One epoch's batches of ``batch_size`` pairs (the last may be smaller): prompt groups in random order,
+    the pairs of a group shuffled and kept together. A group's pairs share responses (k responses make up
+    to k(k-1)/2 pairs), so a batch holds fewer distinct sequences than two per pair, and each is scored
+    once (InstructGPT batches a prompt's comparisons the same way)."""
+    groups: dict[str, list[PairRecord]] = {}
+    for pair in pairs:
+        groups.setdefault(pair.prompt, []).append(pair)
+    ordered = list(groups.values())
+    rng.shuffle(ordered)
+    flat = [pair for group in ordered for pair in rng.sample(group, len(group))]
+    return [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
+
+
+class Tokens:
+    """Token ids of (prompt, response) sequences, encoded once per run: an epoch sees each text again."""
+
+    def __init__(self, enc: Encoder) -> None:
+        self.enc, self.cache = enc, {}
+
+    def __call__(self, prompt: str, response: str) -> list[int]:
+        key = (prompt, response)
+        if key not in self.cache:
+            head, tail = self.enc.pair(prompt, response)
+            self.cache[key] = head + tail
+        return self.cache[key]
+
+
+def _step_loss(model: PeftModel, head: ScalarHead, tokens: Tokens, batch: list[PairRecord],
+               device: str) -> torch.Tensor:  # fmt: skip
+    """Every distinct (prompt, response) of the batch in one forward pass, then the loss over the pairs."""
+    rows: dict[tuple[str, str], int] = {}
+    for p in batch:
+        for response in (p.chosen, p.rejected):
+            rows.setdefault((p.prompt, response), len(rows))
+    seqs = [tokens(prompt, response) for prompt, response in rows]
+    packed = pack([[] for _ in seqs], seqs, tokens.enc.pad_id, device)
+    s = sequence_scores(head, last_hidden(model, packed, REWARD), packed)  # (U,) one score per distinct sequence
+    chosen = s[torch.tensor([rows[(p.prompt, p.chosen)] for p in batch], device=s.device)]  # (B,)
+    rejected = s[torch.tensor([rows[(p.prompt, p.rejected)] for p in batch], device=s.device)]  # (B,)
     weight = torch.tensor([p.weight for p in batch], device=s.device)
-    return bradley_terry_loss(s[: len(batch)], s[len(batch) :], weight)
+    return bradley_terry_loss(chosen, rejected, weight)
 
 
 def save_reward(dest: Path, model: PeftModel, head: ScalarHead, result: RewardResult, base_model: str) -> None:
