@@ -13,11 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
 from rlhf_loop.bus.broker import EmbeddedBroker
 from rlhf_loop.simulator import Simulator
+from schemas.tables import PromotionAudit
 from tests.conftest import REDIS_URL
 from tests.support.adapters import register, taught_adapter
 from tests.support.api import Api, cli, start_api
@@ -41,9 +42,12 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker,
             demo_model_dir: Path) -> Iterator[Cluster]:  # fmt: skip
     """Two API replicas on one database; pointer polling slowed to 60 s, so only the Redis notice can
-    make a replica switch within the deadline."""
+    make a replica switch within the deadline. One torch thread each: two replicas with a thread per core
+    each oversubscribe a 2-core machine, and requests then took ~10x longer (80 instead of 800 in the
+    test), which delayed the swaps past 2 s."""
     settings = {"promotion__canary_share": "0", "promotion__required_approvals": "2",
-                "promotion__poll_interval_s": "60", "api__rate_limit": "100000"}  # fmt: skip
+                "promotion__poll_interval_s": "60", "api__rate_limit": "100000",
+                "runtime__torch_threads": "1"}  # fmt: skip
     apis = [start_api(tmp_path_factory.mktemp(f"api{i}"), module_pg_url, broker.bootstrap_servers, demo_model_dir,
                       REDIS_URL, **settings) for i in range(2)]  # fmt: skip
     lead_key = cli(apis[0].env, "keys", "create", "ml-lead", "--role", "approver")
@@ -82,7 +86,8 @@ def test_only_approvers_act_and_illegal_transitions_are_refused(cluster: Cluster
 
 
 class Load:
-    """Clients calling /generate on every replica in a loop, recording (started, replica, status, adapter)."""
+    """Clients calling /generate on every replica in a loop, recording (started, replica, status, adapter);
+    ``started`` is wall-clock time, comparable with the database's timestamps."""
 
     def __init__(self, apis: list[Api], clients_per_api: int = 3) -> None:
         self.apis, self.stop = apis, threading.Event()
@@ -95,7 +100,7 @@ class Load:
         with httpx.Client(base_url=api.url, headers=api.headers, timeout=30) as http:
             n = 0
             while not self.stop.is_set():
-                started = time.monotonic()
+                started = time.time()
                 body = {"prompt": PROMPT, "user_ref": f"load-{replica}-{client}-{n % 50}",
                         "sampling": {"max_new_tokens": 8, "temperature": 0}}  # fmt: skip
                 try:
@@ -127,6 +132,16 @@ class Load:
         return out
 
 
+def _rolled_back_at(cluster: Cluster, adapter_id: str) -> float:
+    """When the rollback of ``adapter_id`` was decided: its audit row's time (the start of the transaction
+    that wrote it), as a Unix timestamp."""
+    with cluster.sessions() as session:
+        at = session.scalar(select(PromotionAudit.at).where(PromotionAudit.adapter_id == adapter_id,
+                                                            PromotionAudit.to_state == "rolled_back"))  # fmt: skip
+    assert at is not None, f"no rollback of {adapter_id} in the audit"
+    return at.timestamp()
+
+
 def test_both_replicas_serve_the_approved_adapter_within_2_s_without_a_failed_request(cluster: Cluster) -> None:
     api, other = cluster.apis
     with cluster.sessions.begin() as session:
@@ -137,17 +152,17 @@ def test_both_replicas_serve_the_approved_adapter_within_2_s_without_a_failed_re
         assert first.status_code == 200 and first.json()["state"] == "awaiting_approval", first.text
         again = _post(other, "/v1/promotions/ad-polite/approve", other.approver_key)  # another key of ml-team
         assert again.status_code == 409 and "must come from someone else" in again.json()["message"]
-        t0 = time.monotonic()
+        t0 = time.time()
         second = _post(other, "/v1/promotions/ad-polite/approve", cluster.lead_key)
         assert second.status_code == 200, second.text
         assert second.json()["state"] == "active" and second.json()["deployment"]["active"] == "ad-polite"
         time.sleep(SWAP_DEADLINE_S + 1.5)
         switch = load.switched_after(t0, "ad-polite")
 
-        t1 = time.monotonic()
         out = cli(api.env, "adapters", "rollback", "--reason", "drill: roll back", "--key", cluster.lead_key,
                   "--api", api.url)  # fmt: skip
         assert "rolled back ad-polite (active)" in out and "serving base model" in out
+        t1 = _rolled_back_at(cluster, "ad-polite")  # not the CLI's start: its own start-up is no part of the swap
         time.sleep(SWAP_DEADLINE_S + 1.5)
         back = load.switched_after(t1, "base")
 
