@@ -14,8 +14,10 @@ standard errors (the gains are equal within the measurement, or ours is larger).
 (its sampler) are scored too, as a cross-check.
 
 Differences kept on purpose (each side at its defaults): TRL decays the learning rate linearly, ours is
-constant; TRL's RM has no per-pair weights; TRL's PPO trains a separate full value model (ours: a head on
-the policy's LoRA, vf_coef 0.5 vs 0.1), keeps the KL coefficient fixed (ours adapts it), rewards raw RM
+constant; TRL's RM has no per-pair weights and shuffles pairs freely (ours batches a prompt group's pairs
+together and scores each shared response once); TRL's PPO trains a separate full value model (ours: a head
+on the policy's detached trunk, vf_coef 0.5 vs 0.1) with GAE lambda 0.95 (ours 1.0), keeps the KL
+coefficient fixed (ours adapts it), rewards raw RM
 scores (a wider scale than ours, which are normalized, so the same KL coefficient weighs less) with no
 missing-end penalty (ours: -1) and has no KL early stop.
 
