@@ -42,7 +42,7 @@ from workers.training.progress import StageBars
 WORK = Path("var/bench/scale")
 SHAPES = {
     # Qwen2 layout (GQA, SwiGLU, RMSNorm, RoPE, tied embeddings); with the 1,024-token vocabulary the
-    # transformer layers hold nearly all of the ~0.47B parameters.
+    # transformer layers hold nearly all of the ~0.46B parameters.
     "0.5b": {"hidden_size": 1024, "intermediate_size": 5504, "num_hidden_layers": 24, "num_attention_heads": 16,
              "num_key_value_heads": 2},
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -153,12 +153,10 @@ def test_last_hidden_matches_the_full_forward_pass_for_each_role(demo_model_dir:
         assert not torch.allclose(last_hidden(model, packed, REWARD), last_hidden(model, packed, POLICY))
 
 
-def test_reward_scores_do_not_depend_on_the_padding_layout(demo_model_dir: Path) -> None:
-    """The reward model packs whole sequences right-padded; generation's layout (left-padded prompt
-    block, then responses) gives the same scores."""
+def _fresh_reward_model(demo_model_dir: Path):  # noqa: ANN202 - (PeftModel, Encoder, ScalarHead)
+    """The demo model with a fresh, active ``reward`` adapter and a randomly initialised head."""
     from workers.training.encoding import Encoder
-    from workers.training.reward import scores
-    from workers.training.roles import REWARD, ScalarHead, hidden_size, last_hidden, pack, sequence_scores
+    from workers.training.roles import REWARD, ScalarHead, hidden_size
     from workers.training.trainer import build_model, lora_config
 
     cfg = TrainConfig()
@@ -166,7 +164,16 @@ def test_reward_scores_do_not_depend_on_the_padding_layout(demo_model_dir: Path)
     model, tokenizer = build_model(str(demo_model_dir), cfg, "cpu", None)
     model.add_adapter(REWARD, lora_config(cfg.reward.lora))
     model.set_adapter(REWARD)
-    enc, head = Encoder(tokenizer, model), ScalarHead(hidden_size(model), init_std=0.1)
+    return model, Encoder(tokenizer, model), ScalarHead(hidden_size(model), init_std=0.1)
+
+
+def test_reward_scores_do_not_depend_on_the_padding_layout(demo_model_dir: Path) -> None:
+    """The reward model packs whole sequences right-padded; generation's layout (left-padded prompt
+    block, then responses) gives the same scores."""
+    from workers.training.reward import scores
+    from workers.training.roles import REWARD, last_hidden, pack, sequence_scores
+
+    model, enc, head = _fresh_reward_model(demo_model_dir)
     items = [("Where is my order?", "It ships today."), ("Hi", "Hello! How can I help you with your order today?"),
              ("Can I return a gift without a receipt, please?", "Yes.")]  # fmt: skip
     encoded = [enc.pair(p, r) for p, r in items]
@@ -180,18 +187,11 @@ def test_a_batch_scores_each_shared_response_once_with_the_same_loss(demo_model_
     """Pairs of one prompt share responses; the step scores each distinct sequence once, and its loss
     (and gradient) equal those of scoring both sides of every pair separately."""
     from workers.training.dataset import PairRecord
-    from workers.training.encoding import Encoder
     from workers.training.losses import bradley_terry_loss
     from workers.training.reward import Tokens, _step_loss
-    from workers.training.roles import REWARD, ScalarHead, hidden_size, last_hidden, pack, sequence_scores
-    from workers.training.trainer import build_model, lora_config
+    from workers.training.roles import REWARD, last_hidden, pack, sequence_scores
 
-    cfg = TrainConfig()
-    torch.manual_seed(0)
-    model, tokenizer = build_model(str(demo_model_dir), cfg, "cpu", None)
-    model.add_adapter(REWARD, lora_config(cfg.reward.lora))
-    model.set_adapter(REWARD)
-    enc, head = Encoder(tokenizer, model), ScalarHead(hidden_size(model), init_std=0.1)
+    model, enc, head = _fresh_reward_model(demo_model_dir)
     a, b, c = "It ships today.", "No idea, sorry.", "Ugh, again?"
     batch = [PairRecord("Where is my order?", a, b, 1.0), PairRecord("Where is my order?", a, c, 0.5),
              PairRecord("Where is my order?", b, c, 1.0), PairRecord("Hi", "Hello!", "Go away.", 0.7)]  # fmt: skip
