@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     if device == "cpu" and args.shape != "tiny":
         print("note: no GPU: the 0.5B model on CPU takes a long time (--shape tiny for a smoke run)", file=sys.stderr)
     started = time.perf_counter()
-    shutil.rmtree(args.work, ignore_errors=True)
     model_dir, work = args.work / "model", args.work / "run"
+    for made_here in (model_dir, work):  # a fresh run: the previous run's model and checkpoints go
+        shutil.rmtree(made_here, ignore_errors=True)
     parameters = build_model(model_dir, args.shape)
     n_prompts, cfg = workload(args.quick, args.shape)
     dataset = make_dataset(corpus_pairs(n_prompts), None, cfg.heldout_fraction, cfg.min_pairs, cfg.reward.seed)
