@@ -6,7 +6,7 @@ It measures speed and memory, not quality (a random model's samples are noise):
 - generation: the serving engine (KV cache, the trained LoRA adapter attached) on 32 prompts in one
   batch vs the same prompts one at a time, tokens/s (``batched_vs_single``);
 - the pipeline ``rlhf-loop train`` runs (dataset split -> reward model -> PPO -> evaluation -> adapter):
-  reward-model pairs/s, PPO episodes/s and rollout tokens/s, seconds per stage;
+  reward-model pairs/s, PPO episodes/s and rollout tokens/s;
 - peak GPU memory of the whole run (``torch.cuda.max_memory_allocated``; on CPU, peak RSS).
 
 Preference pairs come from the synthetic corpus (two rendered answers per prompt, ordered by the
@@ -25,11 +25,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from benchmarks.report import emit
-from rlhf_loop.corpus import catalogue, render
+from rlhf_loop.corpus import STYLES, catalogue, render
 from rlhf_loop.generation import GenerationRequest
 from rlhf_loop.models.demo_kit import DemoKitConfig, build_corpus, train_tokenizer
 from rlhf_loop.models.engine import GenerationEngine
@@ -38,6 +39,9 @@ from rlhf_loop.simulator import score_response
 from workers.training.config import PPOConfig, RewardConfig, TrainConfig
 from workers.training.dataset import PairRecord, make_dataset
 from workers.training.progress import StageBars
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 WORK = Path("var/bench/scale")
 SHAPES = {
@@ -48,21 +52,26 @@ SHAPES = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2},
 }  # fmt: skip
-STYLES = ("helpful", "polite", "rambling", "off_topic", "rude")
+
+
+def model_config(shape: str, tokenizer: PreTrainedTokenizerBase):  # noqa: ANN201 - a Qwen2Config
+    """The Qwen2 config of ``shape`` over ``tokenizer``'s vocabulary and special tokens."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])  # fmt: skip
 
 
 def build_model(out: Path, shape: str, seed: int = 0) -> int:
     """A randomly initialised Qwen2-shaped model and the demo tokenizer, saved at ``out`` in Hugging Face
     format (loaded back through ``from_pretrained`` like any checkpoint); returns its parameter count."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     kit = DemoKitConfig(n_examples=4000)
     tokenizer = train_tokenizer(build_corpus(kit), kit.vocab_size)
-    config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])  # fmt: skip
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(model_config(shape, tokenizer))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return sum(p.numel() for p in model.parameters())
@@ -80,14 +89,15 @@ def corpus_pairs(n_prompts: int, seed: int = 0) -> list[PairRecord]:
 
 
 def workload(quick: bool, shape: str) -> tuple[int, TrainConfig]:
-    """(prompts for pairs, hyperparameters): the demo's PPO shape, fewer episodes with --quick."""
+    """(prompts for pairs, hyperparameters): the default batch shapes, one reward-model epoch, fewer PPO
+    episodes with --quick."""
     tiny = shape == "tiny"
     episodes = 64 if tiny else 256 if quick else 1024
     return (96 if tiny else 600), TrainConfig(
-        reward=RewardConfig(epochs=1, batch_size=16),
-        ppo=PPOConfig(episodes=episodes, batch_size=32, minibatch_size=16, grad_accum=2, checkpoint_every=1000),
+        reward=RewardConfig(epochs=1),
+        ppo=PPOConfig(episodes=episodes, checkpoint_every=1000),  # one checkpoint, at the end
         eval_prompts=16 if tiny else 64,
-    )  # fmt: skip
+    )
 
 
 def generation_speed(engine: GenerationEngine, prompts: list[str], adapter: str, max_new_tokens: int,

@@ -188,8 +188,8 @@ def test_a_batch_scores_each_shared_response_once_with_the_same_loss(demo_model_
     (and gradient) equal those of scoring both sides of every pair separately."""
     from workers.training.dataset import PairRecord
     from workers.training.losses import bradley_terry_loss
-    from workers.training.reward import Tokens, _step_loss
-    from workers.training.roles import REWARD, last_hidden, pack, sequence_scores
+    from workers.training.reward import Tokens, _pack_texts, _step_loss
+    from workers.training.roles import REWARD, last_hidden, sequence_scores
 
     model, enc, head = _fresh_reward_model(demo_model_dir)
     a, b, c = "It ships today.", "No idea, sorry.", "Ugh, again?"
@@ -203,8 +203,7 @@ def test_a_batch_scores_each_shared_response_once_with_the_same_loss(demo_model_
     head.zero_grad()
 
     def side(items: list[tuple[str, str]]) -> torch.Tensor:  # (B,) one row per pair side, with gradients
-        seqs = [prompt + response for prompt, response in (enc.pair(p, r) for p, r in items)]
-        packed = pack([[] for _ in seqs], seqs, enc.pad_id, "cpu")
+        packed = _pack_texts(Tokens(enc), items, "cpu")
         return sequence_scores(head, last_hidden(model, packed, REWARD), packed)
 
     separate = bradley_terry_loss(side([(p.prompt, p.chosen) for p in batch]),

@@ -12,9 +12,12 @@ from benchmarks import scale
 
 def test_the_large_shape_has_about_half_a_billion_parameters() -> None:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
-    config = Qwen2Config(vocab_size=1024, max_position_embeddings=256, tie_word_embeddings=True, **scale.SHAPES["0.5b"])
+    from rlhf_loop.models.demo_kit import DemoKitConfig, build_corpus, train_tokenizer
+
+    kit = DemoKitConfig(n_examples=500)
+    config = scale.model_config("0.5b", train_tokenizer(build_corpus(kit), kit.vocab_size))
     with torch.device("meta"):  # shapes only, no memory
         n = sum(p.numel() for p in Qwen2ForCausalLM(config).parameters())
     assert 0.4e9 < n < 0.6e9

@@ -81,8 +81,8 @@ class PPOConfig:
     lam: float = 1.0
     """GAE lambda. 1.0: each token's advantage is the sequence's return less the value (the critic is only
     a baseline). The critic is a linear head on the detached trunk, too weak to bootstrap from: at 0.95 the
-    terminal score reached a token 25 positions earlier at 0.28 of its weight, and the hidden-preference
-    gain of a 256-episode run fell from +0.40 to +0.33 (benchmarks.training, three seeds)."""
+    terminal score reached a token 25 positions earlier at 0.28 of its weight (docs/training.md has the
+    measurements)."""
     init_kl_coef: float = 0.05
     """Initial coefficient of the per-token KL penalty against the reference."""
     target_kl: float = 3.0

@@ -45,21 +45,37 @@ class RewardResult:
     seconds: float
 
 
-def _pack_texts(enc: Encoder, items: list[tuple[str, str]], device: str) -> Packed:
+class Tokens:
+    """Token ids of (prompt, response) sequences, each encoded once while the instance lives (a training
+    run keeps one: every epoch sees each text again)."""
+
+    def __init__(self, enc: Encoder) -> None:
+        self.enc = enc
+        self.cache: dict[tuple[str, str], list[int]] = {}
+
+    def __call__(self, prompt: str, response: str) -> list[int]:
+        key = (prompt, response)
+        if key not in self.cache:
+            head, tail = self.enc.pair(prompt, response)
+            self.cache[key] = head + tail
+        return self.cache[key]
+
+
+def _pack_texts(tokens: Tokens, items: list[tuple[str, str]], device: str) -> Packed:
     """Each (prompt, response) as one sequence, right-padded to the longest. The reward model reads
     only each row's last real token, so the layout generation needs (a prompt block as wide as the
     longest prompt, then a response block as wide as the longest response) would only add padding."""
-    seqs = [prompt + response for prompt, response in (enc.pair(p, r) for p, r in items)]
-    return pack([[] for _ in seqs], seqs, enc.pad_id, device)
+    seqs = [tokens(prompt, response) for prompt, response in items]
+    return pack([[] for _ in seqs], seqs, tokens.enc.pad_id, device)
 
 
 def scores(model: PeftModel, head: ScalarHead, enc: Encoder, items: list[tuple[str, str]], device: str,
            batch: int = EVAL_BATCH) -> torch.Tensor:  # fmt: skip
     """Raw reward of each (prompt, response), in order: (N,)."""
-    out = []
+    out, tokens = [], Tokens(enc)
     with torch.no_grad():
         for i in range(0, len(items), batch):
-            packed = _pack_texts(enc, items[i : i + batch], device)
+            packed = _pack_texts(tokens, items[i : i + batch], device)
             hidden = last_hidden(model, packed, REWARD)
             out.append(sequence_scores(head, hidden, packed).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
@@ -120,20 +136,6 @@ def group_batches(pairs: list[PairRecord], batch_size: int, rng: random.Random) 
     return [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
 
 
-class Tokens:
-    """Token ids of (prompt, response) sequences, encoded once per run: an epoch sees each text again."""
-
-    def __init__(self, enc: Encoder) -> None:
-        self.enc, self.cache = enc, {}
-
-    def __call__(self, prompt: str, response: str) -> list[int]:
-        key = (prompt, response)
-        if key not in self.cache:
-            head, tail = self.enc.pair(prompt, response)
-            self.cache[key] = head + tail
-        return self.cache[key]
-
-
 def _step_loss(model: PeftModel, head: ScalarHead, tokens: Tokens, batch: list[PairRecord],
                device: str) -> torch.Tensor:  # fmt: skip
     """Every distinct (prompt, response) of the batch in one forward pass, then the loss over the pairs."""
@@ -141,8 +143,7 @@ def _step_loss(model: PeftModel, head: ScalarHead, tokens: Tokens, batch: list[P
     for p in batch:
         for response in (p.chosen, p.rejected):
             rows.setdefault((p.prompt, response), len(rows))
-    seqs = [tokens(prompt, response) for prompt, response in rows]
-    packed = pack([[] for _ in seqs], seqs, tokens.enc.pad_id, device)
+    packed = _pack_texts(tokens, list(rows), device)
     s = sequence_scores(head, last_hidden(model, packed, REWARD), packed)  # (U,) one score per distinct sequence
     chosen = s[torch.tensor([rows[(p.prompt, p.chosen)] for p in batch], device=s.device)]  # (B,)
     rejected = s[torch.tensor([rows[(p.prompt, p.rejected)] for p in batch], device=s.device)]  # (B,)
