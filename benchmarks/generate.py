@@ -17,14 +17,14 @@ import torch
 
 from benchmarks.report import emit, percentiles
 from rlhf_loop.generation import GenerationRequest
-from rlhf_loop.models.engine import GenerationEngine
+from rlhf_loop.models.generator import BatchGenerator
 from rlhf_loop.models.loading import load_base, resolve_base_model
 from rlhf_loop.settings import ModelSettings
 from rlhf_loop.simulator import Simulator
-from services.inference.runtime.batching import MicroBatcher
+from services.inference.engines.batching import MicroBatcher
 
 
-def run(engine: GenerationEngine, max_batch: int, clients: int, seconds: float, max_new_tokens: int) -> dict:
+def run(engine: BatchGenerator, max_batch: int, clients: int, seconds: float, max_new_tokens: int) -> dict:
     batcher = MicroBatcher(engine.generate, max_batch_size=max_batch, max_wait_ms=5)
     batcher.start()
     prompts = [p.text for p in Simulator(seed=1).prompts]
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = args.seconds or (20.0 if args.quick else 60.0)
 
     model, tokenizer = load_base(resolve_base_model(ModelSettings()), args.device)
-    engine = GenerationEngine(model, tokenizer, args.device)
+    engine = BatchGenerator(model, tokenizer, args.device)
     engine.generate([GenerationRequest("warm up", max_new_tokens=4)])
     batched = run(engine, args.clients, args.clients, seconds, args.max_new_tokens)
     single = run(engine, 1, args.clients, seconds, args.max_new_tokens)

@@ -16,7 +16,8 @@ import argparse
 from rich.console import Console
 
 from benchmarks.report import emit
-from rlhf_loop.demo import STAGES, DemoConfig, run_demo
+from rlhf_loop.demo.config import STAGES, DemoConfig
+from rlhf_loop.demo.loop import run_demo
 from rlhf_loop.settings import get_settings
 
 

@@ -33,11 +33,12 @@ from benchmarks.report import emit
 from rlhf_loop.corpus import STYLES, catalogue, render
 from rlhf_loop.generation import GenerationRequest
 from rlhf_loop.models.demo_kit import DemoKitConfig, build_corpus, train_tokenizer
-from rlhf_loop.models.engine import GenerationEngine
+from rlhf_loop.models.generator import BatchGenerator
 from rlhf_loop.models.loading import load_with_adapter, resolve_device
+from rlhf_loop.preferences.dataset import PairRecord
 from rlhf_loop.simulator import score_response
 from workers.training.config import PPOConfig, RewardConfig, TrainConfig
-from workers.training.dataset import PairRecord, make_dataset
+from workers.training.dataset import make_dataset
 from workers.training.progress import StageBars
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def workload(quick: bool, shape: str) -> tuple[int, TrainConfig]:
     )
 
 
-def generation_speed(engine: GenerationEngine, prompts: list[str], adapter: str, max_new_tokens: int,
+def generation_speed(engine: BatchGenerator, prompts: list[str], adapter: str, max_new_tokens: int,
                      batched: bool) -> float:  # fmt: skip
     """Completion tokens/s over ``prompts``: one batch, or one request at a time."""
     requests = [GenerationRequest(p, adapter_id=adapter, max_new_tokens=max_new_tokens, seed=i)
@@ -126,7 +127,7 @@ def peak_memory_gib(device: str) -> tuple[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from workers.training.trainer import train
+    from workers.training.model.trainer import train
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="256 PPO episodes instead of 1,024")
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     m = result.metrics
 
     model, tokenizer = load_with_adapter(model_dir, result.adapter_dir, device)
-    engine = GenerationEngine(model, tokenizer, device=device)
+    engine = BatchGenerator(model, tokenizer, device=device)
     gen_prompts, new_tokens = [p.text for p in catalogue(32, seed=99)], 64
     batched = generation_speed(engine, gen_prompts, "default", new_tokens, batched=True)
     single = generation_speed(engine, gen_prompts[:8], "default", new_tokens, batched=False)

@@ -75,10 +75,11 @@ def stage_data(work: Path, s: dict) -> dict:
     """Simulated pairs from the demo model -> train/held-out pairs, PPO prompts and evaluation prompts."""
     from rlhf_loop.models.demo_kit import build_demo_model
     from rlhf_loop.models.loading import load_base
+    from rlhf_loop.preferences.dataset import unique, write_pairs
     from rlhf_loop.settings import ModelSettings
     from rlhf_loop.simulator import Simulator
-    from workers.training.dataset import make_dataset, unique, write_pairs
-    from workers.training.synthetic import distinct_prompts, simulated_pairs
+    from workers.training.dataset import make_dataset
+    from workers.training.model.synthetic import distinct_prompts, simulated_pairs
 
     data, hp, cfg = s["data"], s["hp"], train_config(s["hp"])
     model_dir = build_demo_model(ModelSettings().demo_dir)
@@ -101,9 +102,9 @@ def stage_data(work: Path, s: dict) -> dict:
 def _model(s: dict):  # noqa: ANN202 - (PeftModel, tokenizer, Encoder, hidden width)
     import torch
 
-    from workers.training.encoding import Encoder
-    from workers.training.roles import hidden_size
-    from workers.training.trainer import build_model
+    from workers.training.model.encoding import Encoder
+    from workers.training.model.roles import hidden_size
+    from workers.training.model.trainer import build_model
 
     torch.manual_seed(s["hp"]["seed"])
     model, tokenizer = build_model(s["model"], train_config(s["hp"]), "cpu", None)
@@ -114,10 +115,10 @@ def stage_ours_rm(work: Path, s: dict) -> dict:
     import shutil
 
     from rlhf_loop.artifacts import write_dir_atomic
-    from workers.training.dataset import read_pairs
-    from workers.training.reward import save_reward, train_reward
-    from workers.training.roles import REWARD, ScalarHead
-    from workers.training.trainer import lora_config
+    from rlhf_loop.preferences.dataset import read_pairs
+    from workers.training.model.reward import save_reward, train_reward
+    from workers.training.model.roles import REWARD, ScalarHead
+    from workers.training.model.trainer import lora_config
 
     cfg = train_config(s["hp"])
     model, _, enc, width = _model(s)
@@ -133,10 +134,10 @@ def stage_ours_rm(work: Path, s: dict) -> dict:
 
 
 def stage_ours_ppo(work: Path, s: dict) -> dict:
-    from workers.training.dataset import read_prompts
-    from workers.training.ppo import PPOTrainer, RewardNorm, train_ppo
-    from workers.training.reward import load_reward
-    from workers.training.roles import POLICY, ScalarHead
+    from rlhf_loop.preferences.dataset import read_prompts
+    from workers.training.model.ppo import PPOTrainer, RewardNorm, train_ppo
+    from workers.training.model.reward import load_reward
+    from workers.training.model.roles import POLICY, ScalarHead
 
     cfg = train_config(s["hp"])
     model, _, enc, width = _model(s)
@@ -161,7 +162,7 @@ def stage_eval(work: Path, s: dict) -> dict:
 
     from rlhf_loop.generation import BASE
     from rlhf_loop.models.loading import generate, load_base
-    from workers.training.dataset import read_prompts
+    from rlhf_loop.preferences.dataset import read_prompts
 
     hp = s["hp"]
     base, tokenizer = load_base(s["model"])

@@ -1,5 +1,5 @@
 import sys
 
-from rlhf_loop.cli import main
+from rlhf_loop.cli.main import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""What a generation request and its result are (light: no torch), shared by routes and runtime."""
+"""What a generation request and its result are (light: no torch), shared by routes and engines."""
 
 from __future__ import annotations
 

@@ -36,10 +36,10 @@ REQUESTS = Counter(
 )  # services/inference/app.py (middleware)
 GENERATION_BATCH_SIZE = Histogram(
     "rlhf_generation_batch_size", "Prompts per generation micro-batch.", buckets=BATCH_BUCKETS
-)  # services/inference/runtime/batching.py
+)  # services/inference/engines/batching.py
 GENERATED_TOKENS = Counter(
     "rlhf_generated_tokens_total", "Completion tokens generated.", ["adapter"]
-)  # services/inference/runtime/batching.py
+)  # services/inference/engines/batching.py
 RATELIMIT_ERRORS = Counter(
     "rlhf_ratelimit_errors_total", "Rate-limit checks that failed open because Redis was unreachable."
 )  # services/inference/ratelimit.py
@@ -92,7 +92,7 @@ ORPHAN_FEEDBACK_DROPPED = Counter(
 NEGATIVE_FEEDBACK_RATE = Gauge(
     "rlhf_negative_feedback_rate", "Share of thumbs-down among ratings in the sliding window, per adapter.",
     ["adapter"], multiprocess_mode="mostrecent",
-)  # workers/aggregator/window.py
+)  # workers/aggregator/hot_state.py
 
 # --- training (workers/training) -------------------------------------------------------------
 TRAINING_RUN_ATTEMPTS = Counter(
@@ -175,7 +175,7 @@ for _topic in (Topics.RESPONSES, Topics.FEEDBACK):  # pre-create known label val
         _metric.labels(_topic)
 
 
-# --- drift (workers/monitoring/drift.py: prompts, feedback; workers/training/drift_model.py: model) ------
+# --- drift (workers/monitoring/drift.py: prompts, feedback; workers/training/model/drift_scoring.py: model) ------
 DRIFT_PROMPT_PSI = Gauge(
     "rlhf_drift_prompt_psi", "PSI of live prompts vs the active adapter's training prompts, by feature "
     "(length: word-count buckets; tokens: hashed word frequencies). NaN with too few live prompts.",
@@ -189,23 +189,23 @@ DRIFT_NEGATIVE_RATE = Gauge(
 DRIFT_REWARD_SCORE = Gauge(
     "rlhf_drift_reward_score", "Mean normalized reward-model score of the active adapter's responses: "
     "a live sample vs its evaluation at promotion.", ["source"], multiprocess_mode="mostrecent",
-)  # workers/training/drift_model.py
+)  # workers/training/model/drift_scoring.py
 DRIFT_POLICY_KL = Gauge(
     "rlhf_drift_policy_kl_nats", "Mean sequence KL of the active adapter from the base model: "
     "live responses vs its evaluation at promotion.", ["source"], multiprocess_mode="mostrecent",
-)  # workers/training/drift_model.py
+)  # workers/training/model/drift_scoring.py
 DRIFT_SAMPLE = Gauge(
     "rlhf_drift_sample_size", "Live items the latest drift check used, by check.", ["check"],
     multiprocess_mode="mostrecent",
-)  # workers/monitoring/drift.py, workers/training/drift_model.py
+)  # workers/monitoring/drift.py, workers/training/model/drift_scoring.py
 DRIFT_CHECKS = Counter(
     "rlhf_drift_checks_total", "Drift checks run, by check and outcome (computed, or skipped: no reference).",
     ["check", "outcome"],
-)  # workers/monitoring/drift.py, workers/training/drift_model.py
+)  # workers/monitoring/drift.py, workers/training/model/drift_scoring.py
 DRIFT_LAST_SUCCESS = Gauge(
     "rlhf_drift_last_success_timestamp_seconds", "When each drift check last computed its gauges.", ["check"],
     multiprocess_mode="max",
-)  # workers/monitoring/drift.py, workers/training/drift_model.py
+)  # workers/monitoring/drift.py, workers/training/model/drift_scoring.py
 DRIFT_CHECK_NAMES = ("prompt", "feedback", "model")
 for _check in DRIFT_CHECK_NAMES:
     for _outcome in ("computed", "skipped"):

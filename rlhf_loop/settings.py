@@ -143,7 +143,7 @@ class ApiSettings(_Group):
 
 
 class RuntimeSettings(_Group):
-    """The model runtime inside the API."""
+    """The in-process engine inside the API (threads, batching)."""
 
     max_batch_size: int = Field(16, ge=1, le=256)
     """Most /generate requests run together in one micro-batch."""

@@ -75,7 +75,7 @@ class Response(Base):
     prompt_hash: Mapped[str] = mapped_column(String(32), index=True)
     response: Mapped[str] = mapped_column(Text)
     text_key: Mapped[str] = mapped_column(String(16), server_default="")
-    """A digest of ``response`` (workers.aggregator.pairs.text_key): ranks tied pairs without reading the text."""
+    """A digest of ``response`` (rlhf_loop.preferences.pairs.text_key): ranks tied pairs without reading the text."""
     adapter_id: Mapped[str] = mapped_column(String(64), index=True)
     base_model: Mapped[str] = mapped_column(String(512))
     sampling: Mapped[dict[str, Any]] = mapped_column(Json)

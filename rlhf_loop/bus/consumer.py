@@ -3,7 +3,7 @@
 Contract:
 - One poll is one batch. ``handler(records)`` does the batch's work (one DB transaction) and
   returns; only then may the batch's offsets be committed (when, the CommitPolicy says). If the
-  handler raises, nothing of the batch is committed and the exception ends :meth:`run`: the batch
+  handler raises, nothing of the batch is committed and the exception ends :meth:`consume`: the batch
   is redelivered to whoever owns the partitions next (at-least-once; idempotent writes make that
   harmless).
 - A message that does not decode to a known event version goes to the dead-letter topic with the
@@ -121,7 +121,7 @@ class BatchConsumer:
         self.stopping = threading.Event()
         consumer.subscribe([self._prefix + t for t in topics], listener=_Listener(self))
 
-    def run(self) -> None:
+    def consume(self) -> None:
         """Process batches until :attr:`stopping` is set; raises what the handler raises, or DeadLetterLimit."""
         while not self.stopping.is_set():
             self.poll_once()

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_loop.generation import BASE, GenerationRequest
-from rlhf_loop.models.engine import GenerationEngine
+from rlhf_loop.models.generator import BatchGenerator
 from rlhf_loop.settings import ModelSettings
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     Prompts are left-padded into one batch."""
     if not prompts:
         return []
-    engine = GenerationEngine(model, tokenizer, device=str(next(model.parameters()).device))
+    engine = BatchGenerator(model, tokenizer, device=str(next(model.parameters()).device))
     requests = [
         GenerationRequest(p, adapter_id=adapter_id, temperature=temperature, top_p=top_p,
                           max_new_tokens=max_new_tokens, seed=seed + i)

@@ -1,6 +1,6 @@
 """The inference API: ``create_app(settings)``. One lifespan builds everything the routes use.
 
-Nothing heavy is imported here at module level: the model runtime (torch) is imported inside the
+Nothing heavy is imported here at module level: the in-process engine (torch) is imported inside the
 lifespan, so importing this module (tests, tools, OpenAPI export) stays light.
 """
 
@@ -18,10 +18,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rlhf_loop.metrics import REQUEST_DURATION, REQUESTS
 from rlhf_loop.settings import Settings
+from services.inference.body_limit import BodySizeLimit
 from services.inference.errors import install_error_handlers
-from services.inference.limits import BodySizeLimit
-from services.inference.routes import feedback, generate, health
-from services.promotion import page, routes
+from services.inference.routes import approval_page, feedback, generate, health, promotions
 
 if TYPE_CHECKING:
     from services.inference.context import ApiContext
@@ -87,8 +86,7 @@ def create_app(settings: Settings, context: ApiContext | None = None) -> FastAPI
         "review, approve, deploy and roll back adapters (approver keys).",
     )
     install_error_handlers(app)
-    routes.install_promotion_errors(app)
-    for module in (generate, feedback, health, routes, page):
+    for module in (generate, feedback, health, promotions, approval_page):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics)

@@ -17,8 +17,8 @@ from services.inference.ratelimit import RateLimiter
 from services.inference.tokens import TokenKeys
 
 if TYPE_CHECKING:
-    from services.inference.runtime.adapters import AdapterManager
-    from services.inference.runtime.batching import MicroBatcher
+    from services.inference.engines.adapters import AdapterManager
+    from services.inference.engines.batching import MicroBatcher
 
 
 class EventSink(Protocol):

@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from rlhf_loop import metrics as m
 from rlhf_loop.generation import BASE
 from schemas.tables import Adapter, DeploymentPointer
-from services.promotion.service import CHANNEL
+from services.promotion.actions import CHANNEL
 
 if TYPE_CHECKING:
-    from services.inference.runtime.adapters import AdapterManager
+    from services.inference.engines.adapters import AdapterManager
 
 log = logging.getLogger(__name__)
 

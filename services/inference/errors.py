@@ -9,9 +9,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.http import ErrorBody
 from services.inference.auth import AuthError
-from services.inference.limits import BodyTooLarge
-from services.inference.runtime.batching import BatcherStopped
+from services.inference.body_limit import BodyTooLarge
+from services.inference.engines.batching import BatcherStopped
 from services.inference.tokens import TokenExpired, TokenInvalid
+from services.promotion.registry import PromotionError
 
 
 class RateLimited(Exception):
@@ -67,3 +68,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BatcherStopped)
     async def _stopping(_: Request, exc: BatcherStopped) -> JSONResponse:
         return error_response(503, "shutting_down", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(PromotionError)
+    async def _refused(_: Request, exc: PromotionError) -> JSONResponse:
+        return error_response(exc.status, exc.code, str(exc))

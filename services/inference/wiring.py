@@ -1,8 +1,9 @@
-"""Builds the API's context from settings (the lifespan calls this; heavy imports happen here).
+"""Builds the API's context from settings (the lifespan calls this; the in-process engine's heavy imports
+happen when it is built).
 
 Order: database (migrated automatically only in the demo env), API keys, Redis rate limiter,
 event producer with its spool (and the embedded broker when no Kafka is configured), then the
-model runtime with the adapters the deployment pointers name (kept current by a
+in-process engine (model, micro-batcher, adapters) with the adapters the deployment pointers name (kept current by a
 DeploymentWatcher). Shutdown runs in reverse: stop taking
 batches, flush or spool every event, close connections.
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from pathlib import Path
-
 import redis.asyncio as aioredis
 
 from rlhf_loop.bus.producer import EventProducer
@@ -52,38 +51,15 @@ def build_context(settings: Settings) -> ApiContext:
     producer = EventProducer(bootstrap, settings.kafka, spool, settings.spool).start()
     closers.append(producer.close)
 
-    batcher, adapters, base_model = _build_runtime(settings, sessions, closers)
+    from services.inference.engines.inprocess import build_inprocess_engine
+
+    batcher, adapters, base_model = build_inprocess_engine(settings, sessions, closers)
     token = settings.token
     return ApiContext(
         settings=settings, sessions=sessions, keys=KeyCache(sessions, settings.api.key_cache_ttl_s), limiter=limiter,
         token_keys=TokenKeys(token.key_id, {**token.previous, token.key_id: token.secret}), events=producer,
         batcher=batcher, adapters=adapters, base_model=base_model, closers=closers,
     )  # fmt: skip
-
-
-def _build_runtime(settings: Settings, sessions, closers: list):  # noqa: ANN001, ANN202
-    import torch
-
-    from rlhf_loop.models.engine import GenerationEngine
-    from rlhf_loop.models.loading import load_base, resolve_base_model, resolve_device
-    from services.inference.deployment import DeploymentWatcher
-    from services.inference.runtime.adapters import AdapterManager
-    from services.inference.runtime.batching import MicroBatcher
-
-    if settings.runtime.torch_threads:
-        torch.set_num_threads(settings.runtime.torch_threads)
-    path = resolve_base_model(settings.model, progress=False)
-    device = resolve_device(settings.model.device)
-    model, tokenizer = load_base(path, device)
-    engine = GenerationEngine(model, tokenizer, device)
-    batcher = MicroBatcher(engine.generate, settings.runtime.max_batch_size, settings.runtime.max_wait_ms)
-    batcher.start()
-    closers.append(batcher.stop)
-    adapters = AdapterManager(engine, batcher, settings.runtime.adapter_slots)
-    watcher = DeploymentWatcher(sessions, adapters, settings.redis.url, settings.promotion.poll_interval_s).start()
-    closers.append(watcher.stop)
-    log.info("serving %s with adapters %s on %s", path, adapters.routing, device)
-    return batcher, adapters, Path(path).name if not settings.model.base_model else settings.model.base_model
 
 
 async def close_context(ctx: ApiContext) -> None:

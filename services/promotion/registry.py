@@ -2,7 +2,7 @@
 
 Every function takes an open session inside the caller's transaction and locks the rows it changes
 (``SELECT ... FOR UPDATE`` on PostgreSQL), so two approvers or an approver and the canary monitor
-acting at once serialize. Nothing here commits; :mod:`services.promotion.service` commits and then
+acting at once serialize. Nothing here commits; :mod:`services.promotion.actions` commits and then
 tells the API replicas.
 """
 

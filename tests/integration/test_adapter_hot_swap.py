@@ -12,10 +12,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from rlhf_loop.generation import GenerationRequest
-from rlhf_loop.models.engine import GenerationEngine
+from rlhf_loop.models.generator import BatchGenerator
 from rlhf_loop.models.loading import load_base, load_with_adapter
-from services.inference.runtime.adapters import AdapterIncompatible, AdapterManager
-from services.inference.runtime.batching import MicroBatcher
+from services.inference.engines.adapters import AdapterIncompatible, AdapterManager
+from services.inference.engines.batching import MicroBatcher
 
 pytestmark = pytest.mark.integration
 PROMPT = "My order #4821 never arrived, can you help?"
@@ -46,7 +46,7 @@ def adapters(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture
 def runtime(demo_model_dir: Path):  # noqa: ANN201
     model, tokenizer = load_base(demo_model_dir)
-    engine = GenerationEngine(model, tokenizer)
+    engine = BatchGenerator(model, tokenizer)
     batcher = MicroBatcher(engine.generate, max_batch_size=8, max_wait_ms=5)
     batcher.start()
     yield engine, batcher, AdapterManager(engine, batcher, slots=3)
@@ -59,7 +59,7 @@ def test_activated_adapter_serves_what_peft_would(runtime, adapters, demo_model_
     manager.activate("a1", adapters["a1"])
     served = batcher.submit(GenerationRequest(PROMPT, adapter_id="a1", temperature=0.0, max_new_tokens=24)).result(60)
     reference_model, tokenizer = load_with_adapter(demo_model_dir, adapters["a1"])
-    reference = GenerationEngine(reference_model, tokenizer).generate(
+    reference = BatchGenerator(reference_model, tokenizer).generate(
         [GenerationRequest(PROMPT, adapter_id="default", temperature=0.0, max_new_tokens=24)]
     )[0]
     assert served.text == reference.text != base_text

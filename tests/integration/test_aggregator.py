@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, func, select
 from rlhf_loop.bus.broker import EmbeddedBroker
 from rlhf_loop.bus.codec import decode, encode
 from rlhf_loop.db import upgrade
+from rlhf_loop.preferences.pairs import PairRules, Vote, build_pairs, text_key
 from rlhf_loop.settings import DatabaseSettings, KafkaSettings, RedisSettings, Settings
 from rlhf_loop.simulator import Simulator
 from schemas.events import Event, FeedbackGiven, ResponseLogged, SamplingParams, Topics, prompt_hash
@@ -28,7 +29,6 @@ from schemas.tables import Feedback, PreferencePair, Response
 from tests.conftest import REDIS_URL
 from tests.support.processes import ServiceProcess
 from workers.aggregator.main import build
-from workers.aggregator.pairs import PairRules, Vote, build_pairs, text_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

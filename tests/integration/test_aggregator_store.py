@@ -11,10 +11,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.preferences.pairs import build_pairs
 from rlhf_loop.settings import DatabaseSettings
 from schemas.events import FeedbackGiven, ResponseLogged, SamplingParams, prompt_hash
 from schemas.tables import Feedback, PreferencePair, Response
-from workers.aggregator.pairs import build_pairs
 from workers.aggregator.store import (
     insert_responses,
     orphan_feedback,

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf_loop.corpus import CLOSINGS, FILLER, OFF_TOPIC, PRODUCTS, RUDE, TOPICS
 from rlhf_loop.generation import GenerationRequest
 from rlhf_loop.models.demo_kit import MARKER, DemoKitConfig, build_demo_model, is_built
-from rlhf_loop.models.engine import GenerationEngine
+from rlhf_loop.models.generator import BatchGenerator
 from rlhf_loop.models.loading import generate
 from rlhf_loop.simulator import Simulator, features
 
@@ -32,7 +32,7 @@ def samples(demo_model_dir: Path) -> tuple[list[str], list[str], list[int]]:
     model = AutoModelForCausalLM.from_pretrained(demo_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
     prompts = [p.text for p in Simulator(seed=11).sample_prompts(200, random.Random(0))]
-    engine = GenerationEngine(model, tokenizer)
+    engine = BatchGenerator(model, tokenizer)
     outs = engine.generate([GenerationRequest(p, max_new_tokens=96, seed=i) for i, p in enumerate(prompts)])
     return prompts, [o.text for o in outs], [o.completion_tokens for o in outs]
 

@@ -13,13 +13,13 @@ from sqlalchemy.orm import sessionmaker
 
 from rlhf_loop import metrics as m
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
-from rlhf_loop.models.engine import GenerationEngine
+from rlhf_loop.models.generator import BatchGenerator
 from rlhf_loop.models.loading import load_base
 from rlhf_loop.settings import DatabaseSettings
 from schemas.tables import DeploymentPointer
 from services.inference.deployment import DeploymentWatcher
-from services.inference.runtime.adapters import AdapterManager, Routing
-from services.inference.runtime.batching import MicroBatcher
+from services.inference.engines.adapters import AdapterManager, Routing
+from services.inference.engines.batching import MicroBatcher
 from tests.support.adapters import register, taught_adapter
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def sessions(sqlite_url: str) -> Iterator[sessionmaker]:
 @pytest.fixture
 def manager(demo_model_dir: Path) -> Iterator[AdapterManager]:
     model, tokenizer = load_base(demo_model_dir)
-    engine = GenerationEngine(model, tokenizer)
+    engine = BatchGenerator(model, tokenizer)
     batcher = MicroBatcher(engine.generate, max_batch_size=8, max_wait_ms=5)
     batcher.start()
     yield AdapterManager(engine, batcher, slots=3)

@@ -15,13 +15,13 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.preferences.dataset import PairRecord
 from rlhf_loop.settings import DatabaseSettings, MonitoringSettings
 from rlhf_loop.simulator import Simulator
 from schemas.events import prompt_hash
 from schemas.tables import Adapter, DeploymentPointer, Feedback, Response
 from tests.support.training import store_pairs
 from workers.monitoring.drift import record
-from workers.training.dataset import PairRecord
 from workers.training.snapshot import take_snapshot
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ from rlhf_loop.models.loading import load_base
 from rlhf_loop.settings import DatabaseSettings, ModelSettings, MonitoringSettings, Settings
 from schemas.tables import Adapter, DeploymentPointer, Response, TrainingRun
 from workers.training.config import TrainConfig
-from workers.training.encoding import Encoder
-from workers.training.reward import RewardResult, save_reward, scores
-from workers.training.roles import POLICY, REWARD, ScalarHead, hidden_size
-from workers.training.trainer import REWARD_DIR, build_model, lora_config
+from workers.training.model.encoding import Encoder
+from workers.training.model.reward import RewardResult, save_reward, scores
+from workers.training.model.roles import POLICY, REWARD, ScalarHead, hidden_size
+from workers.training.model.trainer import REWARD_DIR, build_model, lora_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CFG = TrainConfig()
@@ -65,7 +65,7 @@ def sequence_kl(base: str, adapter: Path) -> list[float]:
 
 
 def reward_scores(base: str, adapter: Path, reward_dir: Path) -> list[float]:
-    from workers.training.reward import load_reward
+    from workers.training.model.reward import load_reward
 
     model, tok = build_model(base, CFG, "cpu", adapter)
     head = ScalarHead(hidden_size(model))
@@ -78,7 +78,7 @@ def reward_scores(base: str, adapter: Path, reward_dir: Path) -> list[float]:
 @pytest.mark.parametrize("perturb", [False, True])
 def test_model_drift_matches_an_independent_computation(perturb: bool, demo_model_dir: Path, pg_url: str,
                                                         tmp_path: Path) -> None:  # fmt: skip
-    from workers.training.drift_model import record
+    from workers.training.model.drift_scoring import record
 
     base = str(demo_model_dir)
     run_id = f"run-{uuid.uuid4().hex[:8]}"

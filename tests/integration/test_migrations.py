@@ -13,9 +13,9 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from rlhf_loop.db import downgrade, make_engine, make_sessionmaker, upgrade
+from rlhf_loop.preferences.pairs import text_key
 from rlhf_loop.settings import DatabaseSettings
 from schemas.tables import Base, Feedback, Response
-from workers.aggregator.pairs import text_key
 
 pytestmark = pytest.mark.integration
 

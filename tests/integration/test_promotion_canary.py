@@ -21,12 +21,12 @@ from rlhf_loop.bus.broker import EmbeddedBroker
 from rlhf_loop.settings import KafkaSettings, PromotionSettings
 from rlhf_loop.simulator import Simulator
 from schemas.tables import Adapter, DeploymentPointer, Feedback, PromotionAudit
-from services.promotion.service import Promotions
+from services.promotion.actions import Promotions
 from tests.conftest import REDIS_URL
 from tests.integration.test_aggregator import aggregator_process, wait_for
 from tests.support.adapters import register, taught_adapter
 from tests.support.api import Api, start_api
-from workers.training.synthetic import distinct_prompts
+from workers.training.model.synthetic import distinct_prompts
 
 pytestmark = pytest.mark.integration
 CANARY = PromotionSettings(canary_share=0.5, canary_min_samples=60, canary_promote_samples=100, canary_alpha=0.01)

@@ -22,7 +22,7 @@ from schemas.tables import PromotionAudit
 from tests.conftest import REDIS_URL
 from tests.support.adapters import register, taught_adapter
 from tests.support.api import Api, cli, start_api
-from workers.training.synthetic import distinct_prompts
+from workers.training.model.synthetic import distinct_prompts
 
 pytestmark = pytest.mark.integration
 SWAP_DEADLINE_S = 2.0

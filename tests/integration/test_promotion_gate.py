@@ -16,13 +16,13 @@ from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
 from rlhf_loop.settings import DatabaseSettings, PromotionSettings, Settings
 from rlhf_loop.simulator import Simulator
 from schemas.tables import Adapter, DeploymentPointer, PromotionAudit
+from services.promotion.actions import Promotions
 from services.promotion.registry import Actor, Conflict
-from services.promotion.service import Promotions
 from tests.support.adapters import register, taught_adapter
 from tests.support.training import store_pairs
-from workers.training.gating import gate_candidate
+from workers.training.model.gate_measurements import gate_candidate
+from workers.training.model.synthetic import distinct_prompts, simulated_pairs
 from workers.training.pipeline import create_run, run, run_config
-from workers.training.synthetic import distinct_prompts, simulated_pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HYPER = {"reward": {"epochs": 2}, "ppo": {"episodes": 384, "checkpoint_every": 100}}

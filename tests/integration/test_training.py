@@ -14,8 +14,8 @@ from rlhf_loop.models.loading import generate, load_base, load_with_adapter
 from rlhf_loop.simulator import Simulator, mean_score
 from workers.training.config import PPOConfig, RewardConfig, TrainConfig
 from workers.training.dataset import Dataset, make_dataset
-from workers.training.synthetic import distinct_prompts, simulated_pairs
-from workers.training.trainer import TrainResult, train
+from workers.training.model.synthetic import distinct_prompts, simulated_pairs
+from workers.training.model.trainer import TrainResult, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,11 +76,11 @@ def test_the_adapter_loads_with_peft_and_generates(demo_model_dir: Path, trained
 
 
 def test_only_lora_weights_change(demo_model_dir: Path, dataset: Dataset, trained: Trained) -> None:
-    from workers.training.encoding import Encoder
-    from workers.training.ppo import PPOTrainer, RewardNorm
-    from workers.training.reward import load_reward
-    from workers.training.roles import ScalarHead, hidden_size
-    from workers.training.trainer import build_model
+    from workers.training.model.encoding import Encoder
+    from workers.training.model.ppo import PPOTrainer, RewardNorm
+    from workers.training.model.reward import load_reward
+    from workers.training.model.roles import ScalarHead, hidden_size
+    from workers.training.model.trainer import build_model
 
     model, tokenizer = build_model(str(demo_model_dir), CFG, "cpu", None)
     head = ScalarHead(hidden_size(model))
@@ -123,7 +123,7 @@ def test_a_parent_adapter_of_another_base_model_is_refused(demo_model_dir: Path,
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from workers.training.errors import BaseModelMismatch
-    from workers.training.trainer import build_model, lora_config
+    from workers.training.model.trainer import build_model, lora_config
 
     other = GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=128, n_embd=64, n_layer=2, n_head=4))
     get_peft_model(other, lora_config(CFG.ppo.lora)).save_pretrained(str(tmp_path / "foreign"))
@@ -134,8 +134,8 @@ def test_a_parent_adapter_of_another_base_model_is_refused(demo_model_dir: Path,
 def test_last_hidden_matches_the_full_forward_pass_for_each_role(demo_model_dir: Path) -> None:
     """The trunk-only pass the reward model uses gives the full model's last hidden states, for the
     active adapter, with adapters disabled, and (through the full model) for another adapter."""
-    from workers.training.roles import POLICY, REWARD, last_hidden, pack, run
-    from workers.training.trainer import build_model, lora_config
+    from workers.training.model.roles import POLICY, REWARD, last_hidden, pack, run
+    from workers.training.model.trainer import build_model, lora_config
 
     cfg = TrainConfig()
     torch.manual_seed(0)
@@ -155,9 +155,9 @@ def test_last_hidden_matches_the_full_forward_pass_for_each_role(demo_model_dir:
 
 def _fresh_reward_model(demo_model_dir: Path):  # noqa: ANN202 - (PeftModel, Encoder, ScalarHead)
     """The demo model with a fresh, active ``reward`` adapter and a randomly initialised head."""
-    from workers.training.encoding import Encoder
-    from workers.training.roles import REWARD, ScalarHead, hidden_size
-    from workers.training.trainer import build_model, lora_config
+    from workers.training.model.encoding import Encoder
+    from workers.training.model.roles import REWARD, ScalarHead, hidden_size
+    from workers.training.model.trainer import build_model, lora_config
 
     cfg = TrainConfig()
     torch.manual_seed(0)
@@ -170,8 +170,8 @@ def _fresh_reward_model(demo_model_dir: Path):  # noqa: ANN202 - (PeftModel, Enc
 def test_reward_scores_do_not_depend_on_the_padding_layout(demo_model_dir: Path) -> None:
     """The reward model packs whole sequences right-padded; generation's layout (left-padded prompt
     block, then responses) gives the same scores."""
-    from workers.training.reward import scores
-    from workers.training.roles import REWARD, last_hidden, pack, sequence_scores
+    from workers.training.model.reward import scores
+    from workers.training.model.roles import REWARD, last_hidden, pack, sequence_scores
 
     model, enc, head = _fresh_reward_model(demo_model_dir)
     items = [("Where is my order?", "It ships today."), ("Hi", "Hello! How can I help you with your order today?"),
@@ -186,10 +186,10 @@ def test_reward_scores_do_not_depend_on_the_padding_layout(demo_model_dir: Path)
 def test_a_batch_scores_each_shared_response_once_with_the_same_loss(demo_model_dir: Path) -> None:
     """Pairs of one prompt share responses; the step scores each distinct sequence once, and its loss
     (and gradient) equal those of scoring both sides of every pair separately."""
-    from workers.training.dataset import PairRecord
-    from workers.training.losses import bradley_terry_loss
-    from workers.training.reward import Tokens, _pack_texts, _step_loss
-    from workers.training.roles import REWARD, last_hidden, sequence_scores
+    from rlhf_loop.preferences.dataset import PairRecord
+    from workers.training.model.losses import bradley_terry_loss
+    from workers.training.model.reward import Tokens, _pack_texts, _step_loss
+    from workers.training.model.roles import REWARD, last_hidden, sequence_scores
 
     model, enc, head = _fresh_reward_model(demo_model_dir)
     a, b, c = "It ships today.", "No idea, sorry.", "Ugh, again?"

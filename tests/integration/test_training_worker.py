@@ -29,8 +29,8 @@ from tests.conftest import REDIS_URL
 from tests.support.processes import ServiceProcess, free_port
 from tests.support.training import store_pairs
 from workers.training.celery_app import RETRAIN, make_celery
+from workers.training.model.synthetic import distinct_prompts, simulated_pairs
 from workers.training.pipeline import create_run, run_config
-from workers.training.synthetic import distinct_prompts, simulated_pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,10 +20,10 @@ def taught_adapter(base_dir: Path, out: Path, answer: str, prompts: list[str], s
 
     from rlhf_loop.models.loading import load_base
     from workers.training.config import PPOConfig
-    from workers.training.encoding import Encoder
-    from workers.training.losses import token_logprobs
-    from workers.training.roles import POLICY, pack, run
-    from workers.training.trainer import lora_config
+    from workers.training.model.encoding import Encoder
+    from workers.training.model.losses import token_logprobs
+    from workers.training.model.roles import POLICY, forward, pack
+    from workers.training.model.trainer import lora_config
 
     torch.manual_seed(seed)
     base, tokenizer = load_base(base_dir)
@@ -34,7 +34,7 @@ def taught_adapter(base_dir: Path, out: Path, answer: str, prompts: list[str], s
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     model.train()
     for _ in range(steps):
-        logprobs = token_logprobs(run(model, packed, POLICY)[0], packed.tokens)  # (B, R)
+        logprobs = token_logprobs(forward(model, packed, POLICY)[0], packed.tokens)  # (B, R)
         loss = -(logprobs * packed.resp_mask).sum() / packed.resp_mask.sum()
         optimizer.zero_grad()
         loss.backward()

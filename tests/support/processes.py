@@ -18,7 +18,7 @@ __all__ = ["ServiceProcess", "free_port"]
 
 
 class ServiceProcess:
-    """``python -m rlhf_loop.cli ARGS`` in a child process with ``env`` added to the environment."""
+    """``python -m rlhf_loop ARGS`` in a child process with ``env`` added to the environment."""
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.args = args

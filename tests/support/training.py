@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
+from rlhf_loop.preferences.dataset import PairRecord
+from rlhf_loop.preferences.pairs import pair_key
 from schemas.events import prompt_hash
 from schemas.tables import PreferencePair, Response
-from workers.aggregator.pairs import pair_key
-from workers.training.dataset import PairRecord
 
 
 def store_pairs(session: Session, pairs: list[PairRecord]) -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.inference.runtime.batching import BatcherStopped, MicroBatcher
+from services.inference.engines.batching import BatcherStopped, MicroBatcher
 
 
 def _echo_batches(seen: list[list[int]]):  # noqa: ANN202

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from workers.training.losses import (
+from workers.training.model.losses import (
     AdaptiveKL,
     bradley_terry_loss,
     gae,
@@ -91,8 +91,8 @@ def test_adaptive_kl_moves_toward_the_target_by_at_most_twenty_percent() -> None
 def test_group_batches_keep_a_prompts_pairs_together_and_use_each_pair_once() -> None:
     import random
 
-    from workers.training.dataset import PairRecord
-    from workers.training.reward import group_batches
+    from rlhf_loop.preferences.dataset import PairRecord
+    from workers.training.model.reward import group_batches
 
     pairs = [PairRecord(f"p{g}", f"c{g}-{k}", f"r{g}-{k}") for g in range(7) for k in range(g % 3 + 1)]
     batches = group_batches(pairs, 4, random.Random(0))

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.aggregator.pairs import PairRules, Vote, build_pairs, labels, text_key
+from rlhf_loop.preferences.pairs import PairRules, Vote, build_pairs, labels, text_key
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PH = "a" * 32

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_loop.settings import PromotionSettings
-from services.inference.runtime.adapters import Routing, in_canary
+from services.inference.engines.adapters import Routing, in_canary
 from services.promotion.canary import Arm, judge, p_worse
 from services.promotion.gate import BadGolden, GoldenCase, Measurements, decide, load_golden, repetition
 from services.promotion.states import TRANSITIONS, IllegalTransition, State, check_transition
@@ -148,7 +148,7 @@ def test_canary_routing_is_stable_and_takes_its_share() -> None:
 
 
 def test_target_modules_match_as_peft_matches_them() -> None:
-    from services.inference.runtime.adapters import AdapterIncompatible, check_compatible
+    from services.inference.engines.adapters import AdapterIncompatible, check_compatible
 
     names = {"transformer", "transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc", "lm_head"}
     for targets in (["c_attn"], ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc"], "c_fc"):

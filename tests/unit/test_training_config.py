@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_loop.preferences.dataset import DatasetError, PairRecord, read_pairs, read_prompts, split, write_pairs
 from workers.training.config import PPOConfig, RewardConfig, TrainConfig
-from workers.training.dataset import PairRecord, make_dataset, read_pairs, read_prompts, split, write_pairs
-from workers.training.errors import BadConfig, NotEnoughPairs, TrainingError
+from workers.training.dataset import make_dataset
+from workers.training.errors import BadConfig, NotEnoughPairs
 
 
 def test_bad_values_name_the_field() -> None:
@@ -50,10 +51,10 @@ def test_files_round_trip_and_bad_lines_name_the_line(tmp_path: Path) -> None:
     write_pairs(tmp_path / "p.jsonl", _pairs(3))
     assert read_pairs(tmp_path / "p.jsonl") == _pairs(3)
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a"}\n')
-    with pytest.raises(TrainingError, match=r"bad.jsonl:2"):
+    with pytest.raises(DatasetError, match=r"bad.jsonl:2"):
         read_pairs(tmp_path / "bad.jsonl")
     (tmp_path / "q.jsonl").write_text('{"prompt": "hi"}\nnot json\n')
-    with pytest.raises(TrainingError, match=r"q.jsonl:2: not JSON"):
+    with pytest.raises(DatasetError, match=r"q.jsonl:2: not JSON"):
         read_prompts(tmp_path / "q.jsonl")
-    with pytest.raises(TrainingError, match="cannot read"):
+    with pytest.raises(DatasetError, match="cannot read"):
         read_pairs(tmp_path / "missing.jsonl")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from rlhf_loop.preferences.pairs import PairRules
 from workers.aggregator.handler import rederive
-from workers.aggregator.pairs import PairRules
 from workers.aggregator.store import delete_user_data
 
 

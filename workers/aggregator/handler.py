@@ -29,8 +29,9 @@ from rlhf_loop.metrics import (
     ORPHAN_FEEDBACK_DROPPED,
     PAIRS_BUILT,
 )
+from rlhf_loop.preferences.pairs import PairRules, build_pairs
 from schemas.events import FeedbackGiven, ResponseLogged
-from workers.aggregator.pairs import PairRules, build_pairs
+from workers.aggregator.hot_state import HotState
 from workers.aggregator.store import (
     insert_responses,
     orphan_feedback,
@@ -38,7 +39,6 @@ from workers.aggregator.store import (
     upsert_feedback,
     votes_by_group,
 )
-from workers.aggregator.window import HotState
 
 log = logging.getLogger(__name__)
 REFUSED_DATA = (DataError, IntegrityError)

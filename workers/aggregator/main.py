@@ -10,11 +10,11 @@ import redis
 
 from rlhf_loop.bus.consumer import BatchConsumer, make_consumer, make_dead_letter_producer
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.preferences.pairs import PairRules
 from rlhf_loop.settings import Settings
 from schemas.events import Topics
 from workers.aggregator.handler import AggregatorHandler
-from workers.aggregator.pairs import PairRules
-from workers.aggregator.window import HotState
+from workers.aggregator.hot_state import HotState
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def build(settings: Settings) -> BatchConsumer:
                          make_dead_letter_producer(bootstrap, settings.kafka), settings.kafka)  # fmt: skip
 
 
-def run(settings: Settings) -> None:
+def run_aggregator(settings: Settings) -> None:
     """Consume until SIGTERM/SIGINT; then finish the batch in hand, commit it and leave the group. Serves
     /metrics on ``monitoring.aggregator_metrics_port`` (bound to ``api.host``) meanwhile."""
     consumer = build(settings)
@@ -50,6 +50,6 @@ def run(settings: Settings) -> None:
         signal.signal(sig, lambda *_: consumer.stopping.set())
     log.info("aggregating %s into %s", settings.kafka.bootstrap_servers, settings.database.url.split("@")[-1])
     try:
-        consumer.run()
+        consumer.consume()
     finally:
         consumer.close()

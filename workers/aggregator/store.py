@@ -16,9 +16,9 @@ from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from rlhf_loop.preferences.pairs import Pair, Vote, text_key
 from schemas.events import FeedbackGiven, ResponseLogged
 from schemas.tables import Feedback, PreferencePair, Response
-from workers.aggregator.pairs import Pair, Vote, text_key
 
 
 def _insert(session: Session, mapped):  # noqa: ANN001, ANN202 - a dialect insert construct

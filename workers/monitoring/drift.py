@@ -23,11 +23,10 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from rlhf_loop import metrics as m
+from rlhf_loop.preferences.dataset import PAIRS_FILE, read_pairs
 from rlhf_loop.settings import MonitoringSettings
 from schemas.tables import Adapter, DatasetSnapshot, DeploymentPointer, Feedback, Response
 from workers.monitoring.features import FEATURES, histograms, psi
-from workers.training.dataset import read_pairs
-from workers.training.snapshot import PAIRS_FILE
 
 log = logging.getLogger(__name__)
 NAN = float("nan")

@@ -5,7 +5,7 @@ evaluation) -> candidate adapter registered with metrics and lineage. Idempotent
 - a running run whose worker reported within ``lease_s`` belongs to that worker (:class:`RunBusy`);
 - anything else (queued, or running with a stale heartbeat: its worker died) is started or resumed
   from what the work directory holds (snapshot row, reward model, PPO checkpoint).
-A TrainingError fails the run with its message on the record and registers nothing.
+A TrainingError (or a DatasetError: an unreadable data file) fails the run with its message on the record and registers nothing.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rlhf_loop import metrics as m
+from rlhf_loop.preferences.dataset import DatasetError
 from rlhf_loop.settings import Settings
 from schemas.tables import Adapter, DatasetSnapshot, DeploymentPointer, TrainingRun
 from workers.training.config import TrainConfig
 from workers.training.errors import BaseModelMismatch, RunGone, TrainingError
 
 if TYPE_CHECKING:
-    from workers.training.trainer import Report
+    from workers.training.model.trainer import Report
 
 HEARTBEAT_EVERY_S = 2.0
 
@@ -133,7 +134,7 @@ def run(settings: Settings, sessions: sessionmaker[Session], run_id: str, base_m
     progress = _Progress(sessions, run_id, report)
     try:
         adapter_id = _run_stages(settings, sessions, run_row, base_model, progress)
-    except TrainingError as e:
+    except (TrainingError, DatasetError) as e:
         _finish(sessions, run_id, "failed", error=f"{type(e).__name__}: {e}")
         return None
     progress.finish()
@@ -144,8 +145,8 @@ def run(settings: Settings, sessions: sessionmaker[Session], run_id: str, base_m
 def _run_stages(settings: Settings, sessions: sessionmaker[Session], run_row: TrainingRun, base_model: str,
                 progress: _Progress) -> str:  # fmt: skip
     from workers.training.dataset import make_dataset
+    from workers.training.model.trainer import train
     from workers.training.snapshot import load_snapshot, take_snapshot
-    from workers.training.trainer import train
 
     cfg = TrainConfig.from_dict(run_row.config)
     progress.enter("snapshot")

@@ -11,10 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from rlhf_loop.artifacts import write_dir_atomic
+from rlhf_loop.preferences.dataset import PAIRS_FILE, PairRecord, is_heldout, read_pairs, write_pairs
 from schemas.tables import DatasetSnapshot, PreferencePair, Response
-from workers.training.dataset import PairRecord, is_heldout, read_pairs, write_pairs
-
-PAIRS_FILE = "pairs.jsonl"
 
 
 def current_pairs(session: Session) -> tuple[list[PairRecord], int]:

@@ -54,7 +54,7 @@ def retrain(self, run_id: str) -> str | None:  # noqa: ANN001 - the bound task
 def gate(adapter_id: str) -> str:
     """Gate a candidate against the active adapter; returns its state afterwards (idempotent)."""
     from rlhf_loop.models.loading import resolve_base_model
-    from workers.training.gating import gate_candidate
+    from workers.training.model.gate_measurements import gate_candidate
 
     settings = get_settings()
     return gate_candidate(settings, _sessions(), adapter_id, resolve_base_model(settings.model, progress=False))
@@ -63,7 +63,7 @@ def gate(adapter_id: str) -> str:
 @app.task(name=WATCH_CANARY)
 def watch_canary() -> dict:
     """Celery beat: judge the running canary from SQL feedback; roll it back or promote it."""
-    from services.promotion.service import Promotions
+    from services.promotion.actions import Promotions
 
     settings = get_settings()
     verdict = Promotions(_sessions(), settings.promotion, settings.redis.url).watch_canary()
@@ -106,7 +106,7 @@ def check_drift() -> dict[str, float] | None:
 def check_model_drift() -> dict[str, float] | None:
     """Celery beat (``gpu`` queue): reward-score drift and policy KL of the active adapter on live responses."""
     from rlhf_loop.models.loading import resolve_base_model
-    from workers.training.drift_model import record
+    from workers.training.model.drift_scoring import record
 
     settings = get_settings()
     drift = record(settings, _sessions(), resolve_base_model(settings.model, progress=False))

@@ -22,7 +22,7 @@ BACKFILL_ROWS = 5_000
 def upgrade() -> None:
     with op.batch_alter_table("responses") as batch:
         batch.add_column(sa.Column("text_key", sa.String(length=16), server_default="", nullable=False))
-    # stored rows get the digest the aggregator writes (workers.aggregator.pairs.text_key), in chunks
+    # stored rows get the digest the aggregator writes (rlhf_loop.preferences.pairs.text_key), in chunks
     conn = op.get_bind()
     responses = sa.table("responses", sa.column("id", sa.BigInteger), sa.column("response", sa.Text),
                          sa.column("text_key", sa.String))  # fmt: skip

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rlhf_loop.preferences.dataset import PairRecord
 from workers.training.config import RewardConfig
-from workers.training.dataset import PairRecord
-from workers.training.encoding import Encoder
-from workers.training.losses import bradley_terry_loss
-from workers.training.roles import REWARD, Packed, ScalarHead, last_hidden, pack, sequence_scores
+from workers.training.model.encoding import Encoder
+from workers.training.model.losses import bradley_terry_loss
+from workers.training.model.roles import REWARD, Packed, ScalarHead, last_hidden, pack, sequence_scores
 
 if TYPE_CHECKING:
     from peft import PeftModel

@@ -20,18 +20,18 @@ from rlhf_loop.generation import BASE, GenerationRequest
 from rlhf_loop.models.loading import load_base, resolve_device
 from rlhf_loop.settings import Settings
 from schemas.tables import Adapter, DatasetSnapshot, DeploymentPointer, TrainingRun
+from services.promotion.actions import Promotions
 from services.promotion.gate import GoldenCase, Measurements, decide, load_golden
-from services.promotion.service import Promotions
 from services.promotion.states import State
 from workers.training.config import TrainConfig
 from workers.training.dataset import make_dataset
-from workers.training.encoding import Encoder
-from workers.training.evaluate import compare
-from workers.training.ppo import PPOTrainer, RewardNorm
-from workers.training.reward import accuracy, load_reward
-from workers.training.roles import POLICY, REWARD, ScalarHead, hidden_size
+from workers.training.model.encoding import Encoder
+from workers.training.model.evaluate import compare
+from workers.training.model.ppo import PPOTrainer, RewardNorm
+from workers.training.model.reward import accuracy, load_reward
+from workers.training.model.roles import POLICY, REWARD, ScalarHead, hidden_size
+from workers.training.model.trainer import REWARD_DIR
 from workers.training.snapshot import load_snapshot
-from workers.training.trainer import REWARD_DIR
 
 GATE_SEED = 7_654_321
 ACTIVE_SLOT = "active"

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from rlhf_loop.generation import GenerationRequest
-from rlhf_loop.models.engine import GenerationEngine
+from rlhf_loop.models.generator import BatchGenerator
 from workers.training.config import PPOConfig
-from workers.training.encoding import Encoder
-from workers.training.losses import (
+from workers.training.model.encoding import Encoder
+from workers.training.model.losses import (
     AdaptiveKL,
     gae,
     kl_rewards,
@@ -35,15 +35,15 @@ from workers.training.losses import (
     token_logprobs,
     value_loss,
 )  # fmt: skip
-from workers.training.roles import (
+from workers.training.model.roles import (
     POLICY,
     REWARD,
     Packed,
     ScalarHead,
+    forward,
     last_hidden,
     pack,
     response_values,
-    run,
     sequence_scores,
 )
 
@@ -102,7 +102,7 @@ class PPOTrainer:
             p.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self.kl = AdaptiveKL(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
-        self.engine = GenerationEngine(model, enc.tokenizer, device=device)
+        self.engine = BatchGenerator(model, enc.tokenizer, device=device)
         self.step = 0
 
     def prompts_for(self, step: int, prompts: list[str]) -> list[str]:
@@ -138,18 +138,18 @@ class PPOTrainer:
     @torch.no_grad()
     def kl_vs_reference(self, packed: Packed) -> torch.Tensor:
         """Sequence KL estimate sum_t (log pi - log ref) of the sampled responses: (B,)."""
-        logprobs = token_logprobs(run(self.model, packed, POLICY)[0], packed.tokens)
-        ref_logprobs = token_logprobs(run(self.model, packed, None)[0], packed.tokens)
+        logprobs = token_logprobs(forward(self.model, packed, POLICY)[0], packed.tokens)
+        ref_logprobs = token_logprobs(forward(self.model, packed, None)[0], packed.tokens)
         return ((logprobs - ref_logprobs) * packed.resp_mask).sum(1)
 
     @torch.no_grad()
     def rollout(self, prompts: list[str], seed: int) -> Rollout:
         cfg = self.cfg
         packed, _, tokens_per_s = self.sample(prompts, seed)
-        logits, hidden = run(self.model, packed, POLICY)
+        logits, hidden = forward(self.model, packed, POLICY)
         logprobs = token_logprobs(logits, packed.tokens)  # (B, R)
         values = response_values(self.value_head, hidden, packed) * packed.resp_mask  # (B, R)
-        ref_logprobs = token_logprobs(run(self.model, packed, None)[0], packed.tokens)  # (B, R)
+        ref_logprobs = token_logprobs(forward(self.model, packed, None)[0], packed.tokens)  # (B, R)
         scores = self.score(packed)  # (B,)
         rewards, kl = kl_rewards(logprobs, ref_logprobs, scores, packed.resp_mask, self.kl.value)
         advantages, returns = gae(rewards, values, packed.resp_mask, cfg.gamma, cfg.lam)
@@ -190,7 +190,7 @@ class PPOTrainer:
     def _micro_loss(self, ro: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         p = ro.packed
         sub = Packed(p.ids[rows], p.mask[rows], p.positions[rows], p.tokens[rows], p.resp_mask[rows], p.width)
-        logits, hidden = run(self.model, sub, POLICY)
+        logits, hidden = forward(self.model, sub, POLICY)
         logprobs = token_logprobs(logits, sub.tokens)  # (b, R)
         values = response_values(self.value_head, hidden.detach(), sub)  # (b, R); the value loss leaves the LoRA alone
         pg, clip_frac, approx_kl = policy_loss(logprobs, ro.logprobs[rows], ro.advantages[rows], sub.resp_mask,

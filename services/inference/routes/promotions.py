@@ -11,8 +11,7 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Path, Query
 
 from schemas.http import (
     AdapterDetail,
@@ -24,12 +23,12 @@ from schemas.http import (
     PromotionResult,
     RollbackResult,
 )
+from services.inference import adapter_views as views
 from services.inference.auth import Principal
 from services.inference.context import ApiContext
 from services.inference.deps import ApproverKey, CtxDep
-from services.promotion import views
-from services.promotion.registry import Actor, PromotionError
-from services.promotion.service import Promotions
+from services.promotion.actions import Promotions
+from services.promotion.registry import Actor
 from services.promotion.states import State
 
 router = APIRouter(prefix="/v1", tags=["promotion"])
@@ -114,8 +113,3 @@ async def rollback(body: Decision, ctx: CtxDep, principal: ApproverKey, service:
     return RollbackResult(rolled_back=outcome["rolled_back"], role=outcome["role"],
                           deployment=await _read(ctx, views.deployment))  # fmt: skip
 
-
-def install_promotion_errors(app: FastAPI) -> None:
-    @app.exception_handler(PromotionError)
-    async def _refused(_: Request, exc: PromotionError) -> JSONResponse:
-        return JSONResponse(ErrorBody(code=exc.code, message=str(exc)).model_dump(), status_code=exc.status)

@@ -28,11 +28,20 @@ from rlhf_loop.settings import Settings
 from schemas.tables import Response, TrainingRun
 from workers.monitoring.drift import active_adapter
 from workers.training.config import TrainConfig
-from workers.training.encoding import Encoder
-from workers.training.losses import token_logprobs
-from workers.training.reward import load_reward
-from workers.training.roles import POLICY, REWARD, ScalarHead, hidden_size, last_hidden, pack, run, sequence_scores
-from workers.training.trainer import REWARD_DIR, build_model
+from workers.training.model.encoding import Encoder
+from workers.training.model.losses import token_logprobs
+from workers.training.model.reward import load_reward
+from workers.training.model.roles import (
+    POLICY,
+    REWARD,
+    ScalarHead,
+    forward,
+    hidden_size,
+    last_hidden,
+    pack,
+    sequence_scores,
+)
+from workers.training.model.trainer import REWARD_DIR, build_model
 
 BATCH = 16
 
@@ -87,8 +96,8 @@ class Scorer:
             raw = sequence_scores(self.head, hidden, packed)  # (B,)
             truncated = torch.tensor([s.truncated for s in chunk], device=raw.device)
             scores.append(((raw - self.mean) / self.std - self.penalty * truncated.float()).cpu())
-            policy = token_logprobs(run(self.model, packed, POLICY)[0], packed.tokens)  # (B, R)
-            base = token_logprobs(run(self.model, packed, None)[0], packed.tokens)  # (B, R)
+            policy = token_logprobs(forward(self.model, packed, POLICY)[0], packed.tokens)  # (B, R)
+            base = token_logprobs(forward(self.model, packed, None)[0], packed.tokens)  # (B, R)
             kls.append(((policy - base) * packed.resp_mask).sum(1).cpu())
         return torch.cat(scores), torch.cat(kls)
 

@@ -24,12 +24,12 @@ from rlhf_loop.artifacts import dir_sha256, sweep_temp, write_dir_atomic
 from rlhf_loop.models.loading import load_base, resolve_device
 from workers.training.config import LoraShape, TrainConfig
 from workers.training.dataset import Dataset
-from workers.training.encoding import Encoder
 from workers.training.errors import BaseModelMismatch
-from workers.training.evaluate import evaluate
-from workers.training.ppo import PPOTrainer, RewardNorm, StepStats, train_ppo
-from workers.training.reward import accuracy, load_reward, save_reward, train_reward
-from workers.training.roles import POLICY, REWARD, ScalarHead, hidden_size
+from workers.training.model.encoding import Encoder
+from workers.training.model.evaluate import evaluate
+from workers.training.model.ppo import PPOTrainer, RewardNorm, StepStats, train_ppo
+from workers.training.model.reward import accuracy, load_reward, save_reward, train_reward
+from workers.training.model.roles import POLICY, REWARD, ScalarHead, hidden_size
 
 Report = Callable[[str, int, int, dict[str, float]], None]
 """``report(stage, step, total, values)``: progress of a stage (steps done of total) with its latest figures."""
@@ -132,7 +132,8 @@ def train_files(base_model: str, pairs: Path, prompts: Path | None, out: Path, c
                 report: Report | None = None) -> TrainResult:  # fmt: skip
     """``rlhf-loop train --inline --pairs ...``: the trainer on files, outside the service. ``out`` is the
     work directory (rerunning the same command resumes there)."""
-    from workers.training.dataset import make_dataset, read_pairs, read_prompts
+    from rlhf_loop.preferences.dataset import read_pairs, read_prompts
+    from workers.training.dataset import make_dataset
 
     dataset = make_dataset(read_pairs(pairs), read_prompts(prompts) if prompts else None, cfg.heldout_fraction,
                            cfg.min_pairs, cfg.reward.seed)  # fmt: skip

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_loop.generation import BASE
-from workers.training.ppo import PPOTrainer
+from workers.training.model.ppo import PPOTrainer
 
 SAMPLES_KEPT = 8
 EVAL_SEED = 1_234_567

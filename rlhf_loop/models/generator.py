@@ -28,7 +28,7 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     return prompt + "\n"
 
 
-class GenerationEngine:
+class BatchGenerator:
     """Runs one batch at a time; not thread-safe (the micro-batcher owns the only caller thread)."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: str = "cpu") -> None:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from rlhf_loop.models.loading import generate
+from rlhf_loop.preferences.dataset import PairRecord, unique
+from rlhf_loop.preferences.pairs import PairRules, Vote, build_pairs, text_key
 from rlhf_loop.simulator import Simulator
 from schemas.events import prompt_hash
-from workers.aggregator.pairs import PairRules, Vote, build_pairs, text_key
-from workers.training.dataset import PairRecord, unique
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

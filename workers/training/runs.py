@@ -1,10 +1,8 @@
-"""What the CLI's training commands do: start a run (enqueued or inline), run a worker with its
-/metrics endpoint, describe runs. Light at import."""
+"""Training runs as the CLI starts and shows them: enqueue a run or run it inline, describe runs. Light at
+import."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 from sqlalchemy import select
@@ -39,28 +37,12 @@ def start_run(settings: Settings, cfg: TrainConfig, inline: bool, base_model: st
         with StageBars.make_progress() as bars:
             adapter_id = run(settings, sessions, run_id, base, report=StageBars(bars))
             if adapter_id is not None:
-                from workers.training.gating import gate_candidate
+                from workers.training.model.gate_measurements import gate_candidate
 
                 bars.console.print(f"gate of {adapter_id}: {gate_candidate(settings, sessions, adapter_id, base)}")
         return run_id, adapter_id
     finally:
         engine.dispose()
-
-
-def run_worker(settings: Settings, queues: list[str], concurrency: int, beat: bool) -> None:
-    """A Celery worker; its processes share one multiprocess metrics directory served on metrics_port."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before any metric is created
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rlhf-worker-metrics-")
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
-    if settings.training.metrics_port:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        start_http_server(settings.training.metrics_port, addr=settings.api.host, registry=registry)
-    from workers.training.celery_app import app
-
-    argv = ["worker", "-Q", ",".join(queues), "-c", str(concurrency), "--loglevel", "INFO", "-P", "prefork"]
-    app.worker_main(argv + (["-B"] if beat else []))
 
 
 def describe_runs(settings: Settings, run_id: str | None, limit: int = 20) -> list[dict[str, Any]]:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from rlhf_loop.generation import BASE
 
 if TYPE_CHECKING:
-    from rlhf_loop.models.engine import GenerationEngine
-    from services.inference.runtime.batching import MicroBatcher
+    from rlhf_loop.models.generator import BatchGenerator
+    from services.inference.engines.batching import MicroBatcher
 
 COMPAT_KEYS = ("peft_type", "task_type", "r", "lora_alpha", "target_modules")
 
@@ -86,7 +86,7 @@ class Routing:
 class AdapterManager:
     """Which adapters are attached to the engine's model, and which one new requests get."""
 
-    def __init__(self, engine: GenerationEngine, batcher: MicroBatcher, slots: int = 4) -> None:
+    def __init__(self, engine: BatchGenerator, batcher: MicroBatcher, slots: int = 4) -> None:
         self._engine = engine
         self._batcher = batcher
         self._slots = slots

@@ -17,11 +17,11 @@ from fastapi import APIRouter, Cookie, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from schemas.http import MAX_REASON_CHARS, AdapterDetail
+from services.inference import adapter_views as views
 from services.inference.auth import AuthError, Principal
 from services.inference.deps import CtxDep
-from services.promotion import views
+from services.inference.routes.promotions import actor, promotions
 from services.promotion.registry import PromotionError
-from services.promotion.routes import actor, promotions
 from services.promotion.states import State
 
 router = APIRouter(prefix="/ui", include_in_schema=False)

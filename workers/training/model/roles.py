@@ -77,7 +77,7 @@ def autocast(device: str):  # noqa: ANN201 - a context manager
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
 
 
-def run(model: PeftModel, packed: Packed, adapter: str | None = POLICY) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(model: PeftModel, packed: Packed, adapter: str | None = POLICY) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward pass as one role: ``POLICY``, ``REWARD`` or ``None`` (the reference: adapters disabled).
     The active adapter runs as is (and can be trained); another one through per-row adapter names.
     Returns response logits (B, R, V) and last-layer hidden states (B, P+R, H)."""
@@ -95,9 +95,9 @@ def last_hidden(model: PeftModel, packed: Packed, adapter: str | None) -> torch.
     """Last-layer hidden states (B, P+R, H) as one role, for roles that need no logits (the reward
     model). The active adapter, or none, runs through the transformer trunk alone: the LM head's
     vocabulary projection over every position is ~40% of the demo model's forward FLOPs. Another
-    adapter needs PEFT's per-row adapter names, so it goes through :func:`run`."""
+    adapter needs PEFT's per-row adapter names, so it goes through :func:`forward`."""
     if adapter is not None and adapter != model.active_adapter:
-        return run(model, packed, adapter)[1]
+        return forward(model, packed, adapter)[1]
     trunk = model.get_base_model().base_model  # GPT2Model, Qwen2Model, LlamaModel, ...: no LM head
     context = model.disable_adapter() if adapter is None else nullcontext()
     with context, autocast(str(packed.ids.device)):

@@ -1,0 +1,44 @@
+"""The root command: every command group registered on one Typer app, and ``main(argv) -> int``."""
+
+from __future__ import annotations
+
+import click
+import typer
+
+from rlhf_loop.cli import adapters, admin, demo, maintenance, model, serving, training
+
+app = typer.Typer(
+    help="rlhf-loop: serve a LoRA-adapted LM, turn thumbs-up/down into preference pairs, retrain, gate, deploy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(demo.demo)
+app.command()(training.train)
+app.command()(training.worker)
+app.command("runs")(training.runs_show)
+app.command()(serving.serve)
+app.command()(serving.aggregate)
+app.command()(serving.broker)
+app.command()(maintenance.migrate)
+app.command("export-schemas")(maintenance.export_schemas)
+app.command()(maintenance.config)
+app.add_typer(adapters.app, name="adapters")
+app.add_typer(admin.users_app, name="users")
+app.add_typer(admin.keys_app, name="keys")
+app.add_typer(model.app, name="model")
+app.add_typer(maintenance.spool_app, name="spool")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 130
+    return result if isinstance(result, int) else 0

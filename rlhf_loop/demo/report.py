@@ -1,0 +1,84 @@
+"""A demo run's results: one Round per round, the table, the Markdown report and the plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from rlhf_loop.demo.config import DemoConfig
+
+
+@dataclass
+class Round:
+    round: int
+    adapter: str
+    """The adapter that served this round's traffic."""
+    served_by: str
+    """The same, named by the retrain that made it ("base", "retrain 0", ...): ids are random, names repeat."""
+    events: int
+    """Responses + ratings logged this round."""
+    negative_rate: float
+    pairs: int
+    """Preference pairs in SQL after this round's ratings."""
+    rm_accuracy: float | None = None
+    ppo_reward: float | None = None
+    kl: float | None = None
+    gate: str = "—"
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def cells(self) -> list[str]:
+        """The row of the round table (the same seed gives the same rows)."""
+        return [str(self.round), self.served_by, str(self.events), f"{self.negative_rate:.1%}", str(self.pairs),
+                _fmt(self.rm_accuracy), _fmt(self.ppo_reward), _fmt(self.kl, "{:.2f}"), self.gate]  # fmt: skip
+
+
+COLUMNS = ("round", "served by", "events", "neg. rate", "pairs", "RM acc.", "PPO reward", "KL", "gate")
+
+
+def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
+    return "—" if value is None else pattern.format(value)
+
+
+def round_table(rounds: list[Round]) -> Table:
+    table = Table(title="rlhf-loop demo: one row per round (training columns: the retrain after the round)")
+    for column in COLUMNS:
+        table.add_column(column)
+    for r in rounds:
+        table.add_row(*r.cells())
+    return table
+
+
+def write_report(reports: Path, cfg: DemoConfig, rounds: list[Round], wall_s: float) -> Path:
+    """Markdown report + PNG plot of the negative-feedback rate per round; returns the markdown path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports.mkdir(parents=True, exist_ok=True)
+    stem = reports / f"demo-seed{cfg.seed}"
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot([r.round for r in rounds], [r.negative_rate for r in rounds], marker="o")
+    ax.set(xlabel="round", ylabel="negative-feedback rate", ylim=(0, 1), xticks=[r.round for r in rounds],
+           title=f"rlhf-loop demo (seed {cfg.seed}, {cfg.users} users per round)")  # fmt: skip
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"))
+    plt.close(fig)
+    lines = ["# rlhf-loop demo", "", f"seed {cfg.seed}, {cfg.rounds} rounds of {cfg.users} simulated users, "
+             f"wall time {wall_s:.0f} s", "", _md_row(COLUMNS), _md_row(["---"] * len(COLUMNS))]  # fmt: skip
+    lines += [_md_row(r.cells()) for r in rounds]
+    lines += ["", "Adapters: " + ", ".join(f"{r.served_by} = {r.adapter}" for r in rounds if r.adapter != "base")]
+    lines += ["", f"![negative-feedback rate per round]({stem.with_suffix('.png').name})", "", "Seconds per stage:", ""]
+    lines += [f"- round {r.round}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.seconds.items()) for r in rounds]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rounds], indent=2))
+    return stem.with_suffix(".md")
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
