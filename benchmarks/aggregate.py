@@ -43,10 +43,14 @@ def fill(bootstrap: str, prefix: str, n_events: int) -> int:
 
 
 def raw_consume(bootstrap: str, prefix: str, total: int) -> float:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             max_poll_records=2000)  # fmt: skip
-    tps = [TopicPartition(prefix + t, p) for t in (Topics.RESPONSES, Topics.FEEDBACK)
-           for p in sorted(consumer.partitions_for_topic(prefix + t))]  # fmt: skip
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", max_poll_records=2000
+    )
+    tps = [
+        TopicPartition(prefix + t, p)
+        for t in (Topics.RESPONSES, Topics.FEEDBACK)
+        for p in sorted(consumer.partitions_for_topic(prefix + t))
+    ]
     consumer.assign(tps)
     consumer.seek_to_beginning()
     seen: set[tuple[str, int, int]] = set()
@@ -64,8 +68,11 @@ def raw_consume(bootstrap: str, prefix: str, total: int) -> float:
 
 
 def aggregate(bootstrap: str, kafka: KafkaSettings, db_url: str, total: int) -> tuple[float, int]:
-    settings = Settings(database=DatabaseSettings(url=db_url), redis=RedisSettings(url="redis://127.0.0.1:6379/12"),
-                        kafka=kafka.model_copy(update={"bootstrap_servers": bootstrap}))  # fmt: skip
+    settings = Settings(
+        database=DatabaseSettings(url=db_url),
+        redis=RedisSettings(url="redis://127.0.0.1:6379/12"),
+        kafka=kafka.model_copy(update={"bootstrap_servers": bootstrap}),
+    )
     consumer = build(settings)
     got, started = 0, None
     while got < total:
@@ -92,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     n = args.events or (30_000 if args.quick else 120_000)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
-    kafka = KafkaSettings(topic_prefix=prefix, max_poll_interval_ms=5000, session_timeout_ms=6000,
-                          max_poll_records=5000, partitions=6)  # fmt: skip
+    kafka = KafkaSettings(
+        topic_prefix=prefix, max_poll_interval_ms=5000, session_timeout_ms=6000, max_poll_records=5000, partitions=6
+    )
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -110,11 +118,19 @@ def main(argv: list[str] | None = None) -> None:
         with admin.connect() as c:
             c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
-    emit(f"aggregation of {total:,} events (PostgreSQL, {pairs:,} pairs)", ["path", "events/s"],
-         [["raw consume (no processing)", raw], ["aggregator: store + pairs", agg]],
-         {"benchmark": "aggregate", "aggregate_vs_raw_consume": round(agg / raw, 3),
-          "aggregate_events_per_s": round(agg), "raw_consume_events_per_s": round(raw), "events": total,
-          "pairs": pairs})  # fmt: skip
+    emit(
+        f"aggregation of {total:,} events (PostgreSQL, {pairs:,} pairs)",
+        ["path", "events/s"],
+        [["raw consume (no processing)", raw], ["aggregator: store + pairs", agg]],
+        {
+            "benchmark": "aggregate",
+            "aggregate_vs_raw_consume": round(agg / raw, 3),
+            "aggregate_events_per_s": round(agg),
+            "raw_consume_events_per_s": round(raw),
+            "events": total,
+            "pairs": pairs,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     latencies: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         work = Path(tmp)
-        api = start_api(work, db_url, broker.bootstrap_servers, demo, REDIS, api__rate_limit="1000000000",
-                        kafka__max_poll_interval_ms="5000", kafka__session_timeout_ms="6000")  # fmt: skip
+        api = start_api(
+            work,
+            db_url,
+            broker.bootstrap_servers,
+            demo,
+            REDIS,
+            api__rate_limit="1000000000",
+            kafka__max_poll_interval_ms="5000",
+            kafka__session_timeout_ms="6000",
+        )
         aggregator = ServiceProcess(["aggregate"], api.env, work / "aggregator.log").start()
         engine = create_engine(db_url)
         stop = threading.Event()
@@ -92,10 +100,18 @@ def main(argv: list[str] | None = None) -> None:
             with admin.connect() as c:
                 c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     p = percentiles(latencies)
-    emit("POST /v1/feedback -> preference pair row", ["probes", "background ratings/s", "p50 ms", "p99 ms"],
-         [[len(latencies), args.load, p["p50_ms"], p["p99_ms"]]],
-         {"benchmark": "feedback_latency", "p50_ms": round(p["p50_ms"], 1), "p99_ms": round(p["p99_ms"], 1),
-          "probes": len(latencies), "background_per_s": args.load})  # fmt: skip
+    emit(
+        "POST /v1/feedback -> preference pair row",
+        ["probes", "background ratings/s", "p50 ms", "p99 ms"],
+        [[len(latencies), args.load, p["p50_ms"], p["p99_ms"]]],
+        {
+            "benchmark": "feedback_latency",
+            "p50_ms": round(p["p50_ms"], 1),
+            "p99_ms": round(p["p99_ms"], 1),
+            "probes": len(latencies),
+            "background_per_s": args.load,
+        },
+    )
 
 
 if __name__ == "__main__":

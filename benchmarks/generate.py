@@ -37,8 +37,9 @@ def run(engine: BatchGenerator, max_batch: int, clients: int, seconds: float, ma
         n = 0
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            request = GenerationRequest(prompts[(i * 97 + n) % len(prompts)], max_new_tokens=max_new_tokens,
-                                        seed=i * 10_000 + n)  # fmt: skip
+            request = GenerationRequest(
+                prompts[(i * 97 + n) % len(prompts)], max_new_tokens=max_new_tokens, seed=i * 10_000 + n
+            )
             result = batcher.submit(request).result()
             with lock:
                 latencies.append(time.perf_counter() - started)
@@ -72,16 +73,29 @@ def main(argv: list[str] | None = None) -> None:
     batched = run(engine, args.clients, args.clients, seconds, args.max_new_tokens)
     single = run(engine, 1, args.clients, seconds, args.max_new_tokens)
     ratio = batched["tokens_per_s"] / single["tokens_per_s"]
-    rows = [[name, r["tokens_per_s"], r["requests"], r["p50_ms"], r["p99_ms"]]
-            for name, r in (("micro-batched (max 32)", batched), ("batch size 1", single))]  # fmt: skip
-    emit(f"generation, {args.clients} concurrent clients, {args.max_new_tokens} new tokens, {args.device}, "
-         f"torch {torch.__version__}", ["runtime", "tokens/s", "requests", "p50 ms", "p99 ms"], rows,
-         {"benchmark": "generate", "batched_vs_unbatched": round(ratio, 2),
-          "batched_tokens_per_s": round(batched["tokens_per_s"], 1),
-          "unbatched_tokens_per_s": round(single["tokens_per_s"], 1),
-          "batched_p50_ms": round(batched["p50_ms"], 1), "batched_p99_ms": round(batched["p99_ms"], 1),
-          "unbatched_p50_ms": round(single["p50_ms"], 1), "unbatched_p99_ms": round(single["p99_ms"], 1),
-          "clients": args.clients, "seconds_each": seconds, "device": args.device})  # fmt: skip
+    rows = [
+        [name, r["tokens_per_s"], r["requests"], r["p50_ms"], r["p99_ms"]]
+        for name, r in (("micro-batched (max 32)", batched), ("batch size 1", single))
+    ]
+    emit(
+        f"generation, {args.clients} concurrent clients, {args.max_new_tokens} new tokens, {args.device}, "
+        f"torch {torch.__version__}",
+        ["runtime", "tokens/s", "requests", "p50 ms", "p99 ms"],
+        rows,
+        {
+            "benchmark": "generate",
+            "batched_vs_unbatched": round(ratio, 2),
+            "batched_tokens_per_s": round(batched["tokens_per_s"], 1),
+            "unbatched_tokens_per_s": round(single["tokens_per_s"], 1),
+            "batched_p50_ms": round(batched["p50_ms"], 1),
+            "batched_p99_ms": round(batched["p99_ms"], 1),
+            "unbatched_p50_ms": round(single["p50_ms"], 1),
+            "unbatched_p99_ms": round(single["p99_ms"], 1),
+            "clients": args.clients,
+            "seconds_each": seconds,
+            "device": args.device,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -41,14 +41,20 @@ wrk.body = [[{body}]]
 def wrk(url: str, key: str, body: str, seconds: float, workdir: Path) -> dict[str, float]:
     script = workdir / f"post-{abs(hash(body))}.lua"
     script.write_text(LUA.format(key=key, body=body))
-    out = subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non_2xx:
         raise RuntimeError(f"{url}: {non_2xx.group(1)} failed requests\n{out}")
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
-            "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))}  # fmt: skip
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
+        "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
+    }
 
 
 def _ms(text: str) -> float:
@@ -74,14 +80,32 @@ def main(argv: list[str] | None = None) -> None:
     demo = Path(resolve_base_model(ModelSettings()))
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         work = Path(tmp)
-        api = start_api(work, f"sqlite:///{work / 'db.sqlite3'}", broker.bootstrap_servers, demo,
-                        "redis://127.0.0.1:6379/13", api__rate_limit="1000000000")  # fmt: skip
+        api = start_api(
+            work,
+            f"sqlite:///{work / 'db.sqlite3'}",
+            broker.bootstrap_servers,
+            demo,
+            "redis://127.0.0.1:6379/13",
+            api__rate_limit="1000000000",
+        )
         trivial_port = free_port()
         trivial = ServiceProcess([], os.environ.copy(), work / "trivial.log")
-        trivial.args = ["-m", "uvicorn", "benchmarks.trivial_app:app", "--port", str(trivial_port), "--no-access-log",
-                        "--log-level", "warning"]  # fmt: skip
-        trivial.proc = subprocess.Popen([sys.executable, *trivial.args], stdout=(work / "t.log").open("wb"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        trivial.args = [
+            "-m",
+            "uvicorn",
+            "benchmarks.trivial_app:app",
+            "--port",
+            str(trivial_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        trivial.proc = subprocess.Popen(
+            [sys.executable, *trivial.args],
+            stdout=(work / "t.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             trivial.wait_ready(f"http://127.0.0.1:{trivial_port}/docs", 60)
             token = httpx.post(
@@ -93,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
             single_body, batch_body = json.dumps(item), json.dumps({"items": [item] * args.batch})
             runs: dict[str, list[dict[str, float]]] = {"base": [], "single": [], "batch": []}
             for _ in range(rounds):
-                runs["base"].append(wrk(f"http://127.0.0.1:{trivial_port}/v1/feedback", api.app_key, single_body,
-                                        seconds, work))  # fmt: skip
+                runs["base"].append(
+                    wrk(f"http://127.0.0.1:{trivial_port}/v1/feedback", api.app_key, single_body, seconds, work)
+                )
                 runs["single"].append(wrk(f"{api.url}/v1/feedback", api.app_key, single_body, seconds, work))
                 runs["batch"].append(wrk(f"{api.url}/v1/feedback/batch", api.app_key, batch_body, seconds, work))
             base, single, batch = (max(runs[k], key=lambda r: r["rps"]) for k in ("base", "single", "batch"))
@@ -109,12 +134,25 @@ def main(argv: list[str] | None = None) -> None:
         [f"POST /v1/feedback/batch ({args.batch}/request)", batch_events, batch["p50_ms"], batch["p99_ms"]],
     ]
     title = f"feedback ingest, 32 connections, 1 uvicorn worker, best of {rounds} rounds of {seconds} s"
-    emit(title, ["endpoint", "events/s", "p50 ms", "p99 ms"], rows,
-         {"benchmark": "ingest", "single_vs_trivial": round(single["rps"] / base["rps"], 3),
-          "batch_vs_single": round(batch_events / single["rps"], 2), "trivial_rps": round(base["rps"]),
-          "single_events_per_s": round(single["rps"]), "batch_events_per_s": round(batch_events),
-          "single_p99_ms": single["p99_ms"], "batch_p99_ms": batch["p99_ms"], "spooled_after": spooled,
-          "seconds_each": seconds, "rounds": rounds, "batch_size": args.batch})  # fmt: skip
+    emit(
+        title,
+        ["endpoint", "events/s", "p50 ms", "p99 ms"],
+        rows,
+        {
+            "benchmark": "ingest",
+            "single_vs_trivial": round(single["rps"] / base["rps"], 3),
+            "batch_vs_single": round(batch_events / single["rps"], 2),
+            "trivial_rps": round(base["rps"]),
+            "single_events_per_s": round(single["rps"]),
+            "batch_events_per_s": round(batch_events),
+            "single_p99_ms": single["p99_ms"],
+            "batch_p99_ms": batch["p99_ms"],
+            "spooled_after": spooled,
+            "seconds_each": seconds,
+            "rounds": rounds,
+            "batch_size": args.batch,
+        },
+    )
 
 
 if __name__ == "__main__":

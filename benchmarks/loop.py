@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--once", action="store_true", help="skip the second run (the same-seed check)")
     args = parser.parse_args(argv)
-    cfg = DemoConfig(seed=args.seed, rounds=args.rounds or (2 if args.quick else 4),
-                     users=args.users or (200 if args.quick else 400))  # fmt: skip
+    cfg = DemoConfig(
+        seed=args.seed, rounds=args.rounds or (2 if args.quick else 4), users=args.users or (200 if args.quick else 400)
+    )
     import time
 
     started = time.monotonic()
@@ -39,14 +40,24 @@ def main(argv: list[str] | None = None) -> None:
     again = None if args.once else run_demo(get_settings(), cfg, Console(stderr=True))
     rows = [[r.round, r.served_by, f"{r.negative_rate:.1%}", *[r.seconds.get(s, 0.0) for s in STAGES]] for r in rounds]
     stage_totals = {f"{s}_s": round(sum(r.seconds.get(s, 0.0) for r in rounds), 1) for s in STAGES}
-    emit(f"closed loop: {cfg.rounds} rounds x {cfg.users} users (seconds per stage)",
-         ["round", "served by", "neg. rate", *STAGES], rows,
-         {"benchmark": "loop", "quick": args.quick, "rounds": cfg.rounds, "users": cfg.users,
-          "neg_rate_round0": round(rounds[0].negative_rate, 4), "neg_rate_final": round(rounds[-1].negative_rate, 4),
-          "neg_rate_ratio": round(rounds[-1].negative_rate / max(rounds[0].negative_rate, 1e-9), 3),
-          "neg_rate_per_round": [round(r.negative_rate, 4) for r in rounds], "wall_s": round(wall, 1),
-          "same_table": None if again is None else [r.cells() for r in rounds] == [r.cells() for r in again],
-          **stage_totals})  # fmt: skip
+    emit(
+        f"closed loop: {cfg.rounds} rounds x {cfg.users} users (seconds per stage)",
+        ["round", "served by", "neg. rate", *STAGES],
+        rows,
+        {
+            "benchmark": "loop",
+            "quick": args.quick,
+            "rounds": cfg.rounds,
+            "users": cfg.users,
+            "neg_rate_round0": round(rounds[0].negative_rate, 4),
+            "neg_rate_final": round(rounds[-1].negative_rate, 4),
+            "neg_rate_ratio": round(rounds[-1].negative_rate / max(rounds[0].negative_rate, 1e-9), 3),
+            "neg_rate_per_round": [round(r.negative_rate, 4) for r in rounds],
+            "wall_s": round(wall, 1),
+            "same_table": None if again is None else [r.cells() for r in rounds] == [r.cells() for r in again],
+            **stage_totals,
+        },
+    )
 
 
 if __name__ == "__main__":

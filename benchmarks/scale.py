@@ -48,20 +48,36 @@ WORK = Path("var/bench/scale")
 SHAPES = {
     # Qwen2 layout (GQA, SwiGLU, RMSNorm, RoPE, tied embeddings); with the 1,024-token vocabulary the
     # transformer layers hold nearly all of the ~0.46B parameters.
-    "0.5b": {"hidden_size": 1024, "intermediate_size": 5504, "num_hidden_layers": 24, "num_attention_heads": 16,
-             "num_key_value_heads": 2},
-    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2},
-}  # fmt: skip
+    "0.5b": {
+        "hidden_size": 1024,
+        "intermediate_size": 5504,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+}
 
 
 def model_config(shape: str, tokenizer: PreTrainedTokenizerBase):  # noqa: ANN201 - a Qwen2Config
     """The Qwen2 config of ``shape`` over ``tokenizer``'s vocabulary and special tokens."""
     from transformers import Qwen2Config
 
-    return Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])  # fmt: skip
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SHAPES[shape],
+    )
 
 
 def build_model(out: Path, shape: str, seed: int = 0) -> int:
@@ -101,11 +117,13 @@ def workload(quick: bool, shape: str) -> tuple[int, TrainConfig]:
     )
 
 
-def generation_speed(engine: BatchGenerator, prompts: list[str], adapter: str, max_new_tokens: int,
-                     batched: bool) -> float:  # fmt: skip
+def generation_speed(
+    engine: BatchGenerator, prompts: list[str], adapter: str, max_new_tokens: int, batched: bool
+) -> float:
     """Completion tokens/s over ``prompts``: one batch, or one request at a time."""
-    requests = [GenerationRequest(p, adapter_id=adapter, max_new_tokens=max_new_tokens, seed=i)
-                for i, p in enumerate(prompts)]  # fmt: skip
+    requests = [
+        GenerationRequest(p, adapter_id=adapter, max_new_tokens=max_new_tokens, seed=i) for i, p in enumerate(prompts)
+    ]
     engine.generate(requests[:2])  # warm-up: kernels, allocator
     _sync(engine.device)
     started = time.perf_counter()
@@ -160,23 +178,39 @@ def main(argv: list[str] | None = None) -> None:
     single = generation_speed(engine, gen_prompts[:8], "default", new_tokens, batched=False)
 
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
-    rows = [["generation, 32 prompts in one batch", f"{batched:,.0f}", "tokens/s"],
-            ["generation, one prompt at a time", f"{single:,.0f}", "tokens/s"],
-            ["reward model (train)", f"{m['reward']['pairs_per_s']:.1f}", "pairs/s"],
-            ["PPO", f"{m['ppo']['episodes_per_s']:.2f}", "episodes/s"],
-            ["PPO rollouts", f"{m['ppo']['tokens_per_s']:,.0f}", "tokens/s"],
-            [f"peak {memory_kind} memory", f"{peak:.2f}", "GiB"]]  # fmt: skip
+    rows = [
+        ["generation, 32 prompts in one batch", f"{batched:,.0f}", "tokens/s"],
+        ["generation, one prompt at a time", f"{single:,.0f}", "tokens/s"],
+        ["reward model (train)", f"{m['reward']['pairs_per_s']:.1f}", "pairs/s"],
+        ["PPO", f"{m['ppo']['episodes_per_s']:.2f}", "episodes/s"],
+        ["PPO rollouts", f"{m['ppo']['tokens_per_s']:,.0f}", "tokens/s"],
+        [f"peak {memory_kind} memory", f"{peak:.2f}", "GiB"],
+    ]
     title = f"scale: {parameters / 1e6:,.1f}M-parameter Qwen2-shaped model (random init), {name}"
-    emit(f"{title}, torch {torch.__version__}", ["what", "rate", "unit"], rows,
-         {"benchmark": "scale", "quick": args.quick, "shape": args.shape, "device": name, "parameters": parameters,
-          "gen_tokens_per_s_batched": round(batched, 1), "gen_tokens_per_s_single": round(single, 1),
-          "batched_vs_single": round(batched / single, 2),
-          "rm_pairs_per_s": round(m["reward"]["pairs_per_s"], 2), "rm_seconds": round(m["reward"]["seconds"], 1),
-          "ppo_episodes": cfg.ppo.steps * cfg.ppo.batch_size,
-          "ppo_episodes_per_s": round(m["ppo"]["episodes_per_s"], 3),
-          "ppo_rollout_tokens_per_s": round(m["ppo"]["tokens_per_s"], 1),
-          f"peak_{memory_kind}_memory_gib": round(peak, 2), "train_pairs": len(dataset.train),
-          "torch_version": torch.__version__, "wall_s": round(time.perf_counter() - started, 1)})  # fmt: skip
+    emit(
+        f"{title}, torch {torch.__version__}",
+        ["what", "rate", "unit"],
+        rows,
+        {
+            "benchmark": "scale",
+            "quick": args.quick,
+            "shape": args.shape,
+            "device": name,
+            "parameters": parameters,
+            "gen_tokens_per_s_batched": round(batched, 1),
+            "gen_tokens_per_s_single": round(single, 1),
+            "batched_vs_single": round(batched / single, 2),
+            "rm_pairs_per_s": round(m["reward"]["pairs_per_s"], 2),
+            "rm_seconds": round(m["reward"]["seconds"], 1),
+            "ppo_episodes": cfg.ppo.steps * cfg.ppo.batch_size,
+            "ppo_episodes_per_s": round(m["ppo"]["episodes_per_s"], 3),
+            "ppo_rollout_tokens_per_s": round(m["ppo"]["tokens_per_s"], 1),
+            f"peak_{memory_kind}_memory_gib": round(peak, 2),
+            "train_pairs": len(dataset.train),
+            "torch_version": torch.__version__,
+            "wall_s": round(time.perf_counter() - started, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

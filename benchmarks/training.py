@@ -47,10 +47,23 @@ N_EVAL, SAMPLES_PER_PROMPT = trl_baseline.N_SAMPLES, 8
 def workload(quick: bool, threads: int) -> tuple[dict, dict]:
     """(data sizes, hyperparameters); the hyperparameters' names are trl_baseline's flags."""
     data = {"prompts": 200 if quick else 240, "per_prompt": 4 if quick else 6, "raters": 5}
-    hp = {"seed": 0, "threads": threads, "lora_r": 8, "lora_alpha": 16,
-          "rm_epochs": 1 if quick else 2, "rm_batch_size": 16, "rm_lr": 2e-3,
-          "ppo_episodes": 256 if quick else 1024, "ppo_batch_size": 32, "ppo_minibatch": 8, "ppo_epochs": 2,
-          "ppo_lr": 1e-3, "max_new_tokens": 48, "temperature": 1.0, "kl_coef": 0.05}  # fmt: skip
+    hp = {
+        "seed": 0,
+        "threads": threads,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "rm_epochs": 1 if quick else 2,
+        "rm_batch_size": 16,
+        "rm_lr": 2e-3,
+        "ppo_episodes": 256 if quick else 1024,
+        "ppo_batch_size": 32,
+        "ppo_minibatch": 8,
+        "ppo_epochs": 2,
+        "ppo_lr": 1e-3,
+        "max_new_tokens": 48,
+        "temperature": 1.0,
+        "kl_coef": 0.05,
+    }
     return data, hp
 
 
@@ -60,14 +73,25 @@ def train_config(hp: dict):  # noqa: ANN201 - TrainConfig, imported in the child
     lora = LoraShape(hp["lora_r"], hp["lora_alpha"])
     steps = hp["ppo_episodes"] // hp["ppo_batch_size"]
     return TrainConfig(
-        reward=RewardConfig(lora=lora, epochs=hp["rm_epochs"], batch_size=hp["rm_batch_size"], lr=hp["rm_lr"],
-                            seed=hp["seed"]),
+        reward=RewardConfig(
+            lora=lora, epochs=hp["rm_epochs"], batch_size=hp["rm_batch_size"], lr=hp["rm_lr"], seed=hp["seed"]
+        ),
         # grad_accum=1: one optimizer step per minibatch, as TRL; one checkpoint, at the end
-        ppo=PPOConfig(lora=lora, episodes=hp["ppo_episodes"], batch_size=hp["ppo_batch_size"],
-                      minibatch_size=hp["ppo_minibatch"], grad_accum=1, ppo_epochs=hp["ppo_epochs"], lr=hp["ppo_lr"],
-                      max_new_tokens=hp["max_new_tokens"], temperature=hp["temperature"],
-                      init_kl_coef=hp["kl_coef"], seed=hp["seed"], checkpoint_every=steps),
-    )  # fmt: skip
+        ppo=PPOConfig(
+            lora=lora,
+            episodes=hp["ppo_episodes"],
+            batch_size=hp["ppo_batch_size"],
+            minibatch_size=hp["ppo_minibatch"],
+            grad_accum=1,
+            ppo_epochs=hp["ppo_epochs"],
+            lr=hp["ppo_lr"],
+            max_new_tokens=hp["max_new_tokens"],
+            temperature=hp["temperature"],
+            init_kl_coef=hp["kl_coef"],
+            seed=hp["seed"],
+            checkpoint_every=steps,
+        ),
+    )
 
 
 # --- child stages: each returns its figures; the child prints them as its last line -------------------
@@ -95,8 +119,13 @@ def stage_data(work: Path, s: dict) -> dict:
     evals = [p for p in unique(ds.heldout_prompts + [p.text for p in sim.prompts]) if p not in seen][:N_EVAL]
     for name, texts in (("prompts.jsonl", ds.prompts), ("eval_prompts.jsonl", evals)):
         (work / name).write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts))
-    return {"model": str(model_dir), "train_pairs": len(ds.train), "heldout_pairs": len(ds.heldout),
-            "ppo_prompts": len(ds.prompts), "eval_prompts": len(evals)}  # fmt: skip
+    return {
+        "model": str(model_dir),
+        "train_pairs": len(ds.train),
+        "heldout_pairs": len(ds.heldout),
+        "ppo_prompts": len(ds.prompts),
+        "eval_prompts": len(evals),
+    }
 
 
 def _model(s: dict):  # noqa: ANN202 - (PeftModel, tokenizer, Encoder, hidden width)
@@ -125,12 +154,16 @@ def stage_ours_rm(work: Path, s: dict) -> dict:
     head = ScalarHead(width, init_std=(width + 1) ** -0.5)
     model.add_adapter(REWARD, lora_config(cfg.reward.lora))
     model.set_adapter(REWARD)
-    rm = train_reward(model, head, enc, read_pairs(work / "pairs.jsonl"), read_pairs(work / "heldout.jsonl"),
-                      cfg.reward, "cpu")  # fmt: skip
+    rm = train_reward(
+        model, head, enc, read_pairs(work / "pairs.jsonl"), read_pairs(work / "heldout.jsonl"), cfg.reward, "cpu"
+    )
     shutil.rmtree(work / "ours" / "reward_model", ignore_errors=True)
     write_dir_atomic(work / "ours" / "reward_model", lambda tmp: save_reward(tmp, model, head, rm, s["model"]))
-    return {"rm_pairs_per_s": round(rm.pairs_per_s, 2), "rm_heldout_accuracy": round(rm.heldout_accuracy, 4),
-            "rm_train_s": round(rm.seconds, 3)}  # fmt: skip
+    return {
+        "rm_pairs_per_s": round(rm.pairs_per_s, 2),
+        "rm_heldout_accuracy": round(rm.heldout_accuracy, 4),
+        "rm_train_s": round(rm.seconds, 3),
+    }
 
 
 def stage_ours_ppo(work: Path, s: dict) -> dict:
@@ -143,8 +176,9 @@ def stage_ours_ppo(work: Path, s: dict) -> dict:
     model, _, enc, width = _model(s)
     reward_head, value_head = ScalarHead(width), ScalarHead(width)
     meta = load_reward(work / "ours" / "reward_model", model, reward_head)
-    trainer = PPOTrainer(model, value_head, reward_head, enc, cfg.ppo, RewardNorm(meta["score_mean"],
-                         meta["score_std"]), "cpu")  # fmt: skip
+    trainer = PPOTrainer(
+        model, value_head, reward_head, enc, cfg.ppo, RewardNorm(meta["score_mean"], meta["score_std"]), "cpu"
+    )
     checkpoint = work / "ours" / "ppo.ckpt"
     checkpoint.unlink(missing_ok=True)  # else train_ppo resumes a finished run
     started = time.perf_counter()
@@ -152,8 +186,11 @@ def stage_ours_ppo(work: Path, s: dict) -> dict:
     seconds = time.perf_counter() - started
     model.save_pretrained(str(work / "ours" / "policy"), selected_adapters=[POLICY])
     episodes = cfg.ppo.steps * cfg.ppo.batch_size
-    return {"ppo_episodes": episodes, "ppo_train_s": round(seconds, 3),
-            "ppo_episodes_per_s": round(episodes / seconds, 2)}  # fmt: skip
+    return {
+        "ppo_episodes": episodes,
+        "ppo_train_s": round(seconds, 3),
+        "ppo_episodes_per_s": round(episodes / seconds, 2),
+    }
 
 
 def stage_eval(work: Path, s: dict) -> dict:
@@ -172,8 +209,15 @@ def stage_eval(work: Path, s: dict) -> dict:
     out: dict = {"eval_samples": len(prompts)}
     scores: dict[str, list[float]] = {}
     for name, adapter in (("hidden_before", BASE), ("ours_hidden_after", "ours"), ("trl_hidden_after", "trl")):
-        texts = generate(model, tokenizer, prompts, seed=hp["seed"], max_new_tokens=hp["max_new_tokens"],
-                         temperature=hp["temperature"], adapter_id=adapter)  # fmt: skip
+        texts = generate(
+            model,
+            tokenizer,
+            prompts,
+            seed=hp["seed"],
+            max_new_tokens=hp["max_new_tokens"],
+            temperature=hp["temperature"],
+            adapter_id=adapter,
+        )
         scores[name] = [score_response(p, t) for p, t in zip(prompts, texts, strict=True)]
         out[name] = round(statistics.fmean(scores[name]), 4)
     diff, se = paired_difference(prompts, scores["ours_hidden_after"], scores["trl_hidden_after"])
@@ -214,8 +258,10 @@ def child(cmd: list[str], log: Path) -> dict:
     with log.open("w") as err:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}); last lines of {log}:\n"
-                 + "\n".join(log.read_text().splitlines()[-20:]))  # fmt: skip
+        sys.exit(
+            f"{' '.join(cmd)} failed ({proc.returncode}); last lines of {log}:\n"
+            + "\n".join(log.read_text().splitlines()[-20:])
+        )
     print(f"{log.stem}: {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -255,46 +301,98 @@ def main(argv: list[str] | None = None) -> None:
     (work / "settings.json").write_text(json.dumps({"data": data, "hp": hp, "model": sizes["model"]}))
 
     flags = [a for k, v in hp.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-    trl = [trl_python(), trl_baseline.__file__, "--model", sizes["model"], "--out", str(work / "trl"),
-           *(a for f in ("pairs", "heldout", "prompts", "eval_prompts")
-             for a in (f"--{f.replace('_', '-')}", str(work / f"{f}.jsonl"))), *flags, "--stage"]  # fmt: skip
+    trl = [
+        trl_python(),
+        trl_baseline.__file__,
+        "--model",
+        sizes["model"],
+        "--out",
+        str(work / "trl"),
+        *(
+            a
+            for f in ("pairs", "heldout", "prompts", "eval_prompts")
+            for a in (f"--{f.replace('_', '-')}", str(work / f"{f}.jsonl"))
+        ),
+        *flags,
+        "--stage",
+    ]
     ours_rm, trl_rm = child([*ours, "ours-rm"], work / "ours-rm.log"), child([*trl, "rm"], work / "trl-rm.log")
     ours_ppo, trl_ppo = child([*ours, "ours-ppo"], work / "ours-ppo.log"), child([*trl, "ppo"], work / "trl-ppo.log")
     score = child([*ours, "eval"], work / "eval.log")
     trl_sampler = (hidden(work / "trl" / "samples_before.jsonl"), hidden(work / "trl" / "samples.jsonl"))
 
     names = {"ours": "ours", "trl": f"TRL {trl_ppo['trl_version']}"}
-    rows = [["reward model", names[side], r["rm_pairs_per_s"], "pairs/s",
-             f"held-out acc {r['rm_heldout_accuracy']:.3f}", r["peak_rss_mb"]]
-            for side, r in (("ours", ours_rm), ("trl", trl_rm))]  # fmt: skip
-    rows += [["PPO", names[side], r["ppo_episodes_per_s"], "episodes/s",
-              f"hidden score {score['hidden_before']:.3f} -> {score[f'{side}_hidden_after']:.3f}", r["peak_rss_mb"]]
-             for side, r in (("ours", ours_ppo), ("trl", trl_ppo))]  # fmt: skip
-    emit(f"training, demo model, CPU {hp['threads']} threads, {sizes['train_pairs']} pairs x {hp['rm_epochs']} "
-         f"epochs, PPO {hp['ppo_episodes']} episodes, torch {ours_ppo['torch_version']}",
-         ["stage", "trainer", "rate", "unit", "quality", "peak RSS MB"], rows,
-         {"benchmark": "training", "quick": args.quick,
-          "rm_vs_trl": round(ours_rm["rm_pairs_per_s"] / trl_rm["rm_pairs_per_s"], 2),
-          "ppo_vs_trl": round(ours_ppo["ppo_episodes_per_s"] / trl_ppo["ppo_episodes_per_s"], 2),
-          "ppo_peak_rss_vs_trl": round(ours_ppo["peak_rss_mb"] / trl_ppo["peak_rss_mb"], 2),
-          "ours_rm_pairs_per_s": ours_rm["rm_pairs_per_s"], "trl_rm_pairs_per_s": trl_rm["rm_pairs_per_s"],
-          "ours_rm_heldout_accuracy": ours_rm["rm_heldout_accuracy"],
-          "trl_rm_heldout_accuracy": trl_rm["rm_heldout_accuracy"],
-          "ours_rm_peak_rss_mb": ours_rm["peak_rss_mb"], "trl_rm_peak_rss_mb": trl_rm["peak_rss_mb"],
-          "ours_ppo_episodes_per_s": ours_ppo["ppo_episodes_per_s"],
-          "trl_ppo_episodes_per_s": trl_ppo["ppo_episodes_per_s"],
-          **{k: score[k] for k in ("hidden_before", "ours_hidden_after", "trl_hidden_after", "eval_samples",
-                                   "ours_minus_trl_hidden", "ours_minus_trl_hidden_se")},
-          "ppo_gain_vs_trl": round((score["ours_hidden_after"] - score["hidden_before"])
-                                   / max(score["trl_hidden_after"] - score["hidden_before"], 1e-9), 3),
-          "ppo_gain_at_least_trl": score["ours_minus_trl_hidden"] >= -2 * score["ours_minus_trl_hidden_se"],
-          "trl_sampler_hidden_before": trl_sampler[0], "trl_sampler_hidden_after": trl_sampler[1],
-          "ours_ppo_peak_rss_mb": ours_ppo["peak_rss_mb"], "trl_ppo_peak_rss_mb": trl_ppo["peak_rss_mb"],
-          "trl_version": trl_ppo["trl_version"], "torch_version": ours_ppo["torch_version"],
-          "trl_torch_version": trl_ppo["torch_version"],
-          "data": {k: sizes[k] for k in ("train_pairs", "heldout_pairs", "ppo_prompts", "eval_prompts")},
-          "settings": {**data, **hp},
-          "load_avg_1m_at_start": round(load, 2), "wall_s": round(time.perf_counter() - started, 1)})  # fmt: skip
+    rows = [
+        [
+            "reward model",
+            names[side],
+            r["rm_pairs_per_s"],
+            "pairs/s",
+            f"held-out acc {r['rm_heldout_accuracy']:.3f}",
+            r["peak_rss_mb"],
+        ]
+        for side, r in (("ours", ours_rm), ("trl", trl_rm))
+    ]
+    rows += [
+        [
+            "PPO",
+            names[side],
+            r["ppo_episodes_per_s"],
+            "episodes/s",
+            f"hidden score {score['hidden_before']:.3f} -> {score[f'{side}_hidden_after']:.3f}",
+            r["peak_rss_mb"],
+        ]
+        for side, r in (("ours", ours_ppo), ("trl", trl_ppo))
+    ]
+    emit(
+        f"training, demo model, CPU {hp['threads']} threads, {sizes['train_pairs']} pairs x {hp['rm_epochs']} "
+        f"epochs, PPO {hp['ppo_episodes']} episodes, torch {ours_ppo['torch_version']}",
+        ["stage", "trainer", "rate", "unit", "quality", "peak RSS MB"],
+        rows,
+        {
+            "benchmark": "training",
+            "quick": args.quick,
+            "rm_vs_trl": round(ours_rm["rm_pairs_per_s"] / trl_rm["rm_pairs_per_s"], 2),
+            "ppo_vs_trl": round(ours_ppo["ppo_episodes_per_s"] / trl_ppo["ppo_episodes_per_s"], 2),
+            "ppo_peak_rss_vs_trl": round(ours_ppo["peak_rss_mb"] / trl_ppo["peak_rss_mb"], 2),
+            "ours_rm_pairs_per_s": ours_rm["rm_pairs_per_s"],
+            "trl_rm_pairs_per_s": trl_rm["rm_pairs_per_s"],
+            "ours_rm_heldout_accuracy": ours_rm["rm_heldout_accuracy"],
+            "trl_rm_heldout_accuracy": trl_rm["rm_heldout_accuracy"],
+            "ours_rm_peak_rss_mb": ours_rm["peak_rss_mb"],
+            "trl_rm_peak_rss_mb": trl_rm["peak_rss_mb"],
+            "ours_ppo_episodes_per_s": ours_ppo["ppo_episodes_per_s"],
+            "trl_ppo_episodes_per_s": trl_ppo["ppo_episodes_per_s"],
+            **{
+                k: score[k]
+                for k in (
+                    "hidden_before",
+                    "ours_hidden_after",
+                    "trl_hidden_after",
+                    "eval_samples",
+                    "ours_minus_trl_hidden",
+                    "ours_minus_trl_hidden_se",
+                )
+            },
+            "ppo_gain_vs_trl": round(
+                (score["ours_hidden_after"] - score["hidden_before"])
+                / max(score["trl_hidden_after"] - score["hidden_before"], 1e-9),
+                3,
+            ),
+            "ppo_gain_at_least_trl": score["ours_minus_trl_hidden"] >= -2 * score["ours_minus_trl_hidden_se"],
+            "trl_sampler_hidden_before": trl_sampler[0],
+            "trl_sampler_hidden_after": trl_sampler[1],
+            "ours_ppo_peak_rss_mb": ours_ppo["peak_rss_mb"],
+            "trl_ppo_peak_rss_mb": trl_ppo["peak_rss_mb"],
+            "trl_version": trl_ppo["trl_version"],
+            "torch_version": ours_ppo["torch_version"],
+            "trl_torch_version": trl_ppo["torch_version"],
+            "data": {k: sizes[k] for k in ("train_pairs", "heldout_pairs", "ppo_prompts", "eval_prompts")},
+            "settings": {**data, **hp},
+            "load_avg_1m_at_start": round(load, 2),
+            "wall_s": round(time.perf_counter() - started, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

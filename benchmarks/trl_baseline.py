@@ -48,8 +48,9 @@ def read_jsonl(path: str) -> list[dict]:
 
 def prompt_ids(tok, prompt: str) -> list[int]:
     """``<|user|>{prompt}<|assistant|>``: the generation prompt, exactly as serving builds it."""
-    return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                   tokenize=True, return_dict=False)  # fmt: skip
+    return tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
 
 
 def pair_ids(tok, prompt: str, response: str) -> list[int]:
@@ -63,8 +64,14 @@ def lora(args, task_type: str):
 
     # GPT-2 uses Conv1D layers (weights stored transposed), hence fan_in_fan_out. For SEQ_CLS, peft adds the
     # `score` head to modules_to_save, so the head trains fully next to the adapter.
-    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, fan_in_fan_out=True,
-                      target_modules=["c_attn", "c_proj", "c_fc"], task_type=task_type)  # fmt: skip
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=0.0,
+        fan_in_fan_out=True,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        task_type=task_type,
+    )
 
 
 def rm_scores(model, tok, seqs: list[list[int]], batch: int = 32) -> list[float]:
@@ -92,18 +99,35 @@ def train_rm(args, tok) -> dict:
     # Pre-tokenized `chosen_ids`/`rejected_ids` make RewardTrainer skip its own formatting (which would
     # append eos to plain text or re-apply the template); `weight` is dropped: RewardTrainer has no
     # per-pair weights (only an additive `margin`).
-    ds = Dataset.from_list([{"chosen_ids": pair_ids(tok, p["prompt"], p["chosen"]),
-                             "rejected_ids": pair_ids(tok, p["prompt"], p["rejected"])} for p in pairs])  # fmt: skip
+    ds = Dataset.from_list(
+        [
+            {
+                "chosen_ids": pair_ids(tok, p["prompt"], p["chosen"]),
+                "rejected_ids": pair_ids(tok, p["prompt"], p["rejected"]),
+            }
+            for p in pairs
+        ]
+    )
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     cfg = RewardConfig(
-        output_dir=args.scratch, num_train_epochs=args.rm_epochs,
-        per_device_train_batch_size=args.rm_batch_size, learning_rate=args.rm_lr, seed=args.seed,
-        max_length=None, bf16=False, gradient_checkpointing=False,  # TRL defaults them to True
-        save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, logging_steps=10,
-    )  # fmt: skip
-    trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
-                            peft_config=lora(args, "SEQ_CLS"))  # fmt: skip
+        output_dir=args.scratch,
+        num_train_epochs=args.rm_epochs,
+        per_device_train_batch_size=args.rm_batch_size,
+        learning_rate=args.rm_lr,
+        seed=args.seed,
+        max_length=None,
+        bf16=False,
+        gradient_checkpointing=False,  # TRL defaults them to True
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        logging_steps=10,
+    )
+    trainer = RewardTrainer(
+        model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora(args, "SEQ_CLS")
+    )
     started = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - started
@@ -116,8 +140,13 @@ def train_rm(args, tok) -> dict:
     rejected = rm_scores(rm, tok, [pair_ids(tok, h["prompt"], h["rejected"]) for h in held])
     accuracy = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(held))
     n = len(pairs) * args.rm_epochs
-    return {"rm_pairs": n, "rm_train_s": round(train_s, 3), "rm_pairs_per_s": round(n / train_s, 2),
-            "rm_heldout_accuracy": round(accuracy, 4), "rm_heldout_pairs": len(held)}  # fmt: skip
+    return {
+        "rm_pairs": n,
+        "rm_train_s": round(train_s, 3),
+        "rm_pairs_per_s": round(n / train_s, 2),
+        "rm_heldout_accuracy": round(accuracy, 4),
+        "rm_heldout_pairs": len(held),
+    }
 
 
 def sample(model, tok, prompts: list[str], args) -> list[str]:
@@ -128,9 +157,16 @@ def sample(model, tok, prompts: list[str], args) -> list[str]:
     batch = tok.pad({"input_ids": [prompt_ids(tok, p) for p in prompts]}, return_tensors="pt")
     batch = batch.to(next(model.parameters()).device)
     with torch.no_grad():
-        out = model.generate(**batch, do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0,
-                             max_new_tokens=args.max_new_tokens, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)  # fmt: skip
+        out = model.generate(
+            **batch,
+            do_sample=True,
+            temperature=args.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=args.max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
     texts = []
     for row in out[:, batch["input_ids"].shape[1] :].tolist():
         row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
@@ -160,24 +196,45 @@ def train_ppo(args, tok) -> dict:
     value = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=1)  # fresh score head
     reward = AutoModelForSequenceClassification.from_pretrained(out / "rm", num_labels=1).eval()
     cfg = PPOConfig(
-        output_dir=args.scratch, seed=args.seed, learning_rate=args.ppo_lr,
-        total_episodes=args.ppo_episodes, num_ppo_epochs=args.ppo_epochs,
+        output_dir=args.scratch,
+        seed=args.seed,
+        learning_rate=args.ppo_lr,
+        total_episodes=args.ppo_episodes,
+        num_ppo_epochs=args.ppo_epochs,
         # One rollout batch = per_device_train_batch_size * grad_accum; it is split into num_mini_batches,
         # one optimizer step each. grad_accum > 1 would make accelerate skip steps inside a minibatch.
-        per_device_train_batch_size=args.ppo_batch_size, gradient_accumulation_steps=1,
+        per_device_train_batch_size=args.ppo_batch_size,
+        gradient_accumulation_steps=1,
         num_mini_batches=args.ppo_batch_size // args.ppo_minibatch,
         local_rollout_forward_batch_size=args.ppo_batch_size,
-        response_length=args.max_new_tokens, temperature=args.temperature, kl_coef=args.kl_coef,
+        response_length=args.max_new_tokens,
+        temperature=args.temperature,
+        kl_coef=args.kl_coef,
         # stop_token="eos": generation stops at <|end|>, tokens after it become pad, and the RM score is
         # read at the eos. Without it TRL samples the full response_length and scores the tail too.
         # missing_eos_penalty stays None: responses cut at max_new_tokens are scored as they are.
-        stop_token="eos", missing_eos_penalty=None,
-        num_sample_generations=0, bf16=False, gradient_checkpointing=False,  # TRL defaults them to True
-        save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, logging_steps=1,
-    )  # fmt: skip
+        stop_token="eos",
+        missing_eos_penalty=None,
+        num_sample_generations=0,
+        bf16=False,
+        gradient_checkpointing=False,  # TRL defaults them to True
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        logging_steps=1,
+    )
     # With peft_config and ref_model=None the reference is the policy with its adapter disabled.
-    trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
-                         value_model=value, train_dataset=ds, peft_config=lora(args, "CAUSAL_LM"))  # fmt: skip
+    trainer = PPOTrainer(
+        args=cfg,
+        processing_class=tok,
+        model=policy,
+        ref_model=None,
+        reward_model=reward,
+        value_model=value,
+        train_dataset=ds,
+        peft_config=lora(args, "CAUSAL_LM"),
+    )
     started = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - started
@@ -190,10 +247,13 @@ def train_ppo(args, tok) -> dict:
     with policy.disable_adapter():
         write_samples(out / "samples_before.jsonl", first, sample(policy, tok, first, args))
     scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
-    return {"ppo_episodes": episodes, "ppo_train_s": round(train_s, 3),
-            "ppo_episodes_per_s": round(episodes / train_s, 2),
-            "ppo_rm_score_first": round(scores[0], 4) if scores else None,
-            "ppo_rm_score_last": round(scores[-1], 4) if scores else None}  # fmt: skip
+    return {
+        "ppo_episodes": episodes,
+        "ppo_train_s": round(train_s, 3),
+        "ppo_episodes_per_s": round(episodes / train_s, 2),
+        "ppo_rm_score_first": round(scores[0], 4) if scores else None,
+        "ppo_rm_score_last": round(scores[-1], 4) if scores else None,
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -203,12 +263,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-prompts", help="prompts to sample before/after PPO (default: --prompts)")
     p.add_argument("--stage", choices=["rm", "ppo", "both"], default="both")
     for name, kind, default in [
-        ("--lora-r", int, 8), ("--lora-alpha", int, 16), ("--seed", int, 0), ("--threads", int, 2),
-        ("--rm-epochs", int, 1), ("--rm-batch-size", int, 16), ("--rm-lr", float, 1e-3),
-        ("--ppo-episodes", int, 256), ("--ppo-batch-size", int, 32), ("--ppo-minibatch", int, 8),
-        ("--ppo-epochs", int, 2), ("--ppo-lr", float, 5e-4), ("--max-new-tokens", int, 32),
-        ("--temperature", float, 1.0), ("--kl-coef", float, 0.05),
-    ]:  # fmt: skip
+        ("--lora-r", int, 8),
+        ("--lora-alpha", int, 16),
+        ("--seed", int, 0),
+        ("--threads", int, 2),
+        ("--rm-epochs", int, 1),
+        ("--rm-batch-size", int, 16),
+        ("--rm-lr", float, 1e-3),
+        ("--ppo-episodes", int, 256),
+        ("--ppo-batch-size", int, 32),
+        ("--ppo-minibatch", int, 8),
+        ("--ppo-epochs", int, 2),
+        ("--ppo-lr", float, 5e-4),
+        ("--max-new-tokens", int, 32),
+        ("--temperature", float, 1.0),
+        ("--kl-coef", float, 0.05),
+    ]:
         p.add_argument(name, type=kind, default=default)
     args = p.parse_args(argv)
     if args.ppo_batch_size % args.ppo_minibatch:
@@ -238,9 +308,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.stage in ("ppo", "both"):
             transformers.set_seed(args.seed)
             result |= train_ppo(args, tok)
-    result |= {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               "wall_s": round(time.perf_counter() - started, 3), "trl_version": trl.__version__,
-               "transformers_version": transformers.__version__, "torch_version": torch.__version__}  # fmt: skip
+    result |= {
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "wall_s": round(time.perf_counter() - started, 3),
+        "trl_version": trl.__version__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+    }
     print(json.dumps(result), flush=True)
 
 

@@ -36,55 +36,113 @@ class Topic:
 
 
 TOPICS: Final[tuple[Topic, ...]] = (
-    Topic("delivery", ("order", "package", "delivery", "courier", "tracking"),
-          ("My order {t} never arrived, can you help?", "Where is my package for order {t}?",
-           "The tracking for order {t} has not moved in a week.", "My delivery {t} is late again.",
-           "The {p} from order {t} is still not here."),
-          ("I am sorry your package is late", "I am sorry the order has not arrived"),
-          ("The courier will deliver your order tomorrow", "I have sent a new package today",
-           "I have updated the tracking for your order")),
-    Topic("refund", ("refund", "money", "return", "card"),
-          ("I want a refund for order {t}.", "When will I get my money back for return {t}?",
-           "My refund for {t} is still missing.", "I sent the {p} back, where is my refund for {t}?"),
-          ("I am sorry the refund is taking so long", "I am sorry about the wait for your money"),
-          ("Your refund is on its way to your card", "The money will be back on your card in three days")),
-    Topic("password", ("password", "account", "login", "reset", "email"),
-          ("I cannot reset my password, my case is {t}.", "I am locked out of my account, ticket {t}.",
-           "The login link for case {t} does not work."),
-          ("I am sorry you cannot log in", "I am sorry about the trouble with your account"),
-          ("I have sent a new reset link to your email", "Your account is unlocked and you can log in now")),
-    Topic("billing", ("charge", "invoice", "bill", "charged", "payment"),
-          ("I was charged twice for invoice {t}.", "There is a wrong charge on my bill, invoice {t}.",
-           "Why is my payment for {t} so high?"),
-          ("I am sorry about the double charge", "I am sorry the bill was wrong"),
-          ("I have removed the extra charge from your invoice", "The wrong payment will be returned this week")),
-    Topic("damaged", ("damaged", "broken", "replacement", "item", "box"),
-          ("The item in order {t} arrived broken.", "My {p} from {t} came damaged, what now?",
-           "The box for {t} was crushed and the item is broken.", "The {p} in order {t} is broken."),
-          ("I am sorry the item arrived damaged", "I am sorry it came broken"),
-          ("A replacement item is on its way", "I have sent a free replacement for the broken item")),
-    Topic("cancel", ("cancel", "subscription", "plan", "renewal"),
-          ("Please cancel my subscription, account {t}.", "How do I cancel my plan {t}?",
-           "I do not want the renewal for {t}."),
-          ("I am sorry to see you go", "I am sorry the plan did not work for you"),
-          ("Your subscription is cancelled and you will not be charged again",
-           "I have stopped the renewal of your plan")),
-    Topic("app", ("app", "crash", "crashes", "update", "version", "phone"),
-          ("The app crashes when I open it, ticket {t}.", "Since the update the app is slow, case {t}.",
-           "The app will not start on my phone, ticket {t}."),
-          ("I am sorry the app is crashing", "I am sorry about the trouble with the app"),
-          ("Please install the new version of the app", "The next update fixes the crash on your phone")),
-)  # fmt: skip
+    Topic(
+        "delivery",
+        ("order", "package", "delivery", "courier", "tracking"),
+        (
+            "My order {t} never arrived, can you help?",
+            "Where is my package for order {t}?",
+            "The tracking for order {t} has not moved in a week.",
+            "My delivery {t} is late again.",
+            "The {p} from order {t} is still not here.",
+        ),
+        ("I am sorry your package is late", "I am sorry the order has not arrived"),
+        (
+            "The courier will deliver your order tomorrow",
+            "I have sent a new package today",
+            "I have updated the tracking for your order",
+        ),
+    ),
+    Topic(
+        "refund",
+        ("refund", "money", "return", "card"),
+        (
+            "I want a refund for order {t}.",
+            "When will I get my money back for return {t}?",
+            "My refund for {t} is still missing.",
+            "I sent the {p} back, where is my refund for {t}?",
+        ),
+        ("I am sorry the refund is taking so long", "I am sorry about the wait for your money"),
+        ("Your refund is on its way to your card", "The money will be back on your card in three days"),
+    ),
+    Topic(
+        "password",
+        ("password", "account", "login", "reset", "email"),
+        (
+            "I cannot reset my password, my case is {t}.",
+            "I am locked out of my account, ticket {t}.",
+            "The login link for case {t} does not work.",
+        ),
+        ("I am sorry you cannot log in", "I am sorry about the trouble with your account"),
+        ("I have sent a new reset link to your email", "Your account is unlocked and you can log in now"),
+    ),
+    Topic(
+        "billing",
+        ("charge", "invoice", "bill", "charged", "payment"),
+        (
+            "I was charged twice for invoice {t}.",
+            "There is a wrong charge on my bill, invoice {t}.",
+            "Why is my payment for {t} so high?",
+        ),
+        ("I am sorry about the double charge", "I am sorry the bill was wrong"),
+        ("I have removed the extra charge from your invoice", "The wrong payment will be returned this week"),
+    ),
+    Topic(
+        "damaged",
+        ("damaged", "broken", "replacement", "item", "box"),
+        (
+            "The item in order {t} arrived broken.",
+            "My {p} from {t} came damaged, what now?",
+            "The box for {t} was crushed and the item is broken.",
+            "The {p} in order {t} is broken.",
+        ),
+        ("I am sorry the item arrived damaged", "I am sorry it came broken"),
+        ("A replacement item is on its way", "I have sent a free replacement for the broken item"),
+    ),
+    Topic(
+        "cancel",
+        ("cancel", "subscription", "plan", "renewal"),
+        (
+            "Please cancel my subscription, account {t}.",
+            "How do I cancel my plan {t}?",
+            "I do not want the renewal for {t}.",
+        ),
+        ("I am sorry to see you go", "I am sorry the plan did not work for you"),
+        ("Your subscription is cancelled and you will not be charged again", "I have stopped the renewal of your plan"),
+    ),
+    Topic(
+        "app",
+        ("app", "crash", "crashes", "update", "version", "phone"),
+        (
+            "The app crashes when I open it, ticket {t}.",
+            "Since the update the app is slow, case {t}.",
+            "The app will not start on my phone, ticket {t}.",
+        ),
+        ("I am sorry the app is crashing", "I am sorry about the trouble with the app"),
+        ("Please install the new version of the app", "The next update fixes the crash on your phone"),
+    ),
+)
 
 PRODUCTS: Final = ("lamp", "kettle", "chair", "jacket", "blender", "headphones", "toaster", "backpack")
 STYLES: Final = ("helpful", "polite", "rude", "off_topic", "rambling")
 STYLE_MIX: Final = {"helpful": 0.22, "polite": 0.18, "rude": 0.2, "off_topic": 0.2, "rambling": 0.2}
 """How often each style appears in the demo model's training corpus (so, roughly, in its samples)."""
 
-RUDE: Final = ("read the manual", "not my problem", "stop writing to us", "deal with it yourself",
-               "we do not care", "whatever")  # fmt: skip
-OFF_TOPIC: Final = ("our summer sale has cheap hats", "the weather is lovely today", "cats sleep most of the day",
-                    "our office has a new coffee machine", "the football match was great")  # fmt: skip
+RUDE: Final = (
+    "read the manual",
+    "not my problem",
+    "stop writing to us",
+    "deal with it yourself",
+    "we do not care",
+    "whatever",
+)
+OFF_TOPIC: Final = (
+    "our summer sale has cheap hats",
+    "the weather is lovely today",
+    "cats sleep most of the day",
+    "our office has a new coffee machine",
+    "the football match was great",
+)
 FILLER: Final = ("you know", "as I was saying", "anyway", "in a way", "if you think about it", "basically")
 CLOSINGS: Final = ("Have a nice day!", "Happy to help.", "Thank you for your patience.")
 

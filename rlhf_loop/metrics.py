@@ -28,7 +28,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 # --- inference API (services/inference) --------------------------------------------------------
 REQUEST_DURATION = Histogram(
-    "rlhf_request_duration_seconds", "HTTP request latency by route.", ["route", "method"],
+    "rlhf_request_duration_seconds",
+    "HTTP request latency by route.",
+    ["route", "method"],
     buckets=LATENCY_BUCKETS,
 )  # services/inference/app.py (middleware)
 REQUESTS = Counter(
@@ -67,8 +69,10 @@ CONSUMED_EVENTS = Counter(
     "rlhf_consumed_events_total", "Events consumed and committed.", ["topic"]
 )  # rlhf_loop/bus/consumer.py
 CONSUMER_LAG = Gauge(
-    "rlhf_consumer_lag_messages", "Messages behind the partition's high watermark after the last batch.",
-    ["topic", "partition"], multiprocess_mode="max",
+    "rlhf_consumer_lag_messages",
+    "Messages behind the partition's high watermark after the last batch.",
+    ["topic", "partition"],
+    multiprocess_mode="max",
 )  # rlhf_loop/bus/consumer.py (Tansu's high watermark can be wrong: a dev-broker caveat)
 DEAD_LETTERS = Counter(
     "rlhf_dead_letters_total", "Messages sent to the dead-letter topic.", ["topic"]
@@ -80,7 +84,8 @@ AGGREGATED_EVENTS = Counter(
 )  # workers/aggregator/handler.py
 PAIRS_BUILT = Counter("rlhf_pairs_built_total", "Preference pairs created.")  # workers/aggregator/handler.py
 AGGREGATE_BATCH_SECONDS = Histogram(
-    "rlhf_aggregate_batch_duration_seconds", "Time to store one consumed batch and re-derive its pairs.",
+    "rlhf_aggregate_batch_duration_seconds",
+    "Time to store one consumed batch and re-derive its pairs.",
     buckets=LATENCY_BUCKETS,
 )  # workers/aggregator/handler.py
 FEEDBACK_AWAITING_RESPONSE = Gauge(
@@ -90,8 +95,10 @@ ORPHAN_FEEDBACK_DROPPED = Counter(
     "rlhf_orphan_feedback_dropped_total", "Ratings dropped after waiting too long for their response."
 )  # workers/aggregator/handler.py
 NEGATIVE_FEEDBACK_RATE = Gauge(
-    "rlhf_negative_feedback_rate", "Share of thumbs-down among ratings in the sliding window, per adapter.",
-    ["adapter"], multiprocess_mode="mostrecent",
+    "rlhf_negative_feedback_rate",
+    "Share of thumbs-down among ratings in the sliding window, per adapter.",
+    ["adapter"],
+    multiprocess_mode="mostrecent",
 )  # workers/aggregator/hot_state.py
 
 # --- training (workers/training) -------------------------------------------------------------
@@ -102,31 +109,41 @@ TRAINING_RUNS = Counter(
     "rlhf_training_runs_total", "Training runs that ended, by outcome.", ["outcome"]
 )  # workers/training/pipeline.py
 TRAINING_STAGE_SECONDS = Histogram(
-    "rlhf_training_stage_duration_seconds", "Wall time of one training stage.", ["stage"],
+    "rlhf_training_stage_duration_seconds",
+    "Wall time of one training stage.",
+    ["stage"],
     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600),
 )  # workers/training/pipeline.py
 TRAINING_LAST_SUCCESS = Gauge(
-    "rlhf_training_last_success_timestamp_seconds", "When each training stage last finished successfully.",
-    ["stage"], multiprocess_mode="max",
+    "rlhf_training_last_success_timestamp_seconds",
+    "When each training stage last finished successfully.",
+    ["stage"],
+    multiprocess_mode="max",
 )  # workers/training/pipeline.py
 TRAINING_LOSS = Gauge(
-    "rlhf_training_loss", "Latest training loss by stage (reward: Bradley-Terry; ppo: clipped policy loss).",
-    ["stage"], multiprocess_mode="mostrecent",
+    "rlhf_training_loss",
+    "Latest training loss by stage (reward: Bradley-Terry; ppo: clipped policy loss).",
+    ["stage"],
+    multiprocess_mode="mostrecent",
 )  # workers/training/pipeline.py
 PPO_SCORE = Gauge(
-    "rlhf_ppo_reward_score", "Mean normalized reward-model score of the latest PPO step's rollouts.",
+    "rlhf_ppo_reward_score",
+    "Mean normalized reward-model score of the latest PPO step's rollouts.",
     multiprocess_mode="mostrecent",
 )  # workers/training/pipeline.py
 PPO_KL = Gauge(
-    "rlhf_ppo_kl_nats", "Mean sequence KL of the latest PPO step's rollouts vs the base model.",
+    "rlhf_ppo_kl_nats",
+    "Mean sequence KL of the latest PPO step's rollouts vs the base model.",
     multiprocess_mode="mostrecent",
 )  # workers/training/pipeline.py
 TRAINING_TOKENS_PER_SECOND = Gauge(
-    "rlhf_training_generation_tokens_per_second", "Rollout generation speed of the latest PPO step.",
+    "rlhf_training_generation_tokens_per_second",
+    "Rollout generation speed of the latest PPO step.",
     multiprocess_mode="mostrecent",
 )  # workers/training/pipeline.py
 REWARD_MODEL_ACCURACY = Gauge(
-    "rlhf_reward_model_heldout_accuracy_ratio", "Held-out pair accuracy of the latest reward model.",
+    "rlhf_reward_model_heldout_accuracy_ratio",
+    "Held-out pair accuracy of the latest reward model.",
     multiprocess_mode="mostrecent",
 )  # workers/training/pipeline.py
 # --- promotion (services/promotion) and adapter serving (services/inference) ------------------
@@ -140,22 +157,28 @@ ROLLBACKS = Counter(
     "rlhf_rollbacks_total", "Adapter rollbacks, by trigger (auto: canary monitor; manual: approver).", ["trigger"]
 )  # services/promotion/rollout.py
 CANARY_NEGATIVE_RATE = Gauge(
-    "rlhf_canary_negative_feedback_rate", "Negative-feedback rate since the canary started, canary vs active arm.",
-    ["arm"], multiprocess_mode="mostrecent",
+    "rlhf_canary_negative_feedback_rate",
+    "Negative-feedback rate since the canary started, canary vs active arm.",
+    ["arm"],
+    multiprocess_mode="mostrecent",
 )  # services/promotion/canary.py
 CANARY_P_VALUE = Gauge(
-    "rlhf_canary_p_value", "One-sided p-value that the canary's negative-feedback rate is worse than active's.",
+    "rlhf_canary_p_value",
+    "One-sided p-value that the canary's negative-feedback rate is worse than active's.",
     multiprocess_mode="mostrecent",
 )  # services/promotion/canary.py
 SERVING_ADAPTER = Gauge(
-    "rlhf_serving_adapter_info", "1 for the adapter this API process serves in each role (active, canary).",
-    ["role", "adapter"], multiprocess_mode="max",
+    "rlhf_serving_adapter_info",
+    "1 for the adapter this API process serves in each role (active, canary).",
+    ["role", "adapter"],
+    multiprocess_mode="max",
 )  # services/inference/deployment.py
 ADAPTER_SWAPS = Counter(
     "rlhf_adapter_swaps_total", "Deployment changes applied by an API process, by result.", ["result"]
 )  # services/inference/deployment.py
 CANARY_SHARE = Gauge(
-    "rlhf_canary_share_ratio", "Share of users routed to the canary adapter by this API process.",
+    "rlhf_canary_share_ratio",
+    "Share of users routed to the canary adapter by this API process.",
     multiprocess_mode="max",
 )  # services/inference/deployment.py
 TRAINING_STAGES = ("snapshot", "reward", "ppo", "evaluate", "register")
@@ -168,8 +191,7 @@ for _trigger in ("auto", "manual"):
 for _result in ("ok", "failed"):
     ADAPTER_SWAPS.labels(_result)
 
-_PER_TOPIC = (PRODUCE_ATTEMPTS, PRODUCE_ERRORS, SPOOLED_EVENTS, REPLAYED_EVENTS, CONSUMED_EVENTS,
-              DEAD_LETTERS)
+_PER_TOPIC = (PRODUCE_ATTEMPTS, PRODUCE_ERRORS, SPOOLED_EVENTS, REPLAYED_EVENTS, CONSUMED_EVENTS, DEAD_LETTERS)
 for _topic in (Topics.RESPONSES, Topics.FEEDBACK):  # pre-create known label values
     for _metric in _PER_TOPIC:
         _metric.labels(_topic)
@@ -177,33 +199,47 @@ for _topic in (Topics.RESPONSES, Topics.FEEDBACK):  # pre-create known label val
 
 # --- drift (workers/monitoring/drift.py: prompts, feedback; workers/training/model/drift_scoring.py: model) ------
 DRIFT_PROMPT_PSI = Gauge(
-    "rlhf_drift_prompt_psi", "PSI of live prompts vs the active adapter's training prompts, by feature "
+    "rlhf_drift_prompt_psi",
+    "PSI of live prompts vs the active adapter's training prompts, by feature "
     "(length: word-count buckets; tokens: hashed word frequencies). NaN with too few live prompts.",
-    ["feature"], multiprocess_mode="mostrecent",
+    ["feature"],
+    multiprocess_mode="mostrecent",
 )  # workers/monitoring/drift.py
 DRIFT_NEGATIVE_RATE = Gauge(
-    "rlhf_drift_negative_feedback_rate", "Negative-feedback rate of the serving adapters from SQL: the drift window "
-    "(recent) vs the span before it (baseline). NaN without ratings.", ["role", "window"],
+    "rlhf_drift_negative_feedback_rate",
+    "Negative-feedback rate of the serving adapters from SQL: the drift window "
+    "(recent) vs the span before it (baseline). NaN without ratings.",
+    ["role", "window"],
     multiprocess_mode="mostrecent",
 )  # workers/monitoring/drift.py
 DRIFT_REWARD_SCORE = Gauge(
-    "rlhf_drift_reward_score", "Mean normalized reward-model score of the active adapter's responses: "
-    "a live sample vs its evaluation at promotion.", ["source"], multiprocess_mode="mostrecent",
+    "rlhf_drift_reward_score",
+    "Mean normalized reward-model score of the active adapter's responses: "
+    "a live sample vs its evaluation at promotion.",
+    ["source"],
+    multiprocess_mode="mostrecent",
 )  # workers/training/model/drift_scoring.py
 DRIFT_POLICY_KL = Gauge(
-    "rlhf_drift_policy_kl_nats", "Mean sequence KL of the active adapter from the base model: "
-    "live responses vs its evaluation at promotion.", ["source"], multiprocess_mode="mostrecent",
+    "rlhf_drift_policy_kl_nats",
+    "Mean sequence KL of the active adapter from the base model: live responses vs its evaluation at promotion.",
+    ["source"],
+    multiprocess_mode="mostrecent",
 )  # workers/training/model/drift_scoring.py
 DRIFT_SAMPLE = Gauge(
-    "rlhf_drift_sample_size", "Live items the latest drift check used, by check.", ["check"],
+    "rlhf_drift_sample_size",
+    "Live items the latest drift check used, by check.",
+    ["check"],
     multiprocess_mode="mostrecent",
 )  # workers/monitoring/drift.py, workers/training/model/drift_scoring.py
 DRIFT_CHECKS = Counter(
-    "rlhf_drift_checks_total", "Drift checks run, by check and outcome (computed, or skipped: no reference).",
+    "rlhf_drift_checks_total",
+    "Drift checks run, by check and outcome (computed, or skipped: no reference).",
     ["check", "outcome"],
 )  # workers/monitoring/drift.py, workers/training/model/drift_scoring.py
 DRIFT_LAST_SUCCESS = Gauge(
-    "rlhf_drift_last_success_timestamp_seconds", "When each drift check last computed its gauges.", ["check"],
+    "rlhf_drift_last_success_timestamp_seconds",
+    "When each drift check last computed its gauges.",
+    ["check"],
     multiprocess_mode="max",
 )  # workers/monitoring/drift.py, workers/training/model/drift_scoring.py
 DRIFT_CHECK_NAMES = ("prompt", "feedback", "model")

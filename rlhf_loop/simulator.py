@@ -33,8 +33,15 @@ CONCISE_WORDS = (5, 35)
 RAMBLING_WORDS = 40
 """More words than this (or two filler phrases) is rambling."""
 
-WEIGHTS = {"polite": 0.2, "on_topic": 0.2, "concise": 0.1, "mentions_ticket": 0.2, "rude": -0.5, "rambling": -0.6,
-           "degenerate": -0.6}  # fmt: skip
+WEIGHTS = {
+    "polite": 0.2,
+    "on_topic": 0.2,
+    "concise": 0.1,
+    "mentions_ticket": 0.2,
+    "rude": -0.5,
+    "rambling": -0.6,
+    "degenerate": -0.6,
+}
 """Weight of each feature in the hidden score (before per-user variation); the keys are the features."""
 BASELINE = 0.3
 """Score of a response with no feature at all; with every liked one it is 1.0."""
@@ -113,8 +120,9 @@ class User:
 class Simulator:
     """Prompts (Zipf popularity over a fixed catalogue) and users, all derived from one seed."""
 
-    def __init__(self, seed: int, n_prompts: int = 300, n_users: int = 200, noise: float = 0.1,
-                 zipf_s: float = 1.1) -> None:  # fmt: skip
+    def __init__(
+        self, seed: int, n_prompts: int = 300, n_users: int = 200, noise: float = 0.1, zipf_s: float = 1.1
+    ) -> None:
         if not 0 <= noise <= 0.5:
             raise ValueError(f"noise must be in [0, 0.5], got {noise}")
         self.seed = seed

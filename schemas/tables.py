@@ -45,9 +45,17 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements 
 Timestamp = DateTime(timezone=True)
 
 ADAPTER_STATES = (
-    "candidate", "gated", "gate_failed", "awaiting_approval", "approved", "rejected",
-    "canary", "active", "retired", "rolled_back",
-)  # fmt: skip
+    "candidate",
+    "gated",
+    "gate_failed",
+    "awaiting_approval",
+    "approved",
+    "rejected",
+    "canary",
+    "active",
+    "retired",
+    "rolled_back",
+)
 RUN_STATES = ("queued", "running", "succeeded", "failed")
 API_KEY_ROLES = ("app", "approver", "admin")
 

@@ -29,9 +29,7 @@ def _fail_on_internal_error_logs(request: pytest.FixtureRequest, caplog: pytest.
     yield
     if request.node.get_closest_marker("allow_error_logs"):
         return
-    errors = [
-        r for r in caplog.get_records("call") if r.levelno >= logging.ERROR and r.name.startswith(OUR_LOGGERS)
-    ]
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR and r.name.startswith(OUR_LOGGERS)]
     assert not errors, "internal errors were logged:\n" + "\n".join(f"{r.name}: {r.getMessage()}" for r in errors)
 
 

@@ -72,8 +72,9 @@ class EmbeddedBroker:
     ``advertised_port`` is what the broker tells clients (a proxy in front of it, in outage tests).
     """
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", log_path: Path | None = None,
-                 advertised_port: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, port: int = 0, host: str = "127.0.0.1", log_path: Path | None = None, advertised_port: int | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.advertised_port = advertised_port or self.port
@@ -101,10 +102,21 @@ class EmbeddedBroker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
-                 "--storage-engine", "memory://tansu/"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+                [
+                    tansu_binary(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    advertised,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

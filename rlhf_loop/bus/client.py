@@ -36,10 +36,16 @@ from rlhf_loop.settings import KafkaSettings
 log = logging.getLogger(__name__)
 POLL_S = 0.05  # the poller thread's wait for delivery reports; also how fast it notices close()
 
-UNACCEPTABLE_CODES = frozenset({
-    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
-    KafkaError.TOPIC_EXCEPTION, KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
-})  # fmt: skip
+UNACCEPTABLE_CODES = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+    }
+)
 """Broker or client answers about one record that no retry can change."""
 
 
@@ -70,16 +76,26 @@ class _LibrdkafkaLog:
 class ProduceClient:
     def __init__(self, bootstrap_servers: str, cfg: KafkaSettings, timeout_s: float) -> None:
         timeout_ms = int(timeout_s * 1000)
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap_servers, "client.id": cfg.client_id, "acks": "all",
-            "linger.ms": cfg.linger_ms, "batch.size": cfg.batch_size,
-            "max.in.flight.requests.per.connection": 1, "enable.idempotence": False,
-            "request.timeout.ms": timeout_ms, "message.timeout.ms": 2 * timeout_ms + cfg.linger_ms,
-            "socket.connection.setup.timeout.ms": max(1000, timeout_ms), "reconnect.backoff.max.ms": 1000,
-            "queue.buffering.max.kbytes": 65_536, "allow.auto.create.topics": False,
-            "partitioner": "murmur2_random",  # the Java client's, for keyed records we do not place ourselves
-            "logger": _LibrdkafkaLog(), "error_cb": _client_error,
-        })  # fmt: skip
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "client.id": cfg.client_id,
+                "acks": "all",
+                "linger.ms": cfg.linger_ms,
+                "batch.size": cfg.batch_size,
+                "max.in.flight.requests.per.connection": 1,
+                "enable.idempotence": False,
+                "request.timeout.ms": timeout_ms,
+                "message.timeout.ms": 2 * timeout_ms + cfg.linger_ms,
+                "socket.connection.setup.timeout.ms": max(1000, timeout_ms),
+                "reconnect.backoff.max.ms": 1000,
+                "queue.buffering.max.kbytes": 65_536,
+                "allow.auto.create.topics": False,
+                "partitioner": "murmur2_random",  # the Java client's, for keyed records we do not place ourselves
+                "logger": _LibrdkafkaLog(),
+                "error_cb": _client_error,
+            }
+        )
         self._partitions: dict[str, int] = {}
         self._closed = threading.Event()
         self._aborted = False
@@ -87,8 +103,9 @@ class ProduceClient:
         self._poller.start()
 
     @classmethod
-    def connect(cls, bootstrap_servers: str, cfg: KafkaSettings, topics: Iterable[str],
-                timeout_s: float) -> ProduceClient | None:  # fmt: skip
+    def connect(
+        cls, bootstrap_servers: str, cfg: KafkaSettings, topics: Iterable[str], timeout_s: float
+    ) -> ProduceClient | None:
         """A client that knows the partitions of every topic in ``topics``, or None if the broker does
         not answer with them within ``timeout_s``."""
         client, deadline = cls(bootstrap_servers, cfg, timeout_s), time.monotonic() + timeout_s
@@ -105,8 +122,14 @@ class ProduceClient:
         """The partition count seen at connect; None for a topic the client was not connected for."""
         return self._partitions.get(topic)
 
-    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None,
-             on_delivery: Callable[[KafkaError | None, Message], None]) -> None:  # fmt: skip
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None:
         """Queue one record; see the module contract."""
         if self._aborted:
             raise Unavailable("the client was aborted")

@@ -37,8 +37,12 @@ from rlhf_loop.settings import KafkaSettings
 from schemas.events import DeadLetter, Event, Topics
 
 log = logging.getLogger(__name__)
-_COMMIT_REFUSED = (kerr.CommitFailedError, kerr.RebalanceInProgressError, kerr.IllegalGenerationError,
-                   kerr.UnknownMemberIdError)  # fmt: skip
+_COMMIT_REFUSED = (
+    kerr.CommitFailedError,
+    kerr.RebalanceInProgressError,
+    kerr.IllegalGenerationError,
+    kerr.UnknownMemberIdError,
+)
 """The group moved on (a rebalance): the new owner redelivers, and writes are idempotent."""
 
 
@@ -88,23 +92,40 @@ Handler = Callable[[list[Record]], "Sequence[Refused] | None"]
 def make_consumer(bootstrap_servers: str, cfg: KafkaSettings, group_id: str | None = None) -> KafkaConsumer:
     """A KafkaConsumer in ``group_id`` (default: the aggregator group) with manual commits; not subscribed."""
     return KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=group_id or cfg.consumer_group, client_id=cfg.client_id,
-        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=cfg.max_poll_records,
-        max_poll_interval_ms=cfg.max_poll_interval_ms, session_timeout_ms=cfg.session_timeout_ms,
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id or cfg.consumer_group,
+        client_id=cfg.client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=cfg.max_poll_records,
+        max_poll_interval_ms=cfg.max_poll_interval_ms,
+        session_timeout_ms=cfg.session_timeout_ms,
         heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 5),
-    )  # fmt: skip
+    )
 
 
 def make_dead_letter_producer(bootstrap_servers: str, cfg: KafkaSettings) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=bootstrap_servers, client_id=cfg.client_id, acks="all",
-                         request_timeout_ms=int(cfg.send_timeout_s * 1000), enable_idempotence=False)  # fmt: skip
+    return KafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=cfg.client_id,
+        acks="all",
+        request_timeout_ms=int(cfg.send_timeout_s * 1000),
+        enable_idempotence=False,
+    )
 
 
 class BatchConsumer:
-    def __init__(self, consumer: KafkaConsumer, topics: list[str], handler: Handler, dead_letters: KafkaProducer,
-                 cfg: KafkaSettings, commit_policy: CommitPolicy = EVERY_BATCH,
-                 on_revoke: Callable[[set[TopicPartition]], None] | None = None,
-                 poll_timeout_ms: int = 500) -> None:  # fmt: skip
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        topics: list[str],
+        handler: Handler,
+        dead_letters: KafkaProducer,
+        cfg: KafkaSettings,
+        commit_policy: CommitPolicy = EVERY_BATCH,
+        on_revoke: Callable[[set[TopicPartition]], None] | None = None,
+        poll_timeout_ms: int = 500,
+    ) -> None:
         self._consumer = consumer
         self._handler = handler
         self._dead_letters = dead_letters
@@ -144,8 +165,11 @@ class BatchConsumer:
         if records:
             for refused in self._handler(records) or ():
                 r = refused.record
-                letters.append(self._dead_letter(self._prefix + r.topic, r.partition, r.offset, r.key,
-                                                 encode(r.event), refused.reason))  # fmt: skip
+                letters.append(
+                    self._dead_letter(
+                        self._prefix + r.topic, r.partition, r.offset, r.key, encode(r.event), refused.reason
+                    )
+                )
         for future in letters:
             future.get(timeout=self._send_timeout_s)  # acknowledged before the offset moves past it
         self._uncommitted.update(offsets)
@@ -178,14 +202,18 @@ class BatchConsumer:
         self._last_commit = time.monotonic()
         return offsets
 
-    def _dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                     reason: str) -> FutureRecordMetadata:  # fmt: skip
+    def _dead_letter(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, reason: str
+    ) -> FutureRecordMetadata:
         """Send one message (``topic``: the name on the wire) to the dead-letter topic with the reason."""
         letter = DeadLetter(
-            source_topic=topic, partition=partition, offset=offset,
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
             key=key.decode("utf-8", errors="replace") if key is not None else None,
-            reason=reason[:4000], payload=(value or b"").decode("utf-8", errors="replace")[:100_000],
-        )  # fmt: skip
+            reason=reason[:4000],
+            payload=(value or b"").decode("utf-8", errors="replace")[:100_000],
+        )
         future = self._dead_letters.send(self._prefix + Topics.DEADLETTER, key=key, value=encode(letter))
         DEAD_LETTERS.labels(topic.removeprefix(self._prefix)).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)

@@ -288,8 +288,12 @@ class EventProducer:
         """Move an event the broker can never accept out of the replay path (see Spool.reject)."""
         self.spool.reject(event, f"{type(error).__name__}: {error}")
         self.counters.rejected += 1
-        log.error("the broker cannot accept an event for %s (seq %d): %s; kept in the spool's rejected table",
-                  event.topic, event.seq, error)  # fmt: skip
+        log.error(
+            "the broker cannot accept an event for %s (seq %d): %s; kept in the spool's rejected table",
+            event.topic,
+            event.seq,
+            error,
+        )
 
     def _spool(self, events: list[SpooledEvent], reason: str) -> None:
         if events:
@@ -303,8 +307,9 @@ class EventProducer:
         if not self._outage:
             self._outage = True
             self.counters.errors += 1
-            log.warning("broker %s is not taking events (%s); spooling until it is back", self.bootstrap_servers,
-                        reason)  # fmt: skip
+            log.warning(
+                "broker %s is not taking events (%s); spooling until it is back", self.bootstrap_servers, reason
+            )
 
     def _spool_unacknowledged(self, reason: str) -> None:
         with self._flight_lock:
@@ -348,8 +353,12 @@ class EventProducer:
     def ensure_topics(self) -> bool:
         """Create our topics where missing (a restarted broker may have none); False if unreachable."""
         try:
-            ensure_topics(self.bootstrap_servers, self.topic_names, self._cfg.partitions,
-                          timeout_ms=int(self.send_timeout_s * 1000))  # fmt: skip
+            ensure_topics(
+                self.bootstrap_servers,
+                self.topic_names,
+                self._cfg.partitions,
+                timeout_ms=int(self.send_timeout_s * 1000),
+            )
         except (kerr.KafkaError, OSError) as e:
             log.info("cannot create topics on %s yet: %s", self.bootstrap_servers, e)
             return False

@@ -32,9 +32,10 @@ def _api(url: str | None, key: str, method: str, path: str, body: dict | None = 
 
 @app.command("list")
 def adapters_list(
-    key: ApiKeyOpt = "", api: ApiUrl = None,
+    key: ApiKeyOpt = "",
+    api: ApiUrl = None,
     state: Annotated[str | None, typer.Option(help="Only adapters in this state.")] = None,
-) -> None:  # fmt: skip
+) -> None:
     """Adapters, newest first, with their state and gate result; then what is deployed."""
     rows = _api(api, key, "GET", "/v1/adapters", params={"state": state} if state else None)
     gate = {None: "-", True: "passed", False: "failed"}

@@ -15,11 +15,13 @@ class ApiClient:
     def __init__(self, base_url: str, key: str, timeout_s: float = 30.0) -> None:
         if not key:
             raise ApiError("no API key: pass --key or set RLHF_API_KEY to an approver key")
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
-                                    headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout_s, headers={"Authorization": f"Bearer {key}"}
+        )
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             params: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+    ) -> Any:
         """The decoded JSON answer; raises ApiError with the server's code and message on a 4xx/5xx."""
         try:
             response = self._client.request(method, path, json=body, params=params)

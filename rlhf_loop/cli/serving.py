@@ -20,9 +20,15 @@ def serve(
 
     cfg = load_settings().api
     uvicorn.run(
-        "services.inference.app:app_from_env", factory=True, host=host or cfg.host, port=port or cfg.port,
-        workers=workers or cfg.workers, log_level="info", access_log=cfg.access_log, timeout_graceful_shutdown=30,
-    )  # fmt: skip
+        "services.inference.app:app_from_env",
+        factory=True,
+        host=host or cfg.host,
+        port=port or cfg.port,
+        workers=workers or cfg.workers,
+        log_level="info",
+        access_log=cfg.access_log,
+        timeout_graceful_shutdown=30,
+    )
 
 
 def aggregate() -> None:

@@ -48,10 +48,12 @@ def train(
             with StageBars.make_progress() as bars:
                 result = train_files(base, pairs, prompts, out, cfg, settings.model.device, StageBars(bars))
             ev = result.metrics["evaluation"]
-            typer.echo(f"adapter: {result.adapter_dir} (sha256 {result.adapter_sha256[:12]})\n"
-                       f"reward-model held-out accuracy {ev['heldout_pair_accuracy']:.3f}; mean reward "
-                       f"{ev['base_mean_reward']:+.3f} (base) -> {ev['mean_reward']:+.3f}; KL vs base "
-                       f"{ev['kl_vs_base']:.2f} nats; details in {out / 'evaluation.json'}")  # fmt: skip
+            typer.echo(
+                f"adapter: {result.adapter_dir} (sha256 {result.adapter_sha256[:12]})\n"
+                f"reward-model held-out accuracy {ev['heldout_pair_accuracy']:.3f}; mean reward "
+                f"{ev['base_mean_reward']:+.3f} (base) -> {ev['mean_reward']:+.3f}; KL vs base "
+                f"{ev['kl_vs_base']:.2f} nats; details in {out / 'evaluation.json'}"
+            )
             return
         from workers.training.runs import start_run
 

@@ -26,8 +26,14 @@ def run_demo(settings: Settings, cfg: DemoConfig, console: Console | None = None
     started = time.monotonic()
     try:
         stack.start()
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.fields[figures]}"), console=console) as progress:  # fmt: skip
+        with Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[figures]}"),
+            console=console,
+        ) as progress:
             for r in range(cfg.rounds):
                 rounds.append(_one_round(stack, sim, made_by, r, cfg, progress))
     finally:
@@ -39,8 +45,9 @@ def run_demo(settings: Settings, cfg: DemoConfig, console: Console | None = None
     return rounds
 
 
-def _one_round(stack: Stack, sim: Simulator, made_by: dict[str, str], r: int, cfg: DemoConfig,
-               progress: Progress) -> Round:  # fmt: skip
+def _one_round(
+    stack: Stack, sim: Simulator, made_by: dict[str, str], r: int, cfg: DemoConfig, progress: Progress
+) -> Round:
     t = time.monotonic()
     rate, adapter, events = traffic(stack, sim, cfg, r, progress)
     seconds = {"traffic": time.monotonic() - t}
@@ -68,8 +75,11 @@ def stored(stack: Stack) -> tuple[int, int]:
     from schemas.tables import Feedback, PreferencePair
 
     with stack.sessions() as session:
-        return (session.scalar(select(func.count()).select_from(Feedback)) or 0,
-                session.scalar(select(func.count()).select_from(PreferencePair)) or 0)  # fmt: skip
+        return (
+            session.scalar(select(func.count()).select_from(Feedback)) or 0,
+            session.scalar(select(func.count()).select_from(PreferencePair)) or 0,
+        )
+
 
 def retrain(stack: Stack, cfg: DemoConfig, round_no: int, progress: Progress) -> tuple[str, dict]:
     """Enqueue a retrain and follow it; returns (run id, the run's metrics)."""
@@ -77,8 +87,9 @@ def retrain(stack: Stack, cfg: DemoConfig, round_no: int, progress: Progress) ->
     from workers.training.pipeline import create_run, run_config
 
     with stack.sessions.begin() as session:
-        run_id = create_run(session, run_config(stack.child_settings, **cfg.hyperparameters),
-                            reason=f"demo round {round_no}")  # fmt: skip
+        run_id = create_run(
+            session, run_config(stack.child_settings, **cfg.hyperparameters), reason=f"demo round {round_no}"
+        )
     from workers.training.celery_app import make_celery
 
     make_celery(stack.child_settings).send_task("workers.training.tasks.retrain", args=[run_id], queue="gpu")
@@ -92,8 +103,13 @@ def retrain(stack: Stack, cfg: DemoConfig, round_no: int, progress: Progress) ->
         p = state["metrics"].get("progress") or {}
         if p:
             figures = "  ".join(f"{k}={v:.3g}" for k, v in p.items() if isinstance(v, float))
-            progress.update(task, description=f"round {round_no}: {p.get('stage', '')}", total=p.get("total"),
-                            completed=p.get("step"), figures=figures)  # fmt: skip
+            progress.update(
+                task,
+                description=f"round {round_no}: {p.get('stage', '')}",
+                total=p.get("total"),
+                completed=p.get("step"),
+                figures=figures,
+            )
         return state["status"] in ("succeeded", "failed")
 
     stack.wait(f"training run {run_id}", finished, cfg.stage_timeout_s, poll_s=1.0)
@@ -101,6 +117,7 @@ def retrain(stack: Stack, cfg: DemoConfig, round_no: int, progress: Progress) ->
         raise DemoError(f"training run {run_id} failed: {state['error']}")
     progress.update(task, description=f"round {round_no}: retrain", completed=1, total=1)
     return run_id, state["metrics"]
+
 
 def gate_and_deploy(stack: Stack, cfg: DemoConfig, adapter_id: str, progress: Progress) -> str:
     """Wait for the gate's verdict and, if it passed, until the API serves the adapter; returns the verdict."""
@@ -117,10 +134,12 @@ def gate_and_deploy(stack: Stack, cfg: DemoConfig, adapter_id: str, progress: Pr
 
     stack.wait(f"the gate of {adapter_id}", gated, cfg.stage_timeout_s)
     gate = verdict["gate"] or {}
-    summary = "passed" if gate.get("passed") else "failed: " + ", ".join(
-        c["name"] for c in gate.get("checks", []) if not c["passed"])  # fmt: skip
+    summary = (
+        "passed"
+        if gate.get("passed")
+        else "failed: " + ", ".join(c["name"] for c in gate.get("checks", []) if not c["passed"])
+    )
     progress.update(task, total=1, completed=1, figures=summary)
     if gate.get("passed"):
         stack.wait(f"the API to serve {adapter_id}", lambda: stack.serving() == adapter_id, 60)
     return summary
-

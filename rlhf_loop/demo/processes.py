@@ -25,8 +25,13 @@ class Child:
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.log = name, log
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf_loop", *args], env=env, stdout=log.open("ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rlhf_loop", *args],
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def check(self) -> None:
         if self.proc.poll() is not None:
@@ -69,19 +74,30 @@ class Stack:
         self.api_port, self.worker_port = free_port(), free_port()
         db_url = f"sqlite:///{self.root / 'rlhf.sqlite3'}"
         self.env = {
-            **os.environ, "RLHF_ENV": "demo", "RLHF_DATA_DIR": str(self.root), "RLHF_DATABASE__URL": db_url,
-            "RLHF_ARTIFACTS_DIR": str(self.root / "artifacts"), "RLHF_SPOOL__PATH": str(self.root / "spool.sqlite3"),
-            "RLHF_KAFKA__BOOTSTRAP_SERVERS": self.broker.bootstrap_servers, "RLHF_KAFKA__MAX_POLL_INTERVAL_MS": "5000",
-            "RLHF_KAFKA__SESSION_TIMEOUT_MS": "6000", "RLHF_KAFKA__TOPIC_PREFIX": f"demo{self.cfg.seed}.",
+            **os.environ,
+            "RLHF_ENV": "demo",
+            "RLHF_DATA_DIR": str(self.root),
+            "RLHF_DATABASE__URL": db_url,
+            "RLHF_ARTIFACTS_DIR": str(self.root / "artifacts"),
+            "RLHF_SPOOL__PATH": str(self.root / "spool.sqlite3"),
+            "RLHF_KAFKA__BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
+            "RLHF_KAFKA__MAX_POLL_INTERVAL_MS": "5000",
+            "RLHF_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "RLHF_KAFKA__TOPIC_PREFIX": f"demo{self.cfg.seed}.",
             "RLHF_KAFKA__CONSUMER_GROUP": f"demo-aggregator-{self.cfg.seed}",
             "RLHF_REDIS__URL": self.settings.redis.url,
-            "RLHF_API__PORT": str(self.api_port), "RLHF_API__RATE_LIMIT": "1000000",
-            "RLHF_MODEL__DEMO_DIR": str(Path(model_dir).resolve()), "RLHF_MODEL__DEVICE": "cpu",
-            "RLHF_PROMOTION__AUTO_APPROVE": "true", "RLHF_PROMOTION__CANARY_SHARE": "0",
-            "RLHF_TRAINING__MIN_NEW_PAIRS": "1000000000", "RLHF_TRAINING__METRICS_PORT": str(self.worker_port),
-            "RLHF_TRAINING__CHECK_INTERVAL_S": "3600", "RLHF_MONITORING__DRIFT_INTERVAL_S": "3600",
+            "RLHF_API__PORT": str(self.api_port),
+            "RLHF_API__RATE_LIMIT": "1000000",
+            "RLHF_MODEL__DEMO_DIR": str(Path(model_dir).resolve()),
+            "RLHF_MODEL__DEVICE": "cpu",
+            "RLHF_PROMOTION__AUTO_APPROVE": "true",
+            "RLHF_PROMOTION__CANARY_SHARE": "0",
+            "RLHF_TRAINING__MIN_NEW_PAIRS": "1000000000",
+            "RLHF_TRAINING__METRICS_PORT": str(self.worker_port),
+            "RLHF_TRAINING__CHECK_INTERVAL_S": "3600",
+            "RLHF_MONITORING__DRIFT_INTERVAL_S": "3600",
             "RLHF_PROMOTION__CANARY_CHECK_INTERVAL_S": "3600",
-        }  # fmt: skip
+        }
         self.child_settings = Settings(_env_file=None, **_nested(self.env))
         upgrade(db_url)
         self.engine = make_engine(self.child_settings.database)
@@ -97,10 +113,14 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.wait("the API", lambda: _ok(f"{self.url}/readyz"), 180)
         worker_metrics = f"http://127.0.0.1:{self.worker_port}/metrics"
-        self.console.print(f"API {self.url} · Prometheus metrics: [bold]{self.url}/metrics[/] (API), "
-                           f"{worker_metrics} (training worker) · logs in {self.root}")  # fmt: skip
-        self.console.print("[yellow]promotion.auto_approve is ON (demo setting): candidates that pass the gate "
-                           "deploy without a person[/]")  # fmt: skip
+        self.console.print(
+            f"API {self.url} · Prometheus metrics: [bold]{self.url}/metrics[/] (API), "
+            f"{worker_metrics} (training worker) · logs in {self.root}"
+        )
+        self.console.print(
+            "[yellow]promotion.auto_approve is ON (demo setting): candidates that pass the gate "
+            "deploy without a person[/]"
+        )
 
     def stop(self) -> None:
         for child in reversed(self.children):

@@ -32,8 +32,17 @@ class Round:
 
     def cells(self) -> list[str]:
         """The row of the round table (the same seed gives the same rows)."""
-        return [str(self.round), self.served_by, str(self.events), f"{self.negative_rate:.1%}", str(self.pairs),
-                _fmt(self.rm_accuracy), _fmt(self.ppo_reward), _fmt(self.kl, "{:.2f}"), self.gate]  # fmt: skip
+        return [
+            str(self.round),
+            self.served_by,
+            str(self.events),
+            f"{self.negative_rate:.1%}",
+            str(self.pairs),
+            _fmt(self.rm_accuracy),
+            _fmt(self.ppo_reward),
+            _fmt(self.kl, "{:.2f}"),
+            self.gate,
+        ]
 
 
 COLUMNS = ("round", "served by", "events", "neg. rate", "pairs", "RM acc.", "PPO reward", "KL", "gate")
@@ -63,14 +72,25 @@ def write_report(reports: Path, cfg: DemoConfig, rounds: list[Round], wall_s: fl
     stem = reports / f"demo-seed{cfg.seed}"
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot([r.round for r in rounds], [r.negative_rate for r in rounds], marker="o")
-    ax.set(xlabel="round", ylabel="negative-feedback rate", ylim=(0, 1), xticks=[r.round for r in rounds],
-           title=f"rlhf-loop demo (seed {cfg.seed}, {cfg.users} users per round)")  # fmt: skip
+    ax.set(
+        xlabel="round",
+        ylabel="negative-feedback rate",
+        ylim=(0, 1),
+        xticks=[r.round for r in rounds],
+        title=f"rlhf-loop demo (seed {cfg.seed}, {cfg.users} users per round)",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"))
     plt.close(fig)
-    lines = ["# rlhf-loop demo", "", f"seed {cfg.seed}, {cfg.rounds} rounds of {cfg.users} simulated users, "
-             f"wall time {wall_s:.0f} s", "", _md_row(COLUMNS), _md_row(["---"] * len(COLUMNS))]  # fmt: skip
+    lines = [
+        "# rlhf-loop demo",
+        "",
+        f"seed {cfg.seed}, {cfg.rounds} rounds of {cfg.users} simulated users, wall time {wall_s:.0f} s",
+        "",
+        _md_row(COLUMNS),
+        _md_row(["---"] * len(COLUMNS)),
+    ]
     lines += [_md_row(r.cells()) for r in rounds]
     lines += ["", "Adapters: " + ", ".join(f"{r.served_by} = {r.adapter}" for r in rounds if r.adapter != "base")]
     lines += ["", f"![negative-feedback rate per round]({stem.with_suffix('.png').name})", "", "Seconds per stage:", ""]

@@ -23,14 +23,20 @@ def traffic(stack: Stack, sim: Simulator, cfg: DemoConfig, round_no: int, progre
 
     def one(i: int) -> tuple[int, str]:
         user, prompt = asks[i]
-        body = {"prompt": prompt.text, "user_ref": user.ref,
-                "sampling": {"seed": cfg.seed * 1_000_003 + round_no * 10_007 + i,
-                             "max_new_tokens": cfg.max_new_tokens}}  # fmt: skip
+        body = {
+            "prompt": prompt.text,
+            "user_ref": user.ref,
+            "sampling": {"seed": cfg.seed * 1_000_003 + round_no * 10_007 + i, "max_new_tokens": cfg.max_new_tokens},
+        }
         with httpx.Client(base_url=stack.url, headers=headers, timeout=120) as http:
             out = _json(http.post("/v1/generate", json=body))
             rating = sim.rate(user, prompt.text, out["response"])
-            _json(http.post("/v1/feedback", json={"feedback_token": out["feedback_token"],
-                                                  "rating": "up" if rating > 0 else "down"}))  # fmt: skip
+            _json(
+                http.post(
+                    "/v1/feedback",
+                    json={"feedback_token": out["feedback_token"], "rating": "up" if rating > 0 else "down"},
+                )
+            )
         progress.advance(task)
         return rating, out["adapter_id"]
 

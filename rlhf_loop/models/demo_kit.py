@@ -85,9 +85,11 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[PAD, USER, ASSISTANT, END],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        special_tokens=[PAD, USER, ASSISTANT, END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END, pad_token=PAD, bos_token=END)
     fast.chat_template = CHAT_TEMPLATE
@@ -126,10 +128,18 @@ def train_model(texts: list[str], tok: PreTrainedTokenizerFast, cfg: DemoKitConf
     """AdamW with warmup + cosine decay over ``cfg.steps`` seeded random batches; returns the model in eval mode."""
     torch.manual_seed(cfg.seed)
     config = GPT2Config(
-        vocab_size=len(tok), n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"  # transformers warns when it has to guess
     ids = [row[: cfg.n_positions] for row in tok(texts, add_special_tokens=False)["input_ids"]]
@@ -140,8 +150,13 @@ def train_model(texts: list[str], tok: PreTrainedTokenizerFast, cfg: DemoKitConf
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    columns = [TextColumn("training demo model"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn()]  # fmt: skip
+    columns = [
+        TextColumn("training demo model"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("train", total=cfg.steps, loss=float("nan"))
         model.train()
@@ -167,8 +182,9 @@ def is_built(path: Path, cfg: DemoKitConfig | None = None) -> bool:
     return info.get("kit_version") == KIT_VERSION and (cfg is None or info.get("config") == asdict(cfg))
 
 
-def build_demo_model(out_dir: Path, force: bool = False, cfg: DemoKitConfig | None = None,
-                     progress: bool = True) -> Path:  # fmt: skip
+def build_demo_model(
+    out_dir: Path, force: bool = False, cfg: DemoKitConfig | None = None, progress: bool = True
+) -> Path:
     """Build the demo model into ``out_dir`` unless a current one (same kit version and config) is
     there; returns ``out_dir``.
 
@@ -191,10 +207,14 @@ def build_demo_model(out_dir: Path, force: bool = False, cfg: DemoKitConfig | No
         def write(tmp: Path) -> None:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            info = {"kit_version": KIT_VERSION, "config": asdict(cfg), "torch": torch.__version__,
-                    "parameters": sum(p.numel() for p in model.parameters()),
-                    "model_sha256": hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest(),
-                    "build_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+            info = {
+                "kit_version": KIT_VERSION,
+                "config": asdict(cfg),
+                "torch": torch.__version__,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "model_sha256": hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest(),
+                "build_seconds": round(time.perf_counter() - started, 1),
+            }
             (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
 
         staged = out_dir.parent / f"{TMP_PREFIX}{out_dir.name}-new-{uuid.uuid4().hex[:8]}"

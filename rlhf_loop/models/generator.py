@@ -77,9 +77,13 @@ class BatchGenerator:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, T+1)
             pos = (pos[:, -1:] + 1).clamp(max=self.max_positions - 1)  # (B, 1); finished rows may sit at the edge
             out = self.model(
-                input_ids=token[:, None], attention_mask=mask, position_ids=pos, cache=out.cache, use_cache=True,
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                cache=out.cache,
+                use_cache=True,
                 **extra,
-            )  # fmt: skip
+            )
         columns = torch.stack(produced, dim=1).tolist()  # (B, steps)
         return [self._decode(rows[i], columns[i], limits[i]) for i in range(len(requests))]
 
@@ -89,8 +93,9 @@ class BatchGenerator:
             produced = produced[: produced.index(self.eos_id) + 1]
         completion = produced[:-1] if produced[-1:] == [self.eos_id] else produced
         text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
-        return Generation(text=text, prompt_tokens=len(prompt_ids), completion_tokens=len(completion),
-                          token_ids=tuple(produced))  # fmt: skip
+        return Generation(
+            text=text, prompt_tokens=len(prompt_ids), completion_tokens=len(completion), token_ids=tuple(produced)
+        )
 
     def _adapter_kwargs(self, requests: list[GenerationRequest]) -> dict[str, list[str]]:
         if not hasattr(self.model, "peft_config"):

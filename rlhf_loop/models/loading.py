@@ -57,9 +57,16 @@ def load_with_adapter(
     return PeftModel.from_pretrained(model, str(adapter), adapter_name=adapter_name).eval(), tokenizer
 
 
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], seed: int = 0,
-             max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
-             adapter_id: str = BASE) -> list[str]:  # fmt: skip
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    seed: int = 0,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    adapter_id: str = BASE,
+) -> list[str]:
     """One sampled completion per prompt, in order: the text after the chat prompt up to EOS (or
     ``max_new_tokens``), special tokens removed; ``adapter_id`` names a LoRA adapter of a PeftModel.
     Row ``i`` samples with seed ``seed + i``, so a row's text does not depend on the batch it shares.
@@ -68,8 +75,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         return []
     engine = BatchGenerator(model, tokenizer, device=str(next(model.parameters()).device))
     requests = [
-        GenerationRequest(p, adapter_id=adapter_id, temperature=temperature, top_p=top_p,
-                          max_new_tokens=max_new_tokens, seed=seed + i)
+        GenerationRequest(
+            p, adapter_id=adapter_id, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + i
+        )
         for i, p in enumerate(prompts)
     ]
     return [g.text for g in engine.generate(requests)]

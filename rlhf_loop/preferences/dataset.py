@@ -54,8 +54,9 @@ def read_pairs(path: Path) -> list[PairRecord]:
     out = []
     for n, row in _read_jsonl(path):
         try:
-            record = PairRecord(str(row["prompt"]), str(row["chosen"]), str(row["rejected"]),
-                                float(row.get("weight", 1.0)))  # fmt: skip
+            record = PairRecord(
+                str(row["prompt"]), str(row["chosen"]), str(row["rejected"]), float(row.get("weight", 1.0))
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{path}:{n}: a pair needs prompt, chosen, rejected (and a numeric weight): {e}") from e
         if record.weight <= 0 or record.chosen == record.rejected:

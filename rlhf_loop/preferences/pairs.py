@@ -98,11 +98,20 @@ def build_pairs(prompt_hash: str, votes: list[Vote], rules: PairRules = PairRule
     downs = [lb for lb in group_labels if lb.label < 0]
     cap = rules.margin_cap
     # rank every candidate by cheap integers first; hash keys only for the pairs that are kept
-    ranked = sorted((-min(u.margin, d.margin, cap), u.text_key, d.text_key, u.response_id, d.response_id,
-                     u.margin, d.margin) for u in ups for d in downs)[: rules.max_pairs_per_group]  # fmt: skip
+    ranked = sorted(
+        (-min(u.margin, d.margin, cap), u.text_key, d.text_key, u.response_id, d.response_id, u.margin, d.margin)
+        for u in ups
+        for d in downs
+    )[: rules.max_pairs_per_group]
     pairs = [
-        Pair(pair_key=pair_key(prompt_hash, chosen, rejected), prompt_hash=prompt_hash, chosen_response_id=chosen,
-             rejected_response_id=rejected, weight=-neg_weight / cap, margin=min(mu, md))
+        Pair(
+            pair_key=pair_key(prompt_hash, chosen, rejected),
+            prompt_hash=prompt_hash,
+            chosen_response_id=chosen,
+            rejected_response_id=rejected,
+            weight=-neg_weight / cap,
+            margin=min(mu, md),
+        )
         for neg_weight, _, _, chosen, rejected, mu, md in ranked
-    ]  # fmt: skip
+    ]
     return sorted(pairs, key=lambda p: p.pair_key), group_labels

@@ -15,10 +15,14 @@ LIST_LIMIT = 200
 def summary(adapter: Adapter) -> AdapterSummary:
     gate = (adapter.metrics or {}).get("gate")
     return AdapterSummary(
-        id=adapter.id, state=adapter.state, base_model=adapter.base_model, parent_id=adapter.parent_id,
-        run_id=adapter.run_id, created_at=adapter.created_at.isoformat() if adapter.created_at else "",
+        id=adapter.id,
+        state=adapter.state,
+        base_model=adapter.base_model,
+        parent_id=adapter.parent_id,
+        run_id=adapter.run_id,
+        created_at=adapter.created_at.isoformat() if adapter.created_at else "",
         gate_passed=gate["passed"] if gate else None,
-    )  # fmt: skip
+    )
 
 
 def list_adapters(session: Session, state: str | None = None) -> list[AdapterSummary]:
@@ -34,13 +38,27 @@ def detail(session: Session, adapter_id: str) -> AdapterDetail:
         select(PromotionAudit).where(PromotionAudit.adapter_id == adapter_id).order_by(PromotionAudit.id)
     )
     return AdapterDetail(
-        adapter=summary(adapter), metrics=adapter.metrics or {}, lineage=adapter.lineage or {},
-        audit=[AuditEntry(at=a.at.isoformat(), from_state=a.from_state, to_state=a.to_state, actor=a.actor,
-                          reason=a.reason, details=a.details or {}) for a in audit],
-    )  # fmt: skip
+        adapter=summary(adapter),
+        metrics=adapter.metrics or {},
+        lineage=adapter.lineage or {},
+        audit=[
+            AuditEntry(
+                at=a.at.isoformat(),
+                from_state=a.from_state,
+                to_state=a.to_state,
+                actor=a.actor,
+                reason=a.reason,
+                details=a.details or {},
+            )
+            for a in audit
+        ],
+    )
 
 
 def deployment(session: Session) -> Deployment:
     active, canary = pointer(session, ACTIVE), pointer(session, CANARY)
-    return Deployment(active=active.adapter_id if active else None, canary=canary.adapter_id if canary else None,
-                      canary_share=canary.share if canary else 0.0)  # fmt: skip
+    return Deployment(
+        active=active.adapter_id if active else None,
+        canary=canary.adapter_id if canary else None,
+        canary_share=canary.share if canary else 0.0,
+    )

@@ -46,19 +46,22 @@ class Target:
 
 def read_target(session: Session) -> Target:
     rows = session.execute(
-        select(DeploymentPointer.role, DeploymentPointer.adapter_id, DeploymentPointer.share, Adapter.path)
-        .join(Adapter, Adapter.id == DeploymentPointer.adapter_id)
-    ).all()  # fmt: skip
+        select(DeploymentPointer.role, DeploymentPointer.adapter_id, DeploymentPointer.share, Adapter.path).join(
+            Adapter, Adapter.id == DeploymentPointer.adapter_id
+        )
+    ).all()
     by_role = {role: (adapter_id, share, path) for role, adapter_id, share, path in rows}
     active = by_role.get("active", (BASE, 1.0, None))
     canary = by_role.get("canary")
-    return Target(active[0], active[2], canary[0] if canary else None, canary[2] if canary else None,
-                  canary[1] if canary else 0.0)  # fmt: skip
+    return Target(
+        active[0], active[2], canary[0] if canary else None, canary[2] if canary else None, canary[1] if canary else 0.0
+    )
 
 
 class DeploymentWatcher:
-    def __init__(self, sessions: sessionmaker[Session], adapters: AdapterManager, redis_url: str,
-                 poll_interval_s: float) -> None:  # fmt: skip
+    def __init__(
+        self, sessions: sessionmaker[Session], adapters: AdapterManager, redis_url: str, poll_interval_s: float
+    ) -> None:
         self._sessions, self._adapters = sessions, adapters
         self._redis_url, self._poll_s = redis_url, poll_interval_s
         self._wake, self._stop = threading.Event(), threading.Event()
@@ -90,8 +93,9 @@ class DeploymentWatcher:
         if target == self._applied:
             return False
         try:
-            self._adapters.deploy(target.active, _path(target.active_path), target.canary, _path(target.canary_path),
-                                  target.share)  # fmt: skip
+            self._adapters.deploy(
+                target.active, _path(target.active_path), target.canary, _path(target.canary_path), target.share
+            )
         except Exception:  # noqa: BLE001 - anything an adapter load raises must leave the old one serving
             log.exception("could not apply deployment %s; still serving %s", target, self._adapters.routing)
             m.ADAPTER_SWAPS.labels("failed").inc()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+
 import redis.asyncio as aioredis
 
 from rlhf_loop.bus.producer import EventProducer
@@ -56,10 +57,17 @@ def build_context(settings: Settings) -> ApiContext:
     batcher, adapters, base_model = build_inprocess_engine(settings, sessions, closers)
     token = settings.token
     return ApiContext(
-        settings=settings, sessions=sessions, keys=KeyCache(sessions, settings.api.key_cache_ttl_s), limiter=limiter,
-        token_keys=TokenKeys(token.key_id, {**token.previous, token.key_id: token.secret}), events=producer,
-        batcher=batcher, adapters=adapters, base_model=base_model, closers=closers,
-    )  # fmt: skip
+        settings=settings,
+        sessions=sessions,
+        keys=KeyCache(sessions, settings.api.key_cache_ttl_s),
+        limiter=limiter,
+        token_keys=TokenKeys(token.key_id, {**token.previous, token.key_id: token.secret}),
+        events=producer,
+        batcher=batcher,
+        adapters=adapters,
+        base_model=base_model,
+        closers=closers,
+    )
 
 
 async def close_context(ctx: ApiContext) -> None:

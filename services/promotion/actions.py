@@ -59,8 +59,13 @@ class Promotions:
             adapter = registry.record_gate(session, adapter_id, result)
             if result.passed and self.cfg.auto_approve:
                 log.warning("AUTO-APPROVING %s: promotion.auto_approve is on, no person reviewed it", adapter_id)
-                registry.approve(session, adapter_id, AUTO_APPROVER, "promotion.auto_approve is on (demo setting)",
-                                 self.cfg.model_copy(update={"required_approvals": 1}))  # fmt: skip
+                registry.approve(
+                    session,
+                    adapter_id,
+                    AUTO_APPROVER,
+                    "promotion.auto_approve is on (demo setting)",
+                    self.cfg.model_copy(update={"required_approvals": 1}),
+                )
             return adapter.state
 
         return self._write(act)

@@ -60,8 +60,10 @@ class Verdict:
 def judge(canary: Arm, active: Arm, cfg: PromotionSettings, canary_id: str | None = None) -> Verdict:
     """Wait for enough ratings, then roll back if significantly worse, promote once well sampled."""
     p = p_worse(canary, active)
-    figures = (f"canary {canary.rate:.1%} of {canary.ratings} vs active {active.rate:.1%} of {active.ratings} "
-               f"thumbs-down, one-sided p = {p:.3g}")  # fmt: skip
+    figures = (
+        f"canary {canary.rate:.1%} of {canary.ratings} vs active {active.rate:.1%} of {active.ratings} "
+        f"thumbs-down, one-sided p = {p:.3g}"
+    )
     if min(canary.ratings, active.ratings) < cfg.canary_min_samples:
         return Verdict("wait", canary_id, canary, active, p, f"{figures}; each arm needs {cfg.canary_min_samples}")
     if p < cfg.canary_alpha:
@@ -74,9 +76,10 @@ def judge(canary: Arm, active: Arm, cfg: PromotionSettings, canary_id: str | Non
 def arm(session: Session, adapter_id: str, since: datetime) -> Arm:
     """Ratings of responses served by ``adapter_id`` given at or after ``since``."""
     n, neg = session.execute(
-        select(func.count(), func.coalesce(func.sum(case((Feedback.rating < 0, 1), else_=0)), 0))
-        .where(Feedback.adapter_id == adapter_id, Feedback.created_at >= since)
-    ).one()  # fmt: skip
+        select(func.count(), func.coalesce(func.sum(case((Feedback.rating < 0, 1), else_=0)), 0)).where(
+            Feedback.adapter_id == adapter_id, Feedback.created_at >= since
+        )
+    ).one()
     return Arm(int(n), int(neg))
 
 
@@ -88,8 +91,12 @@ def assess(session: Session, cfg: PromotionSettings, base_id: str) -> Verdict:
         return Verdict("none", None, Arm(0, 0), Arm(0, 0), 1.0, "no canary")
     active = pointer(session, ACTIVE)
     since = canary.updated_at
-    verdict = judge(arm(session, canary.adapter_id, since), arm(session, active.adapter_id if active else base_id,
-                                                                 since), cfg, canary.adapter_id)  # fmt: skip
+    verdict = judge(
+        arm(session, canary.adapter_id, since),
+        arm(session, active.adapter_id if active else base_id, since),
+        cfg,
+        canary.adapter_id,
+    )
     m.CANARY_NEGATIVE_RATE.labels(CANARY).set(verdict.canary.rate)
     m.CANARY_NEGATIVE_RATE.labels(ACTIVE).set(verdict.active.rate)
     m.CANARY_P_VALUE.set(verdict.p_value)

@@ -62,12 +62,22 @@ def get(session: Session, adapter_id: str, lock: bool = False) -> Adapter:
     return adapter
 
 
-def transition(session: Session, adapter: Adapter, to: State, actor: Actor, reason: str,
-               details: dict[str, Any] | None = None) -> None:  # fmt: skip
+def transition(
+    session: Session, adapter: Adapter, to: State, actor: Actor, reason: str, details: dict[str, Any] | None = None
+) -> None:
     """Move ``adapter`` to ``to`` and audit it; raises Conflict for a transition the registry does not allow."""
     check_or_conflict(adapter, to)
-    session.add(PromotionAudit(adapter_id=adapter.id, from_state=adapter.state, to_state=to, actor=actor.name,
-                               reason=reason, details={**actor.details(), **(details or {})}, at=now()))  # fmt: skip
+    session.add(
+        PromotionAudit(
+            adapter_id=adapter.id,
+            from_state=adapter.state,
+            to_state=to,
+            actor=actor.name,
+            reason=reason,
+            details={**actor.details(), **(details or {})},
+            at=now(),
+        )
+    )
     adapter.state, adapter.updated_at = to, now()
     event.listen(session, "after_commit", lambda _s: m.PROMOTION_TRANSITIONS.labels(to).inc(), once=True)
 
@@ -80,8 +90,14 @@ def record_gate(session: Session, adapter_id: str, result: GateResult, actor: Ac
     """candidate -> gated with the verdict; a passed gate goes on to awaiting_approval."""
     adapter = get(session, adapter_id, lock=True)
     verdict = result.to_dict()
-    transition(session, adapter, State.GATED, actor, f"gate {result.summary()}",
-               {"passed": result.passed, "checks": verdict["checks"]})  # fmt: skip
+    transition(
+        session,
+        adapter,
+        State.GATED,
+        actor,
+        f"gate {result.summary()}",
+        {"passed": result.passed, "checks": verdict["checks"]},
+    )
     adapter.metrics = {**(adapter.metrics or {}), "gate": verdict}
     if result.passed:
         transition(session, adapter, State.AWAITING_APPROVAL, actor, "gate passed")
@@ -114,10 +130,17 @@ def approve(session: Session, adapter_id: str, actor: Actor, reason: str, cfg: P
     if actor.name in earlier:
         raise Conflict(f"{actor.name} already approved {adapter_id}: a second approval must come from someone else")
     if len(earlier) + 1 < cfg.required_approvals:
-        session.add(PromotionAudit(adapter_id=adapter_id, from_state=adapter.state, to_state=adapter.state,
-                                   actor=actor.name, reason=reason, at=now(),
-                                   details={**actor.details(), "vote": "approve",
-                                            "needed": cfg.required_approvals}))  # fmt: skip
+        session.add(
+            PromotionAudit(
+                adapter_id=adapter_id,
+                from_state=adapter.state,
+                to_state=adapter.state,
+                actor=actor.name,
+                reason=reason,
+                at=now(),
+                details={**actor.details(), "vote": "approve", "needed": cfg.required_approvals},
+            )
+        )
         return adapter
     transition(session, adapter, State.APPROVED, actor, reason, {"approvers": [*earlier, actor.name]})
     deploy(session, adapter, actor, cfg)

@@ -22,8 +22,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _env(root: Path, demo_model_dir: Path) -> dict[str, str]:
-    return {**os.environ, "RLHF_DATA_DIR": str(root), "RLHF_MODEL__DEMO_DIR": str(demo_model_dir),
-            "RLHF_REDIS__URL": REDIS_URL}  # fmt: skip
+    return {
+        **os.environ,
+        "RLHF_DATA_DIR": str(root),
+        "RLHF_MODEL__DEMO_DIR": str(demo_model_dir),
+        "RLHF_REDIS__URL": REDIS_URL,
+    }
 
 
 def _left_behind(root: Path) -> list[str]:
@@ -39,8 +43,13 @@ def _left_behind(root: Path) -> list[str]:
 
 
 def _demo(root: Path, demo_model_dir: Path) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "rlhf_loop", "demo", "--rounds", "2", "--users", "200"],
-                         env=_env(root, demo_model_dir), capture_output=True, text=True, timeout=900)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhf_loop", "demo", "--rounds", "2", "--users", "200"],
+        env=_env(root, demo_model_dir),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -72,9 +81,12 @@ def test_a_short_demo_lowers_the_negative_feedback_rate_and_leaves_nothing_runni
 
 @pytest.mark.usefixtures("redis_url")
 def test_ctrl_c_stops_every_child_process(tmp_path: Path, demo_model_dir: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf_loop", "demo", "--rounds", "2", "--users", "200"],
-                            env=_env(tmp_path, demo_model_dir), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf_loop", "demo", "--rounds", "2", "--users", "200"],
+        env=_env(tmp_path, demo_model_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     api_log = tmp_path / "demo" / "seed-7" / "api.log"
     deadline = time.monotonic() + 300
     while not (api_log.exists() and "startup complete" in api_log.read_text(errors="replace")):

@@ -18,8 +18,9 @@ from rlhf_loop.settings import KafkaSettings
 
 # Tansu completes a consumer-group join only after the rebalance timeout (= max_poll_interval_ms),
 # so tests keep it short.
-TEST_KAFKA = KafkaSettings(max_poll_interval_ms=5000, session_timeout_ms=6000, send_timeout_s=2.0, partitions=3,
-                           linger_ms=5)  # fmt: skip
+TEST_KAFKA = KafkaSettings(
+    max_poll_interval_ms=5000, session_timeout_ms=6000, send_timeout_s=2.0, partitions=3, linger_ms=5
+)
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +53,13 @@ class TopicReader:
 
     def __init__(self, bootstrap_servers: str, topic: str) -> None:
         self.topic = topic
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
-                                       auto_offset_reset="earliest", allow_auto_create_topics=False)  # fmt: skip
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            allow_auto_create_topics=False,
+        )
         self._assigned = False
         self.messages: list[ConsumerRecord] = []
 

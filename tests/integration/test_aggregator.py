@@ -39,20 +39,37 @@ def world(seed: int, n_responses: int = 300, n_ratings: int = 1500) -> tuple[lis
     sim, rng = Simulator(seed=seed, n_prompts=40), random.Random(seed)
     responses = []
     for i, prompt in enumerate(sim.sample_prompts(n_responses, rng)):
-        responses.append(ResponseLogged(
-            response_id=f"r{seed}-{i}", request_id=f"q{i}", app_id="app", user_ref=f"author-{i % 7}",
-            prompt=prompt.text, prompt_hash=prompt_hash(prompt.text), response=f"text {i}", adapter_id="base",
-            base_model="demo", sampling=SamplingParams(), prompt_tokens=5, completion_tokens=5, latency_ms=1.0,
-            created_at=T0 + timedelta(seconds=i),
-        ))  # fmt: skip
+        responses.append(
+            ResponseLogged(
+                response_id=f"r{seed}-{i}",
+                request_id=f"q{i}",
+                app_id="app",
+                user_ref=f"author-{i % 7}",
+                prompt=prompt.text,
+                prompt_hash=prompt_hash(prompt.text),
+                response=f"text {i}",
+                adapter_id="base",
+                base_model="demo",
+                sampling=SamplingParams(),
+                prompt_tokens=5,
+                completion_tokens=5,
+                latency_ms=1.0,
+                created_at=T0 + timedelta(seconds=i),
+            )
+        )
     feedback = []
     for _ in range(n_ratings):
         r = rng.choice(responses)
-        feedback.append(FeedbackGiven(
-            response_id=r.response_id, prompt_hash=r.prompt_hash, adapter_id="base",
-            user_ref=f"user-{rng.randrange(60)}", rating=rng.choice([1, -1]),
-            created_at=T0 + timedelta(seconds=rng.randrange(100_000)),
-        ))  # fmt: skip
+        feedback.append(
+            FeedbackGiven(
+                response_id=r.response_id,
+                prompt_hash=r.prompt_hash,
+                adapter_id="base",
+                user_ref=f"user-{rng.randrange(60)}",
+                rating=rng.choice([1, -1]),
+                created_at=T0 + timedelta(seconds=rng.randrange(100_000)),
+            )
+        )
     return responses, feedback
 
 
@@ -77,8 +94,14 @@ def reference_pairs(responses: list[ResponseLogged], feedback: list[FeedbackGive
 def stored_pairs(db_url: str) -> dict:
     engine = create_engine(db_url)
     with engine.connect() as c:
-        rows = c.execute(select(PreferencePair.pair_key, PreferencePair.chosen_response_id,
-                                PreferencePair.rejected_response_id, PreferencePair.weight)).all()  # fmt: skip
+        rows = c.execute(
+            select(
+                PreferencePair.pair_key,
+                PreferencePair.chosen_response_id,
+                PreferencePair.rejected_response_id,
+                PreferencePair.weight,
+            )
+        ).all()
     engine.dispose()
     return {k: (c, r, round(w, 9)) for k, c, r, w in rows}
 
@@ -107,8 +130,9 @@ def settings_for(db_url: str, kafka: KafkaSettings, bootstrap: str) -> Settings:
     return Settings(database=DatabaseSettings(url=db_url), redis=RedisSettings(url=REDIS_URL), kafka=kafka)
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, poll: Callable[[], object] = lambda: time.sleep(0.3)
-             ) -> bool:  # fmt: skip
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float, poll: Callable[[], object] = lambda: time.sleep(0.3)
+) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
@@ -154,13 +178,20 @@ def test_pairs_equal_the_reference_through_duplicates_garbage_and_early_feedback
 
 @pytest.mark.allow_error_logs  # the refused event is logged as an error, on purpose
 def test_an_event_postgresql_refuses_is_dead_lettered_and_the_rest_is_stored(
-    pg_url: str, broker: EmbeddedBroker, kafka_settings: KafkaSettings, redis_url: str, reader  # noqa: ANN001
+    pg_url: str,
+    broker: EmbeddedBroker,
+    kafka_settings: KafkaSettings,
+    redis_url: str,
+    reader,  # noqa: ANN001
 ) -> None:
     responses, feedback = world(seed=3, n_responses=120, n_ratings=600)
     poison = responses[40] = responses[40].model_copy(update={"prompt_tokens": 2**40})  # valid, beyond int4
     settings = settings_for(pg_url, kafka_settings, broker.bootstrap_servers)
-    produce(broker.bootstrap_servers, kafka_settings.topic_prefix,
-            [(Topics.RESPONSES, r) for r in responses] + [(Topics.FEEDBACK, f) for f in feedback])  # fmt: skip
+    produce(
+        broker.bootstrap_servers,
+        kafka_settings.topic_prefix,
+        [(Topics.RESPONSES, r) for r in responses] + [(Topics.FEEDBACK, f) for f in feedback],
+    )
     expected = reference_pairs([r for r in responses if r is not poison], feedback, PairRules())
     assert len(expected) > 20
 
@@ -186,11 +217,17 @@ def test_an_event_postgresql_refuses_is_dead_lettered_and_the_rest_is_stored(
 
 def aggregator_process(db_url: str, kafka: KafkaSettings, bootstrap: str, log: Path) -> ServiceProcess:
     upgrade(db_url)
-    env = {"RLHF_DATABASE__URL": db_url, "RLHF_REDIS__URL": REDIS_URL, "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-           "RLHF_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "RLHF_KAFKA__MAX_POLL_INTERVAL_MS": "5000",
-           "RLHF_KAFKA__CONSUMER_GROUP": f"aggregator-{kafka.topic_prefix}",
-           "RLHF_KAFKA__SESSION_TIMEOUT_MS": "6000", "RLHF_KAFKA__MAX_POLL_RECORDS": "200",
-           "RLHF_DATA_DIR": str(log.parent)}  # fmt: skip
+    env = {
+        "RLHF_DATABASE__URL": db_url,
+        "RLHF_REDIS__URL": REDIS_URL,
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "RLHF_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        "RLHF_KAFKA__MAX_POLL_INTERVAL_MS": "5000",
+        "RLHF_KAFKA__CONSUMER_GROUP": f"aggregator-{kafka.topic_prefix}",
+        "RLHF_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "RLHF_KAFKA__MAX_POLL_RECORDS": "200",
+        "RLHF_DATA_DIR": str(log.parent),
+    }
     return ServiceProcess(["aggregate"], env, log)
 
 
@@ -216,8 +253,10 @@ def test_two_instances_share_the_partitions(
 ) -> None:
     responses, feedback = world(seed=3)
     expected = reference_pairs(responses, feedback, PairRules())
-    procs = [aggregator_process(pg_url, kafka_settings, broker.bootstrap_servers, tmp_path / f"agg{i}.log").start()
-             for i in range(2)]  # fmt: skip
+    procs = [
+        aggregator_process(pg_url, kafka_settings, broker.bootstrap_servers, tmp_path / f"agg{i}.log").start()
+        for i in range(2)
+    ]
     try:
         time.sleep(7)  # both join the group (Tansu completes the join after the rebalance timeout)
         produce(broker.bootstrap_servers, kafka_settings.topic_prefix, mixed_stream(responses, feedback, seed=3))
@@ -279,6 +318,8 @@ def test_aggregator_metrics(pg_url: str, broker: EmbeddedBroker, kafka_settings:
     down = sum(f.rating < 0 for f in feedback) / len(feedback)
     rate = REGISTRY.get_sample_value("rlhf_negative_feedback_rate", {"adapter": "base"})
     assert rate is not None and 0 <= rate <= 1 and abs(rate - down) < 0.2
-    lags = [REGISTRY.get_sample_value("rlhf_consumer_lag_messages", {"topic": Topics.FEEDBACK, "partition": str(p)})
-            for p in range(3)]  # fmt: skip
+    lags = [
+        REGISTRY.get_sample_value("rlhf_consumer_lag_messages", {"topic": Topics.FEEDBACK, "partition": str(p)})
+        for p in range(3)
+    ]
     assert any(lag is not None for lag in lags)

@@ -40,15 +40,31 @@ def session(request: pytest.FixtureRequest) -> Iterator[Session]:
 
 def response(rid: str) -> ResponseLogged:
     return ResponseLogged(
-        response_id=rid, request_id="q", app_id="app", user_ref="author", prompt="where is my order?",
-        prompt_hash=PH, response=f"text of {rid}", adapter_id="base", base_model="demo",
-        sampling=SamplingParams(), prompt_tokens=5, completion_tokens=7, latency_ms=1.0,
-    )  # fmt: skip
+        response_id=rid,
+        request_id="q",
+        app_id="app",
+        user_ref="author",
+        prompt="where is my order?",
+        prompt_hash=PH,
+        response=f"text of {rid}",
+        adapter_id="base",
+        base_model="demo",
+        sampling=SamplingParams(),
+        prompt_tokens=5,
+        completion_tokens=7,
+        latency_ms=1.0,
+    )
 
 
 def rating(rid: str, user: str, value: int, minute: int) -> FeedbackGiven:
-    return FeedbackGiven(response_id=rid, prompt_hash=PH, adapter_id="base", user_ref=user, rating=value,
-                         created_at=T0 + timedelta(minutes=minute))  # fmt: skip
+    return FeedbackGiven(
+        response_id=rid,
+        prompt_hash=PH,
+        adapter_id="base",
+        user_ref=user,
+        rating=value,
+        created_at=T0 + timedelta(minutes=minute),
+    )
 
 
 def count(session: Session, table: type) -> int:

@@ -17,10 +17,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def fuzz_api(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker,
-             demo_model_dir: Path) -> Iterator[Api]:  # fmt: skip
-    server = start_api(tmp_path_factory.mktemp("fuzz"), module_pg_url, broker.bootstrap_servers, demo_model_dir,
-                       REDIS_URL, api__rate_limit="1000000")  # fmt: skip
+def fuzz_api(
+    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker, demo_model_dir: Path
+) -> Iterator[Api]:
+    server = start_api(
+        tmp_path_factory.mktemp("fuzz"),
+        module_pg_url,
+        broker.bootstrap_servers,
+        demo_model_dir,
+        REDIS_URL,
+        api__rate_limit="1000000",
+    )
     yield server
     server.process.stop()
 

@@ -57,8 +57,13 @@ def test_a_taken_port_is_refused_clearly(broker: EmbeddedBroker, tmp_path: Path)
 def test_run_foreground_prints_the_address_and_stops_on_ctrl_c() -> None:
     port = free_port()
     code = f"from rlhf_loop.bus.broker import run_foreground; raise SystemExit(run_foreground({port}))"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()

@@ -21,8 +21,13 @@ NEVER = CommitPolicy(min_messages=10**9, max_interval_s=3600)
 
 
 def feedback(i: int) -> FeedbackGiven:
-    return FeedbackGiven(response_id=f"r{i}", prompt_hash=prompt_hash(f"p{i % 7}"), adapter_id="base",
-                         user_ref=f"u{i}", rating=1 if i % 2 else -1)  # fmt: skip
+    return FeedbackGiven(
+        response_id=f"r{i}",
+        prompt_hash=prompt_hash(f"p{i % 7}"),
+        adapter_id="base",
+        user_ref=f"u{i}",
+        rating=1 if i % 2 else -1,
+    )
 
 
 def produce(broker: EmbeddedBroker, cfg: KafkaSettings, values: list[bytes]) -> None:
@@ -33,12 +38,24 @@ def produce(broker: EmbeddedBroker, cfg: KafkaSettings, values: list[bytes]) -> 
     producer.close()
 
 
-def consumer(broker: EmbeddedBroker, cfg: KafkaSettings, handler, policy: CommitPolicy = bus.EVERY_BATCH,  # noqa: ANN001
-             on_revoke=None, **kwargs) -> BatchConsumer:  # noqa: ANN001  # fmt: skip
+def consumer(
+    broker: EmbeddedBroker,
+    cfg: KafkaSettings,
+    handler,
+    policy: CommitPolicy = bus.EVERY_BATCH,  # noqa: ANN001
+    on_revoke=None,
+    **kwargs,
+) -> BatchConsumer:  # noqa: ANN001
     cfg = cfg.model_copy(update=kwargs)
-    return BatchConsumer(bus.make_consumer(broker.bootstrap_servers, cfg, group_id="g"), [Topics.FEEDBACK], handler,
-                         bus.make_dead_letter_producer(broker.bootstrap_servers, cfg), cfg, policy,
-                         on_revoke)  # fmt: skip
+    return BatchConsumer(
+        bus.make_consumer(broker.bootstrap_servers, cfg, group_id="g"),
+        [Topics.FEEDBACK],
+        handler,
+        bus.make_dead_letter_producer(broker.bootstrap_servers, cfg),
+        cfg,
+        policy,
+        on_revoke,
+    )
 
 
 def run_until(c: BatchConsumer, handled: list[Record], n: int, timeout_s: float = 30.0) -> None:
@@ -53,8 +70,9 @@ def quiet_polls(c: BatchConsumer, seconds: float = 1.5) -> None:
         c.poll_once()
 
 
-def test_commit_after_handling_dead_letters_and_resume(broker: EmbeddedBroker, kafka_settings: KafkaSettings,
-                                                       reader) -> None:  # noqa: ANN001  # fmt: skip
+def test_commit_after_handling_dead_letters_and_resume(
+    broker: EmbeddedBroker, kafka_settings: KafkaSettings, reader
+) -> None:  # noqa: ANN001
     good = [feedback(i) for i in range(100)]
     garbage = [b"not json", b'{"schema_version": 99}', b"[1,2]", b'{"schema_version": 1, "rating": 5}']
     values = [encode(e) for e in good]
@@ -107,8 +125,7 @@ def test_a_failed_handler_commits_nothing(broker: EmbeddedBroker, kafka_settings
 
 
 def test_the_dead_letter_limit_stops_the_consumer(broker: EmbeddedBroker, kafka_settings: KafkaSettings) -> None:
-    produce(broker, kafka_settings, [encode(feedback(0)), b"garbage", b"{}", encode(feedback(1))]
-            + [b"garbage"] * 5)  # fmt: skip
+    produce(broker, kafka_settings, [encode(feedback(0)), b"garbage", b"{}", encode(feedback(1))] + [b"garbage"] * 5)
     handled: list[Record] = []
     c = consumer(broker, kafka_settings, handled.extend, dead_letter_limit=3)
     with pytest.raises(DeadLetterLimit, match="3 consecutive"):

@@ -29,8 +29,10 @@ REPLAY = SpoolSettings(replay_interval_s=0.2, replay_batch=500)
 
 
 def make_events(n: int, tag: str = "base") -> list[FeedbackGiven]:
-    return [FeedbackGiven(response_id=f"r{i}", prompt_hash=KEYS[i % len(KEYS)], adapter_id=tag, user_ref=f"u{i}",
-                          rating=1) for i in range(n)]  # fmt: skip
+    return [
+        FeedbackGiven(response_id=f"r{i}", prompt_hash=KEYS[i % len(KEYS)], adapter_id=tag, user_ref=f"u{i}", rating=1)
+        for i in range(n)
+    ]
 
 
 class Sender(threading.Thread):
@@ -93,8 +95,9 @@ def in_partition_order(messages: list) -> list:
     return sorted(messages, key=lambda m: (m.partition, m.offset))
 
 
-def test_broker_killed_mid_stream_then_restarted(own_broker: EmbeddedBroker, kafka_settings: KafkaSettings,
-                                                 tmp_path: Path, reader) -> None:  # noqa: ANN001  # fmt: skip
+def test_broker_killed_mid_stream_then_restarted(
+    own_broker: EmbeddedBroker, kafka_settings: KafkaSettings, tmp_path: Path, reader
+) -> None:  # noqa: ANN001
     topic = kafka_settings.topic_prefix + Topics.FEEDBACK
     producer = EventProducer(own_broker.bootstrap_servers, kafka_settings, Spool(tmp_path / "s.db"), REPLAY).start()
     events = make_events(2000)

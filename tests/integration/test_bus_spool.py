@@ -48,11 +48,16 @@ def read_feedback(broker: EmbeddedBroker, cfg: KafkaSettings, reader, n: int) ->
     return [decode(Topics.FEEDBACK, m.value) for m in sorted(messages, key=lambda m: (m.partition, m.offset))]
 
 
-def test_a_killed_process_spool_is_drained_by_the_next_one(broker: EmbeddedBroker, kafka_settings: KafkaSettings,
-                                                         tmp_path: Path, reader) -> None:  # noqa: ANN001  # fmt: skip
+def test_a_killed_process_spool_is_drained_by_the_next_one(
+    broker: EmbeddedBroker, kafka_settings: KafkaSettings, tmp_path: Path, reader
+) -> None:  # noqa: ANN001
     spool_path, dead = tmp_path / "spool.db", f"127.0.0.1:{free_port()}"  # nothing listens there
-    proc = subprocess.Popen([sys.executable, "-c", SPOOL_THEN_HANG, dead, str(spool_path), kafka_settings.topic_prefix],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SPOOL_THEN_HANG, dead, str(spool_path), kafka_settings.topic_prefix],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "300"
     finally:
@@ -73,11 +78,11 @@ def test_a_killed_process_spool_is_drained_by_the_next_one(broker: EmbeddedBroke
 
 
 @pytest.mark.allow_error_logs  # the rejected event is logged as an error, on purpose
-def test_broker_down_at_start_then_up_and_a_poison_event(kafka_settings: KafkaSettings, tmp_path: Path,
-                                                          reader) -> None:  # noqa: ANN001  # fmt: skip
+def test_broker_down_at_start_then_up_and_a_poison_event(kafka_settings: KafkaSettings, tmp_path: Path, reader) -> None:  # noqa: ANN001
     port = free_port()
-    producer = EventProducer(f"127.0.0.1:{port}", kafka_settings.model_copy(update={"send_timeout_s": 0.5}),
-                             Spool(tmp_path / "s.db"), REPLAY).start()  # fmt: skip
+    producer = EventProducer(
+        f"127.0.0.1:{port}", kafka_settings.model_copy(update={"send_timeout_s": 0.5}), Spool(tmp_path / "s.db"), REPLAY
+    ).start()
     events = make_events(500)
     started = time.monotonic()
     for e in events[:250]:
@@ -103,11 +108,13 @@ def test_broker_down_at_start_then_up_and_a_poison_event(kafka_settings: KafkaSe
     assert producer.counters.rejected == 1 and producer.counters.attempts == 502
 
 
-def test_send_many_spools_a_whole_batch_in_an_outage_then_produces_directly(kafka_settings: KafkaSettings,
-                                                                           tmp_path: Path, reader) -> None:  # noqa: ANN001  # fmt: skip
+def test_send_many_spools_a_whole_batch_in_an_outage_then_produces_directly(
+    kafka_settings: KafkaSettings, tmp_path: Path, reader
+) -> None:  # noqa: ANN001
     port = free_port()
-    producer = EventProducer(f"127.0.0.1:{port}", kafka_settings.model_copy(update={"send_timeout_s": 0.5}),
-                             Spool(tmp_path / "s.db"), REPLAY).start()  # fmt: skip
+    producer = EventProducer(
+        f"127.0.0.1:{port}", kafka_settings.model_copy(update={"send_timeout_s": 0.5}), Spool(tmp_path / "s.db"), REPLAY
+    ).start()
     events = make_events(600)
     producer.send_many(Topics.FEEDBACK, events[:300])
     assert producer.outage and producer.spool.depth() == 300
@@ -125,8 +132,9 @@ def test_send_many_spools_a_whole_batch_in_an_outage_then_produces_directly(kafk
     assert producer.counters.attempts == 600 and producer.counters.spooled == 300
 
 
-def test_send_soon_hands_a_loop_turn_over_in_one_go_and_reports_a_spool_failure(kafka_settings: KafkaSettings,
-                                                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_send_soon_hands_a_loop_turn_over_in_one_go_and_reports_a_spool_failure(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
     # never started: no client, so every hand-over goes to the spool, which shows what each one held
     producer = EventProducer(f"127.0.0.1:{free_port()}", kafka_settings, Spool(tmp_path / "s.db"), REPLAY)
     events = make_events(5)

@@ -21,8 +21,10 @@ from rlhf_loop.simulator import Simulator, features
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 _TEXTS = [text for t in TOPICS for text in t.prompts + t.sorry + t.fixes] + list(RUDE + OFF_TOPIC + FILLER + CLOSINGS)
-_TEXTS += list(PRODUCTS) + ["Thanks for reaching out about ticket your message Ugh again Did you know Also",
-                            "Well so about and it is what we will see on maybe"]  # fmt: skip
+_TEXTS += list(PRODUCTS) + [
+    "Thanks for reaching out about ticket your message Ugh again Did you know Also",
+    "Well so about and it is what we will see on maybe",
+]
 VOCABULARY = {w for text in _TEXTS for w in re.findall(r"[a-z]+", text.lower())}
 
 
@@ -41,14 +43,17 @@ def test_builds_and_loads_like_any_checkpoint(demo_model_dir: Path) -> None:
     assert is_built(demo_model_dir, DemoKitConfig())
     tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
     assert tokenizer.pad_token == "<|pad|>" and tokenizer.eos_token == "<|end|>"
-    assert tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                         add_generation_prompt=True) == "<|user|>Hi<|assistant|>"  # fmt: skip
+    assert (
+        tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+        == "<|user|>Hi<|assistant|>"
+    )
     model = AutoModelForCausalLM.from_pretrained(demo_model_dir)
     assert 200_000 < sum(p.numel() for p in model.parameters()) < 3_000_000
     out = generate(model, tokenizer, ["My order #1234 never arrived, can you help?"] * 3, seed=5, max_new_tokens=40)
     assert len(out) == 3 and all(out)
-    assert out == generate(model, tokenizer, ["My order #1234 never arrived, can you help?"] * 3, seed=5,
-                           max_new_tokens=40)  # fmt: skip
+    assert out == generate(
+        model, tokenizer, ["My order #1234 never arrived, can you help?"] * 3, seed=5, max_new_tokens=40
+    )
 
 
 def test_generations_are_readable_sentences(samples: tuple[list[str], list[str], list[int]]) -> None:
@@ -63,8 +68,13 @@ def test_generations_are_readable_sentences(samples: tuple[list[str], list[str],
 def test_generations_vary_in_what_users_care_about(samples: tuple[list[str], list[str], list[int]]) -> None:
     prompts, outs, _ = samples
     seen = Counter(name for p, o in zip(prompts, outs, strict=True) for name, on in features(p, o).items() if on)
-    for feature, at_least in [("polite", 50), ("on_topic", 50), ("mentions_ticket", 30), ("rude", 15),
-                              ("rambling", 15)]:  # fmt: skip
+    for feature, at_least in [
+        ("polite", 50),
+        ("on_topic", 50),
+        ("mentions_ticket", 30),
+        ("rude", 15),
+        ("rambling", 15),
+    ]:
         assert seen[feature] >= at_least, f"the model rarely varies in {feature}: {seen}"
     assert len(prompts) - seen["on_topic"] >= 15, seen  # off-topic answers occur too
     assert seen["degenerate"] <= 10, seen
@@ -86,8 +96,9 @@ def test_same_seed_same_weights_and_cache(tmp_path: Path) -> None:
     b = build_demo_model(tmp_path / "b", cfg=small, progress=False)
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    c = build_demo_model(tmp_path / "c", cfg=DemoKitConfig(steps=15, n_examples=1500, n_prompts=200, seed=1),
-                         progress=False)  # fmt: skip
+    c = build_demo_model(
+        tmp_path / "c", cfg=DemoKitConfig(steps=15, n_examples=1500, n_prompts=200, seed=1), progress=False
+    )
     assert (c / "model.safetensors").read_bytes() != (a / "model.safetensors").read_bytes()
 
     stamp = (a / MARKER).stat().st_mtime_ns

@@ -60,14 +60,21 @@ def _point(sessions: sessionmaker, role: str, adapter_id: str, share: float = 1.
 
 @pytest.mark.allow_error_logs  # the broken adapter's attach failure is logged as an error, by design
 def test_without_redis_the_poll_deploys_and_a_broken_adapter_changes_nothing(
-    sessions: sessionmaker, manager: AdapterManager, demo_model_dir: Path, tmp_path: Path,
+    sessions: sessionmaker,
+    manager: AdapterManager,
+    demo_model_dir: Path,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     prompts = ["Where is my parcel #1042?"]
     with sessions.begin() as session:
         for name in ("ad-a", "ad-b"):
-            register(session, name, taught_adapter(demo_model_dir, tmp_path / name, "Thanks!", prompts, steps=1),
-                     state="active")  # fmt: skip
+            register(
+                session,
+                name,
+                taught_adapter(demo_model_dir, tmp_path / name, "Thanks!", prompts, steps=1),
+                state="active",
+            )
         register(session, "ad-broken", taught_adapter(demo_model_dir, tmp_path / "broken", "x", prompts, steps=1))
     (tmp_path / "broken" / "adapter_config.json").write_text("{not json")
     watcher = DeploymentWatcher(sessions, manager, NO_REDIS, poll_interval_s=0.2).start()

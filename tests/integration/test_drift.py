@@ -36,10 +36,25 @@ def gauge(name: str, **labels: str) -> float | None:
 def live(session: Session, prompts: list[str], adapter: str = "ad-active") -> None:
     for i, text in enumerate(prompts):
         rid = f"r-{uuid.uuid4().hex[:12]}"
-        session.add(Response(event_id=uuid.uuid4(), response_id=rid, request_id=rid, app_id="app", user_ref=f"u{i}",
-                             prompt=text, prompt_hash=prompt_hash(text), response="ok", adapter_id=adapter,
-                             base_model="demo", sampling={}, prompt_tokens=1, completion_tokens=1, latency_ms=1.0,
-                             created_at=NOW - timedelta(seconds=i)))  # fmt: skip
+        session.add(
+            Response(
+                event_id=uuid.uuid4(),
+                response_id=rid,
+                request_id=rid,
+                app_id="app",
+                user_ref=f"u{i}",
+                prompt=text,
+                prompt_hash=prompt_hash(text),
+                response="ok",
+                adapter_id=adapter,
+                base_model="demo",
+                sampling={},
+                prompt_tokens=1,
+                completion_tokens=1,
+                latency_ms=1.0,
+                created_at=NOW - timedelta(seconds=i),
+            )
+        )
 
 
 def age(session: Session) -> None:
@@ -52,8 +67,17 @@ def age(session: Session) -> None:
 def ratings(session: Session, adapter: str, up: int, down: int, at: datetime) -> None:
     for i in range(up + down):
         rid = f"r{i}-{uuid.uuid4().hex[:6]}"
-        session.add(Feedback(event_id=uuid.uuid4(), response_id=rid, prompt_hash="h", adapter_id=adapter,
-                             user_ref=f"u{i}", rating=-1 if i < down else 1, created_at=at))  # fmt: skip
+        session.add(
+            Feedback(
+                event_id=uuid.uuid4(),
+                response_id=rid,
+                prompt_hash="h",
+                adapter_id=adapter,
+                user_ref=f"u{i}",
+                rating=-1 if i < down else 1,
+                created_at=at,
+            )
+        )
 
 
 @pytest.fixture
@@ -67,8 +91,16 @@ def sessions(pg_url: str, tmp_path: Path):  # noqa: ANN201
         store_pairs(session, pairs)
         snapshot = take_snapshot(session, tmp_path / "artifacts", heldout_fraction=0.1, split_seed=0)
         session.execute(update(Response).values(created_at=NOW - timedelta(days=30)))  # training data, not live
-        session.add(Adapter(id="ad-active", state="active", base_model="demo", path=str(tmp_path), sha256="0" * 64,
-                            lineage={"dataset_snapshot": snapshot.id}))  # fmt: skip
+        session.add(
+            Adapter(
+                id="ad-active",
+                state="active",
+                base_model="demo",
+                path=str(tmp_path),
+                sha256="0" * 64,
+                lineage={"dataset_snapshot": snapshot.id},
+            )
+        )
         session.add(Adapter(id="ad-canary", state="canary", base_model="demo", path=str(tmp_path), sha256="1" * 64))
         session.flush()
         session.add(DeploymentPointer(role="active", adapter_id="ad-active"))

@@ -24,8 +24,11 @@ from workers.training.model.trainer import REWARD_DIR, build_model, lora_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CFG = TrainConfig()
-LIVE = [("Where is my parcel?", "It left the depot today."), ("Reset my password please", "Use the link we sent."),
-        ("Cancel order 77", "Done, order 77 is cancelled.")]  # fmt: skip
+LIVE = [
+    ("Where is my parcel?", "It left the depot today."),
+    ("Reset my password please", "Use the link we sent."),
+    ("Cancel order 77", "Done, order 77 is cancelled."),
+]
 NORM = (0.3, 2.0)
 
 
@@ -76,8 +79,9 @@ def reward_scores(base: str, adapter: Path, reward_dir: Path) -> list[float]:
 
 
 @pytest.mark.parametrize("perturb", [False, True])
-def test_model_drift_matches_an_independent_computation(perturb: bool, demo_model_dir: Path, pg_url: str,
-                                                        tmp_path: Path) -> None:  # fmt: skip
+def test_model_drift_matches_an_independent_computation(
+    perturb: bool, demo_model_dir: Path, pg_url: str, tmp_path: Path
+) -> None:
     from workers.training.model.drift_scoring import record
 
     base = str(demo_model_dir)
@@ -92,18 +96,44 @@ def test_model_drift_matches_an_independent_computation(perturb: bool, demo_mode
         session.add(TrainingRun(id=run_id, status="succeeded", config=CFG.to_dict()))
         session.flush()
         evaluation = {"mean_reward": 0.25, "kl_vs_base": 1.5}
-        session.add(Adapter(id="ad-live", state="active", base_model=base, path=str(adapter_dir), sha256=run_id,
-                            run_id=run_id, metrics={"evaluation": evaluation}))  # fmt: skip
+        session.add(
+            Adapter(
+                id="ad-live",
+                state="active",
+                base_model=base,
+                path=str(adapter_dir),
+                sha256=run_id,
+                run_id=run_id,
+                metrics={"evaluation": evaluation},
+            )
+        )
         session.flush()
         session.add(DeploymentPointer(role="active", adapter_id="ad-live"))
         for i, (prompt, response) in enumerate(LIVE):
-            session.add(Response(event_id=uuid.uuid4(), response_id=f"r{i}", request_id=f"q{i}", app_id="a",
-                                 user_ref=f"u{i}", prompt=prompt, prompt_hash=f"h{i}", response=response,
-                                 adapter_id="ad-live", base_model=base, sampling={"max_new_tokens": 64},
-                                 prompt_tokens=1, completion_tokens=5, latency_ms=1.0,
-                                 created_at=now - timedelta(seconds=i)))  # fmt: skip
-    settings = Settings(artifacts_dir=artifacts, model=ModelSettings(device="cpu"),
-                        monitoring=MonitoringSettings(drift_sample=len(LIVE)))  # fmt: skip
+            session.add(
+                Response(
+                    event_id=uuid.uuid4(),
+                    response_id=f"r{i}",
+                    request_id=f"q{i}",
+                    app_id="a",
+                    user_ref=f"u{i}",
+                    prompt=prompt,
+                    prompt_hash=f"h{i}",
+                    response=response,
+                    adapter_id="ad-live",
+                    base_model=base,
+                    sampling={"max_new_tokens": 64},
+                    prompt_tokens=1,
+                    completion_tokens=5,
+                    latency_ms=1.0,
+                    created_at=now - timedelta(seconds=i),
+                )
+            )
+    settings = Settings(
+        artifacts_dir=artifacts,
+        model=ModelSettings(device="cpu"),
+        monitoring=MonitoringSettings(drift_sample=len(LIVE)),
+    )
     drift = record(settings, sessions, base, now=now + timedelta(seconds=1))
     engine.dispose()
 

@@ -29,10 +29,17 @@ def user(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker,
-        demo_model_dir: Path) -> Iterator[Api]:  # fmt: skip
-    server = start_api(tmp_path_factory.mktemp("api"), module_pg_url, broker.bootstrap_servers, demo_model_dir,
-                       REDIS_URL, api__rate_limit="30")  # fmt: skip
+def api(
+    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker, demo_model_dir: Path
+) -> Iterator[Api]:
+    server = start_api(
+        tmp_path_factory.mktemp("api"),
+        module_pg_url,
+        broker.bootstrap_servers,
+        demo_model_dir,
+        REDIS_URL,
+        api__rate_limit="30",
+    )
     yield server
     server.process.stop()
 
@@ -54,10 +61,12 @@ def test_generate_then_feedback_reach_kafka_with_matching_ids(api: Api, broker: 
     assert accepted.status_code == 202
     event_id = accepted.json()["event_id"]
 
-    responses = read_events(broker.bootstrap_servers, Topics.RESPONSES, expect=1,
-                            where=lambda e: e.response_id == out["response_id"])  # fmt: skip
-    feedback = read_events(broker.bootstrap_servers, Topics.FEEDBACK, expect=1,
-                           where=lambda e: e.response_id == out["response_id"])  # fmt: skip
+    responses = read_events(
+        broker.bootstrap_servers, Topics.RESPONSES, expect=1, where=lambda e: e.response_id == out["response_id"]
+    )
+    feedback = read_events(
+        broker.bootstrap_servers, Topics.FEEDBACK, expect=1, where=lambda e: e.response_id == out["response_id"]
+    )
     assert len(responses) == 1 and len(feedback) == 1
     logged, given = responses[0], feedback[0]
     assert logged.response == out["response"] and logged.user_ref == user("alice") and logged.app_id == "shop-app"
@@ -108,8 +117,9 @@ def test_bad_input_is_a_clear_4xx(api: Api) -> None:
     assert huge.status_code == 413 and huge.json()["code"] == "body_too_large"
     not_json = httpx.post(f"{api.url}/v1/feedback", content=b"\xff\xfe", headers=api.headers)
     assert not_json.status_code == 422
-    chunked = httpx.post(f"{api.url}/v1/feedback/batch", content=iter([b'{"items": [' + b" " * 2_000_000]),
-                         headers=api.headers)  # no Content-Length: counted as it streams in  # fmt: skip
+    chunked = httpx.post(
+        f"{api.url}/v1/feedback/batch", content=iter([b'{"items": [' + b" " * 2_000_000]), headers=api.headers
+    )  # no Content-Length: counted as it streams in
     assert chunked.status_code == 413 and chunked.json()["code"] == "body_too_large"
 
 
@@ -136,8 +146,9 @@ def test_feedback_batch_counts_each_users_limit_and_logs_the_accepted(api: Api, 
     assert (body["accepted"], body["rejected"]) == (1, 35)
     assert [r["index"] for r in body["results"] if r["status"] == "accepted"] == [3]
     assert {r["error"] for r in body["results"] if r["status"] == "rejected"} == {"rate_limited"}
-    [given] = read_events(broker.bootstrap_servers, Topics.FEEDBACK, expect=1,
-                          where=lambda e: e.response_id == light["response_id"])  # fmt: skip
+    [given] = read_events(
+        broker.bootstrap_servers, Topics.FEEDBACK, expect=1, where=lambda e: e.response_id == light["response_id"]
+    )
     assert str(given.event_id) == body["results"][3]["event_id"] and given.comment == "thanks" and given.rating == 1
 
 
@@ -157,7 +168,13 @@ def test_the_app_key_is_checked_before_the_body(api: Api) -> None:
 
 def test_metrics_are_exported(api: Api) -> None:
     text = httpx.get(f"{api.url}/metrics").text
-    for name in ("rlhf_request_duration_seconds_bucket", "rlhf_feedback_events_total", "rlhf_generation_batch_size",
-                 "rlhf_generated_tokens_total", "rlhf_spool_depth_events", "rlhf_produce_errors_total"):  # fmt: skip
+    for name in (
+        "rlhf_request_duration_seconds_bucket",
+        "rlhf_feedback_events_total",
+        "rlhf_generation_batch_size",
+        "rlhf_generated_tokens_total",
+        "rlhf_spool_depth_events",
+        "rlhf_produce_errors_total",
+    ):
         assert name in text, name
     assert 'rlhf_feedback_events_total{adapter="base",rating="up"}' in text

@@ -34,8 +34,11 @@ class Proxy:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.proxy", str(self.listen), str(self.target)],
-                                     cwd=ROOT, stdout=subprocess.PIPE)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.proxy", str(self.listen), str(self.target)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == b"ready"
 
     def kill(self) -> None:
@@ -80,8 +83,9 @@ async def post_stream(api: Api, toks: list[str], total: int, on_progress, concur
         async def worker() -> None:
             for i in counter:
                 await on_progress(i)
-                r = await client.post("/v1/feedback", json={"feedback_token": toks[i % len(toks)],
-                                                            "rating": "up" if i % 3 else "down"})  # fmt: skip
+                r = await client.post(
+                    "/v1/feedback", json={"feedback_token": toks[i % len(toks)], "rating": "up" if i % 3 else "down"}
+                )
                 assert r.status_code == 202, r.text  # an outage must never fail a request
                 accepted.append(r.json()["event_id"])
 
@@ -89,11 +93,11 @@ async def post_stream(api: Api, toks: list[str], total: int, on_progress, concur
     return accepted
 
 
-def test_broker_outage_during_5000_feedback_posts(tmp_path: Path, pg_url: str, demo_model_dir: Path,
-                                                  proxied_broker: tuple[EmbeddedBroker, Proxy]) -> None:  # fmt: skip
+def test_broker_outage_during_5000_feedback_posts(
+    tmp_path: Path, pg_url: str, demo_model_dir: Path, proxied_broker: tuple[EmbeddedBroker, Proxy]
+) -> None:
     broker, proxy = proxied_broker
-    api = start_api(tmp_path, pg_url, f"127.0.0.1:{proxy.listen}", demo_model_dir, REDIS_URL,
-                    api__rate_limit="1000000")  # fmt: skip
+    api = start_api(tmp_path, pg_url, f"127.0.0.1:{proxy.listen}", demo_model_dir, REDIS_URL, api__rate_limit="1000000")
     try:
         toks = tokens(api, 50)
 
@@ -115,11 +119,11 @@ def test_broker_outage_during_5000_feedback_posts(tmp_path: Path, pg_url: str, d
     assert not missing, f"{len(missing)} accepted events never reached Kafka"
 
 
-def test_api_restart_with_a_full_spool_drains_it(tmp_path: Path, pg_url: str, demo_model_dir: Path,
-                                                 proxied_broker: tuple[EmbeddedBroker, Proxy]) -> None:  # fmt: skip
+def test_api_restart_with_a_full_spool_drains_it(
+    tmp_path: Path, pg_url: str, demo_model_dir: Path, proxied_broker: tuple[EmbeddedBroker, Proxy]
+) -> None:
     broker, proxy = proxied_broker
-    api = start_api(tmp_path, pg_url, f"127.0.0.1:{proxy.listen}", demo_model_dir, REDIS_URL,
-                    api__rate_limit="1000000")  # fmt: skip
+    api = start_api(tmp_path, pg_url, f"127.0.0.1:{proxy.listen}", demo_model_dir, REDIS_URL, api__rate_limit="1000000")
     try:
         toks = tokens(api, 10)
         proxy.kill()

@@ -20,9 +20,16 @@ from schemas.tables import Base, Feedback, Response
 pytestmark = pytest.mark.integration
 
 TABLES = {
-    "responses", "feedback", "preference_pairs", "dataset_snapshots", "training_runs", "adapters",
-    "deployment_pointers", "promotion_audit", "api_keys",
-}  # fmt: skip
+    "responses",
+    "feedback",
+    "preference_pairs",
+    "dataset_snapshots",
+    "training_runs",
+    "adapters",
+    "deployment_pointers",
+    "promotion_audit",
+    "api_keys",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -62,12 +69,29 @@ def test_response_text_keys_are_backfilled(db_url: str) -> None:
     engine = make_engine(DatabaseSettings(url=db_url))
     texts = ["a kind answer", "a rude one", ""]
     with engine.begin() as conn:  # the columns of 0002 only: a core insert names just these
-        conn.execute(sa.insert(Response.__table__), [
-            dict(event_id=uuid.uuid4(), response_id=f"r{i}", request_id="q", app_id="app", user_ref="u", prompt="p",
-                 prompt_hash="0" * 32, response=text, adapter_id="base", base_model="demo", sampling={},
-                 prompt_tokens=1, completion_tokens=1, latency_ms=1.0, created_at=datetime.now(UTC))
-            for i, text in enumerate(texts)
-        ])  # fmt: skip
+        conn.execute(
+            sa.insert(Response.__table__),
+            [
+                dict(
+                    event_id=uuid.uuid4(),
+                    response_id=f"r{i}",
+                    request_id="q",
+                    app_id="app",
+                    user_ref="u",
+                    prompt="p",
+                    prompt_hash="0" * 32,
+                    response=text,
+                    adapter_id="base",
+                    base_model="demo",
+                    sampling={},
+                    prompt_tokens=1,
+                    completion_tokens=1,
+                    latency_ms=1.0,
+                    created_at=datetime.now(UTC),
+                )
+                for i, text in enumerate(texts)
+            ],
+        )
     upgrade(db_url)
     with make_sessionmaker(engine)() as session:
         keys = dict(session.execute(sa.select(Response.response, Response.text_key)).all())
@@ -79,8 +103,9 @@ def test_constraints_make_writes_idempotent(db_url: str) -> None:
     upgrade(db_url)
     engine = make_engine(DatabaseSettings(url=db_url))
     sessions = make_sessionmaker(engine)
-    row = dict(response_id="r1", prompt_hash="0" * 32, adapter_id="base", user_ref="u1", rating=1,
-               created_at=datetime.now(UTC))  # fmt: skip
+    row = dict(
+        response_id="r1", prompt_hash="0" * 32, adapter_id="base", user_ref="u1", rating=1, created_at=datetime.now(UTC)
+    )
     with sessions.begin() as s:
         s.add(Feedback(event_id=uuid.uuid4(), **row))
     with pytest.raises(IntegrityError), sessions.begin() as s:  # same user, same response

@@ -42,16 +42,22 @@ class Prometheus:
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(PROM / f) for f in config["rule_files"]]
         jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-        config["scrape_configs"] = [{**jobs[name], "static_configs": [{"targets": [target]}]}
-                                    for name, target in targets.items()]  # fmt: skip
+        config["scrape_configs"] = [
+            {**jobs[name], "static_configs": [{"targets": [target]}]} for name, target in targets.items()
+        ]
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = (workdir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address={self.url.removeprefix('http://')}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address={self.url.removeprefix('http://')}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         wait_until(self._ready, 30, lambda: (workdir / "prometheus.log").read_text()[-2000:])
 
     def _ready(self) -> bool:
@@ -65,8 +71,10 @@ class Prometheus:
         """Instant query -> {'label=value,...' (no __name__): value}."""
         body = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5).json()
         assert body["status"] == "success", body
-        return {",".join(f"{k}={v}" for k, v in sorted(r["metric"].items()) if k != "__name__"): float(r["value"][1])
-                for r in body["data"]["result"]}  # fmt: skip
+        return {
+            ",".join(f"{k}={v}" for k, v in sorted(r["metric"].items()) if k != "__name__"): float(r["value"][1])
+            for r in body["data"]["result"]
+        }
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -84,21 +92,36 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: Callable[[], s
 
 
 @pytest.fixture
-def stack(tmp_path: Path, pg_url: str, broker: EmbeddedBroker, kafka_settings: KafkaSettings, redis_url: str,
-          demo_model_dir: Path) -> Iterator[tuple[Api, ServiceProcess, int]]:  # fmt: skip
+def stack(
+    tmp_path: Path,
+    pg_url: str,
+    broker: EmbeddedBroker,
+    kafka_settings: KafkaSettings,
+    redis_url: str,
+    demo_model_dir: Path,
+) -> Iterator[tuple[Api, ServiceProcess, int]]:
     prefix = kafka_settings.topic_prefix
     (tmp_path / "api").mkdir()
     (tmp_path / "prometheus").mkdir()
-    api = start_api(tmp_path / "api", pg_url, broker.bootstrap_servers, demo_model_dir, redis_url,
-                    kafka__topic_prefix=prefix)  # fmt: skip
+    api = start_api(
+        tmp_path / "api", pg_url, broker.bootstrap_servers, demo_model_dir, redis_url, kafka__topic_prefix=prefix
+    )
     upgrade(pg_url)
     port = free_port()
-    env = {"RLHF_DATABASE__URL": pg_url, "RLHF_REDIS__URL": redis_url, "RLHF_KAFKA__BOOTSTRAP_SERVERS":
-           broker.bootstrap_servers, "RLHF_KAFKA__TOPIC_PREFIX": prefix, "RLHF_KAFKA__CONSUMER_GROUP": f"agg-{prefix}",
-           "RLHF_KAFKA__MAX_POLL_INTERVAL_MS": "5000", "RLHF_KAFKA__SESSION_TIMEOUT_MS": "6000",
-           "RLHF_MONITORING__AGGREGATOR_METRICS_PORT": str(port), "RLHF_DATA_DIR": str(tmp_path)}  # fmt: skip
+    env = {
+        "RLHF_DATABASE__URL": pg_url,
+        "RLHF_REDIS__URL": redis_url,
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "RLHF_KAFKA__TOPIC_PREFIX": prefix,
+        "RLHF_KAFKA__CONSUMER_GROUP": f"agg-{prefix}",
+        "RLHF_KAFKA__MAX_POLL_INTERVAL_MS": "5000",
+        "RLHF_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "RLHF_MONITORING__AGGREGATOR_METRICS_PORT": str(port),
+        "RLHF_DATA_DIR": str(tmp_path),
+    }
     aggregator = ServiceProcess(["aggregate"], env, tmp_path / "aggregator.log").start(
-        ready_url=f"http://127.0.0.1:{port}/metrics", timeout_s=60)  # fmt: skip
+        ready_url=f"http://127.0.0.1:{port}/metrics", timeout_s=60
+    )
     yield api, aggregator, port
     aggregator.stop()
     api.process.stop()
@@ -143,29 +166,45 @@ def test_negative_feedback_recording_rule_matches_the_simulated_users(stack, tmp
     first = simulated_ratings(api, sim, 40, "first")
     assert {r for _, r in first} == {1, -1}
     adapters = {a for a, _ in first}
-    prom = Prometheus(tmp_path / "prometheus", {"rlhf-api": api.url.removeprefix("http://"),
-                                                "rlhf-aggregator": f"127.0.0.1:{agg_port}"})  # fmt: skip
+    prom = Prometheus(
+        tmp_path / "prometheus",
+        {"rlhf-api": api.url.removeprefix("http://"), "rlhf-aggregator": f"127.0.0.1:{agg_port}"},
+    )
     try:
         series = 2 * len(adapters)  # up and down per adapter
-        wait_until(lambda: len(prom.query("rlhf_feedback_events_total")) == series
-                   and sum(prom.query('up{job=~"rlhf-.*"}').values()) == 2, 60,
-                   lambda: f"first scrapes: {prom.query('up')}")  # fmt: skip
+        wait_until(
+            lambda: (
+                len(prom.query("rlhf_feedback_events_total")) == series
+                and sum(prom.query('up{job=~"rlhf-.*"}').values()) == 2
+            ),
+            60,
+            lambda: f"first scrapes: {prom.query('up')}",
+        )
         time.sleep(2)  # a few samples at the phase-1 values
 
         second = simulated_ratings(api, sim, 80, "second")
         assert {a for a, _ in second} == adapters
         counted = 'sum(rlhf_feedback_events_total{job="rlhf-api"})'
-        wait_until(lambda: prom.query(counted).get("") == len(first) + len(second), 90,
-                   lambda: f"scraped {prom.query(counted)} of {len(first) + len(second)} ratings")  # fmt: skip
+        wait_until(
+            lambda: prom.query(counted).get("") == len(first) + len(second),
+            90,
+            lambda: f"scraped {prom.query(counted)} of {len(first) + len(second)} ratings",
+        )
 
         for adapter in adapters:
             expected = down_share(second, adapter)
-            wait_until(lambda a=adapter, e=expected: abs(prom.query(RULE).get(f"adapter={a}", -1) - e) < 1e-9, 45,
-                       lambda e=expected: f"{RULE} = {prom.query(RULE)}, users produced {e}")  # fmt: skip
+            wait_until(
+                lambda a=adapter, e=expected: abs(prom.query(RULE).get(f"adapter={a}", -1) - e) < 1e-9,
+                45,
+                lambda e=expected: f"{RULE} = {prom.query(RULE)}, users produced {e}",
+            )
             # The aggregator's window gauge counts both phases (all within its window), from SQL + Redis.
             both = down_share(first + second, adapter)
             gauge = f'rlhf_negative_feedback_rate{{job="rlhf-aggregator",adapter="{adapter}"}}'
-            wait_until(lambda g=gauge, e=both: abs(sum(prom.query(g).values()) - e) < 1e-9, 90,
-                       lambda g=gauge, e=both: f"{prom.query(g)} vs {e}:\n{aggregator.tail()}")  # fmt: skip
+            wait_until(
+                lambda g=gauge, e=both: abs(sum(prom.query(g).values()) - e) < 1e-9,
+                90,
+                lambda g=gauge, e=both: f"{prom.query(g)} vs {e}:\n{aggregator.tail()}",
+            )
     finally:
         prom.stop()

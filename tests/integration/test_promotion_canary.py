@@ -43,20 +43,32 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker,
-          demo_model_dir: Path) -> Iterator[World]:  # fmt: skip
+def world(
+    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker, demo_model_dir: Path
+) -> Iterator[World]:
     root = tmp_path_factory.mktemp("canary")
     kafka = KafkaSettings(topic_prefix=f"canary{random.randrange(10**9)}.")
     (root / "api").mkdir()
-    api = start_api(root / "api", module_pg_url, broker.bootstrap_servers, demo_model_dir, REDIS_URL,
-                    kafka__topic_prefix=kafka.topic_prefix, api__rate_limit="100000",
-                    promotion__canary_share=str(CANARY.canary_share), promotion__poll_interval_s="1")  # fmt: skip
+    api = start_api(
+        root / "api",
+        module_pg_url,
+        broker.bootstrap_servers,
+        demo_model_dir,
+        REDIS_URL,
+        kafka__topic_prefix=kafka.topic_prefix,
+        api__rate_limit="100000",
+        promotion__canary_share=str(CANARY.canary_share),
+        promotion__poll_interval_s="1",
+    )
     aggregator = aggregator_process(module_pg_url, kafka, broker.bootstrap_servers, root / "aggregator.log").start()
     prompts = distinct_prompts(Simulator(7), 32, seed=1)
-    adapters = {name: taught_adapter(demo_model_dir, root / name, answer, prompts) for name, answer in (
-        ("rude", "Ugh, not my problem. Deal with it."),
-        ("polite", "Thanks for reaching out, I am happy to help. Have a nice day!"),
-    )}  # fmt: skip
+    adapters = {
+        name: taught_adapter(demo_model_dir, root / name, answer, prompts)
+        for name, answer in (
+            ("rude", "Ugh, not my problem. Deal with it."),
+            ("polite", "Thanks for reaching out, I am happy to help. Have a nice day!"),
+        )
+    }
     engine = create_engine(module_pg_url)
     sessions = sessionmaker(engine)
     yield World(api, sessions, Promotions(sessions, CANARY, REDIS_URL), adapters)
@@ -93,8 +105,11 @@ def simulate_users(world: World, n: int, seed: int) -> dict[str, int]:
 def _start_canary(world: World, adapter_id: str) -> None:
     with world.sessions.begin() as session:
         register(session, adapter_id, world.adapters[adapter_id.removeprefix("ad-")], state="awaiting_approval")
-    r = httpx.post(f"{world.api.url}/v1/promotions/{adapter_id}/approve", json={"reason": "canary test"},
-                   headers={"Authorization": f"Bearer {world.api.approver_key}"})  # fmt: skip
+    r = httpx.post(
+        f"{world.api.url}/v1/promotions/{adapter_id}/approve",
+        json={"reason": "canary test"},
+        headers={"Authorization": f"Bearer {world.api.approver_key}"},
+    )
     assert r.status_code == 200 and r.json()["state"] == "canary", r.text
     assert r.json()["deployment"] == {"active": None, "canary": adapter_id, "canary_share": 0.5}
 
@@ -122,8 +137,9 @@ def test_a_canary_the_users_dislike_is_rolled_back_automatically(world: World) -
     with world.sessions() as session:
         assert session.get(Adapter, "ad-rude").state == "rolled_back"
         assert session.get(DeploymentPointer, "canary") is None
-        audit = session.scalars(select(PromotionAudit).where(PromotionAudit.adapter_id == "ad-rude")
-                                .order_by(PromotionAudit.id.desc())).first()  # fmt: skip
+        audit = session.scalars(
+            select(PromotionAudit).where(PromotionAudit.adapter_id == "ad-rude").order_by(PromotionAudit.id.desc())
+        ).first()
         assert (audit.to_state, audit.actor, audit.details["trigger"]) == ("rolled_back", "canary-monitor", "auto")
         assert "one-sided p" in audit.reason
     assert wait_for(lambda: simulate_users(world, 24, seed=2).keys() == {"base"}, timeout_s=5, poll=lambda: None)

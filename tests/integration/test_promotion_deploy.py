@@ -39,21 +39,38 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker,
-            demo_model_dir: Path) -> Iterator[Cluster]:  # fmt: skip
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker: EmbeddedBroker, demo_model_dir: Path
+) -> Iterator[Cluster]:
     """Two API replicas on one database; pointer polling slowed to 60 s, so only the Redis notice can
     make a replica switch within the deadline. One torch thread each: two replicas with a thread per core
     each oversubscribe a 2-core machine, and requests then took ~10x longer (80 instead of 800 in the
     test), which delayed the swaps past 2 s."""
-    settings = {"promotion__canary_share": "0", "promotion__required_approvals": "2",
-                "promotion__poll_interval_s": "60", "api__rate_limit": "100000",
-                "runtime__torch_threads": "1"}  # fmt: skip
-    apis = [start_api(tmp_path_factory.mktemp(f"api{i}"), module_pg_url, broker.bootstrap_servers, demo_model_dir,
-                      REDIS_URL, **settings) for i in range(2)]  # fmt: skip
+    settings = {
+        "promotion__canary_share": "0",
+        "promotion__required_approvals": "2",
+        "promotion__poll_interval_s": "60",
+        "api__rate_limit": "100000",
+        "runtime__torch_threads": "1",
+    }
+    apis = [
+        start_api(
+            tmp_path_factory.mktemp(f"api{i}"),
+            module_pg_url,
+            broker.bootstrap_servers,
+            demo_model_dir,
+            REDIS_URL,
+            **settings,
+        )
+        for i in range(2)
+    ]
     lead_key = cli(apis[0].env, "keys", "create", "ml-lead", "--role", "approver")
-    adapter_dir = taught_adapter(demo_model_dir, tmp_path_factory.mktemp("adapters") / "polite",
-                                 "Thanks for reaching out, I am happy to help. Have a nice day!",
-                                 distinct_prompts(Simulator(7), 32, seed=1))  # fmt: skip
+    adapter_dir = taught_adapter(
+        demo_model_dir,
+        tmp_path_factory.mktemp("adapters") / "polite",
+        "Thanks for reaching out, I am happy to help. Have a nice day!",
+        distinct_prompts(Simulator(7), 32, seed=1),
+    )
     engine = create_engine(module_pg_url)
     yield Cluster(apis, lead_key, sessionmaker(engine), adapter_dir)
     engine.dispose()
@@ -62,8 +79,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, broker
 
 
 def _post(api: Api, path: str, key: str, reason: str = "reviewed the gate and samples") -> httpx.Response:
-    return httpx.post(f"{api.url}{path}", json={"reason": reason}, headers={"Authorization": f"Bearer {key}"},
-                      timeout=30)  # fmt: skip
+    return httpx.post(
+        f"{api.url}{path}", json={"reason": reason}, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
 
 
 def test_only_approvers_act_and_illegal_transitions_are_refused(cluster: Cluster) -> None:
@@ -79,8 +97,11 @@ def test_only_approvers_act_and_illegal_transitions_are_refused(cluster: Cluster
     assert skipped_gate.status_code == 409
     assert "candidate cannot become approved" in skipped_gate.json()["message"]
     assert _post(api, "/v1/promotions/ad-nope/approve", api.approver_key).status_code == 404
-    no_reason = httpx.post(f"{api.url}/v1/promotions/ad-fresh/reject", json={"reason": ""},
-                           headers={"Authorization": f"Bearer {api.approver_key}"})  # fmt: skip
+    no_reason = httpx.post(
+        f"{api.url}/v1/promotions/ad-fresh/reject",
+        json={"reason": ""},
+        headers={"Authorization": f"Bearer {api.approver_key}"},
+    )
     assert no_reason.status_code == 422
     assert _post(api, "/v1/promotions/rollback", api.approver_key).status_code == 409  # nothing deployed yet
 
@@ -92,8 +113,11 @@ class Load:
     def __init__(self, apis: list[Api], clients_per_api: int = 3) -> None:
         self.apis, self.stop = apis, threading.Event()
         self.records: list[tuple[float, int, int, str]] = []
-        self.threads = [threading.Thread(target=self._loop, args=(i, c), daemon=True)
-                        for i in range(len(apis)) for c in range(clients_per_api)]  # fmt: skip
+        self.threads = [
+            threading.Thread(target=self._loop, args=(i, c), daemon=True)
+            for i in range(len(apis))
+            for c in range(clients_per_api)
+        ]
 
     def _loop(self, replica: int, client: int) -> None:
         api = self.apis[replica]
@@ -101,8 +125,11 @@ class Load:
             n = 0
             while not self.stop.is_set():
                 started = time.time()
-                body = {"prompt": PROMPT, "user_ref": f"load-{replica}-{client}-{n % 50}",
-                        "sampling": {"max_new_tokens": 8, "temperature": 0}}  # fmt: skip
+                body = {
+                    "prompt": PROMPT,
+                    "user_ref": f"load-{replica}-{client}-{n % 50}",
+                    "sampling": {"max_new_tokens": 8, "temperature": 0},
+                }
                 try:
                     r = http.post("/v1/generate", json=body)
                     self.records.append((started, replica, r.status_code, r.json().get("adapter_id", "")))
@@ -136,8 +163,11 @@ def _rolled_back_at(cluster: Cluster, adapter_id: str) -> float:
     """When the rollback of ``adapter_id`` was decided: its audit row's time (the start of the transaction
     that wrote it), as a Unix timestamp."""
     with cluster.sessions() as session:
-        at = session.scalar(select(PromotionAudit.at).where(PromotionAudit.adapter_id == adapter_id,
-                                                            PromotionAudit.to_state == "rolled_back"))  # fmt: skip
+        at = session.scalar(
+            select(PromotionAudit.at).where(
+                PromotionAudit.adapter_id == adapter_id, PromotionAudit.to_state == "rolled_back"
+            )
+        )
     assert at is not None, f"no rollback of {adapter_id} in the audit"
     return at.timestamp()
 
@@ -159,8 +189,9 @@ def test_both_replicas_serve_the_approved_adapter_within_2_s_without_a_failed_re
         time.sleep(SWAP_DEADLINE_S + 1.5)
         switch = load.switched_after(t0, "ad-polite")
 
-        out = cli(api.env, "adapters", "rollback", "--reason", "drill: roll back", "--key", cluster.lead_key,
-                  "--api", api.url)  # fmt: skip
+        out = cli(
+            api.env, "adapters", "rollback", "--reason", "drill: roll back", "--key", cluster.lead_key, "--api", api.url
+        )
         assert "rolled back ad-polite (active)" in out and "serving base model" in out
         t1 = _rolled_back_at(cluster, "ad-polite")  # not the CLI's start: its own start-up is no part of the swap
         time.sleep(SWAP_DEADLINE_S + 1.5)
@@ -175,9 +206,12 @@ def test_both_replicas_serve_the_approved_adapter_within_2_s_without_a_failed_re
 
     detail = httpx.get(f"{api.url}/v1/adapters/ad-polite", headers={"Authorization": f"Bearer {api.approver_key}"})
     audit = [(a["from_state"], a["to_state"], a["actor"]) for a in detail.json()["audit"]]
-    assert audit[1:] == [("awaiting_approval", "awaiting_approval", "ml-team"),
-                         ("awaiting_approval", "approved", "ml-lead"), ("approved", "active", "ml-lead"),
-                         ("active", "rolled_back", "ml-lead")]  # fmt: skip
+    assert audit[1:] == [
+        ("awaiting_approval", "awaiting_approval", "ml-team"),
+        ("awaiting_approval", "approved", "ml-lead"),
+        ("approved", "active", "ml-lead"),
+        ("active", "rolled_back", "ml-lead"),
+    ]
     assert detail.json()["audit"][-1]["reason"] == "drill: roll back"
 
 
@@ -200,9 +234,14 @@ def browser() -> Iterator:
 
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-GATE = {"passed": True, "samples": [{"prompt": PROMPT, "candidate": "Thanks, happy to help.", "active": "Ugh."}],
-        "checks": [{"name": "reward_win_rate", "value": 0.81, "threshold": 0.5, "op": ">=", "passed": True,
-                    "detail": "vs base"}], "golden_failures": []}  # fmt: skip
+GATE = {
+    "passed": True,
+    "samples": [{"prompt": PROMPT, "candidate": "Thanks, happy to help.", "active": "Ugh."}],
+    "checks": [
+        {"name": "reward_win_rate", "value": 0.81, "threshold": 0.5, "op": ">=", "passed": True, "detail": "vs base"}
+    ],
+    "golden_failures": [],
+}
 
 
 def _click(driver, element_id: str) -> None:  # noqa: ANN001 - a selenium WebDriver

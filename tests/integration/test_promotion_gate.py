@@ -42,10 +42,14 @@ def trained(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> T
     from rlhf_loop.models.loading import load_base
 
     root = tmp_path_factory.mktemp("gate")
-    settings = Settings(data_dir=root, artifacts_dir=root / "artifacts", redis={"url": "redis://127.0.0.1:6379/15"},
-                        database=DatabaseSettings(url=f"sqlite:///{root / 'rlhf.sqlite3'}"),
-                        model={"demo_dir": demo_model_dir, "device": "cpu"},
-                        training={"hyperparameters": HYPER})  # fmt: skip
+    settings = Settings(
+        data_dir=root,
+        artifacts_dir=root / "artifacts",
+        redis={"url": "redis://127.0.0.1:6379/15"},
+        database=DatabaseSettings(url=f"sqlite:///{root / 'rlhf.sqlite3'}"),
+        model={"demo_dir": demo_model_dir, "device": "cpu"},
+        training={"hyperparameters": HYPER},
+    )
     upgrade(settings.database.url)
     engine = make_engine(settings.database)
     sessions = make_sessionmaker(engine)
@@ -63,16 +67,20 @@ def trained(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> T
 def _fresh(trained: Trained, tmp_path: Path, **promotion: object) -> tuple[Settings, Promotions]:
     """The trained state in a database of this test's own (the artifacts are shared, read-only)."""
     shutil.copy(trained.db_file, tmp_path / "rlhf.sqlite3")
-    settings = trained.settings.model_copy(update={
-        "database": DatabaseSettings(url=f"sqlite:///{tmp_path / 'rlhf.sqlite3'}"),
-        "promotion": PromotionSettings(**promotion),
-    })  # fmt: skip
-    return settings, Promotions(make_sessionmaker(make_engine(settings.database)), settings.promotion,
-                                settings.redis.url)  # fmt: skip
+    settings = trained.settings.model_copy(
+        update={
+            "database": DatabaseSettings(url=f"sqlite:///{tmp_path / 'rlhf.sqlite3'}"),
+            "promotion": PromotionSettings(**promotion),
+        }
+    )
+    return settings, Promotions(
+        make_sessionmaker(make_engine(settings.database)), settings.promotion, settings.redis.url
+    )
 
 
-def test_a_trained_candidate_passes_the_gate_and_waits_for_approval(trained: Trained, tmp_path: Path,
-                                                                     demo_model_dir: Path) -> None:  # fmt: skip
+def test_a_trained_candidate_passes_the_gate_and_waits_for_approval(
+    trained: Trained, tmp_path: Path, demo_model_dir: Path
+) -> None:
     settings, promotions = _fresh(trained, tmp_path)
     state = gate_candidate(settings, promotions.sessions, trained.candidate, str(demo_model_dir))
 
@@ -85,8 +93,9 @@ def test_a_trained_candidate_passes_the_gate_and_waits_for_approval(trained: Tra
         assert checks["reward_win_rate"]["value"] > 0.5 and checks["reward_win_rate"]["detail"] == "vs base"
         assert all({"value", "threshold", "op", "passed"} <= set(c) for c in gate["checks"])
         assert len(gate["samples"]) == 8 and gate["samples"][0]["candidate"] != gate["samples"][0]["active"]
-        audit = session.scalars(select(PromotionAudit).where(PromotionAudit.adapter_id == trained.candidate)
-                                .order_by(PromotionAudit.id)).all()  # fmt: skip
+        audit = session.scalars(
+            select(PromotionAudit).where(PromotionAudit.adapter_id == trained.candidate).order_by(PromotionAudit.id)
+        ).all()
         assert [(a.from_state, a.to_state, a.actor) for a in audit] == [
             ("candidate", "gated", "gate"),
             ("gated", "awaiting_approval", "gate"),
@@ -97,8 +106,12 @@ def test_a_trained_candidate_passes_the_gate_and_waits_for_approval(trained: Tra
 
 def test_the_gate_fails_an_adapter_that_repeats_itself(trained: Trained, tmp_path: Path, demo_model_dir: Path) -> None:
     settings, promotions = _fresh(trained, tmp_path)
-    path = taught_adapter(demo_model_dir, tmp_path / "loop", "Sorry sorry sorry sorry sorry sorry sorry sorry sorry",
-                          distinct_prompts(Simulator(7), 32, seed=1))  # fmt: skip
+    path = taught_adapter(
+        demo_model_dir,
+        tmp_path / "loop",
+        "Sorry sorry sorry sorry sorry sorry sorry sorry sorry",
+        distinct_prompts(Simulator(7), 32, seed=1),
+    )
     with promotions.sessions.begin() as session:
         register(session, "ad-loop", path, run_id=trained.run_id, base_model=str(demo_model_dir))
 
@@ -112,8 +125,9 @@ def test_the_gate_fails_an_adapter_that_repeats_itself(trained: Trained, tmp_pat
 
 
 @pytest.mark.usefixtures("redis_url")
-def test_auto_approve_deploys_a_passing_candidate_and_says_so(trained: Trained, tmp_path: Path, demo_model_dir: Path,
-                                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_auto_approve_deploys_a_passing_candidate_and_says_so(
+    trained: Trained, tmp_path: Path, demo_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings, promotions = _fresh(trained, tmp_path, auto_approve=True, canary_share=0.0)
     with caplog.at_level(logging.WARNING):
         assert gate_candidate(settings, promotions.sessions, trained.candidate, str(demo_model_dir)) == "active"

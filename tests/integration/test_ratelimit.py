@@ -36,9 +36,10 @@ def test_check_many_counts_every_user_of_a_batch_in_one_call(redis_url: str) -> 
         first = await limiter.check_many("feedback", {"a": 3, "b": 6, "c": 5})
         # concurrent with single checks: all go out in one script call, each key counted in order
         second, *singles = await asyncio.gather(
-            limiter.check_many("feedback", {"a": 2, "c": 1}), limiter.check("feedback", "a"),
+            limiter.check_many("feedback", {"a": 2, "c": 1}),
+            limiter.check("feedback", "a"),
             limiter.check("feedback", "d"),
-        )  # fmt: skip
+        )
         await client.aclose()
         return first, second, [d.allowed for d in singles]
 

@@ -86,8 +86,15 @@ def test_only_lora_weights_change(demo_model_dir: Path, dataset: Dataset, traine
     head = ScalarHead(hidden_size(model))
     meta = load_reward(trained.work / "reward_model", model, head)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = PPOTrainer(model, ScalarHead(hidden_size(model)), head, Encoder(tokenizer, model), CFG.ppo,
-                         RewardNorm(meta["score_mean"], meta["score_std"]), "cpu")  # fmt: skip
+    trainer = PPOTrainer(
+        model,
+        ScalarHead(hidden_size(model)),
+        head,
+        Encoder(tokenizer, model),
+        CFG.ppo,
+        RewardNorm(meta["score_mean"], meta["score_std"]),
+        "cpu",
+    )
     for _ in range(2):
         trainer.train_step(dataset.prompts)
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
@@ -110,8 +117,15 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_adapter(
         train(str(demo_model_dir), dataset, CFG, tmp_path, "run-a", device="cpu", report=crash_at_step_5)
     assert (tmp_path / "ppo.ckpt").exists() and not (tmp_path / "adapter").exists()
     steps: list[int] = []
-    result = train(str(demo_model_dir), dataset, CFG, tmp_path, "run-a", device="cpu",
-                   report=lambda stage, step, *_: steps.append(step) if stage == "ppo" else None)  # fmt: skip
+    result = train(
+        str(demo_model_dir),
+        dataset,
+        CFG,
+        tmp_path,
+        "run-a",
+        device="cpu",
+        report=lambda stage, step, *_: steps.append(step) if stage == "ppo" else None,
+    )
     assert steps[0] == 5, "resumed after the step-4 checkpoint, not from scratch"
     assert result.adapter_sha256 == trained.result.adapter_sha256
     again = train(str(demo_model_dir), dataset, CFG, tmp_path, "run-a", device="cpu")
@@ -174,8 +188,11 @@ def test_reward_scores_do_not_depend_on_the_padding_layout(demo_model_dir: Path)
     from workers.training.model.roles import REWARD, last_hidden, pack, sequence_scores
 
     model, enc, head = _fresh_reward_model(demo_model_dir)
-    items = [("Where is my order?", "It ships today."), ("Hi", "Hello! How can I help you with your order today?"),
-             ("Can I return a gift without a receipt, please?", "Yes.")]  # fmt: skip
+    items = [
+        ("Where is my order?", "It ships today."),
+        ("Hi", "Hello! How can I help you with your order today?"),
+        ("Can I return a gift without a receipt, please?", "Yes."),
+    ]
     encoded = [enc.pair(p, r) for p, r in items]
     with torch.no_grad():
         packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, "cpu")
@@ -193,8 +210,12 @@ def test_a_batch_scores_each_shared_response_once_with_the_same_loss(demo_model_
 
     model, enc, head = _fresh_reward_model(demo_model_dir)
     a, b, c = "It ships today.", "No idea, sorry.", "Ugh, again?"
-    batch = [PairRecord("Where is my order?", a, b, 1.0), PairRecord("Where is my order?", a, c, 0.5),
-             PairRecord("Where is my order?", b, c, 1.0), PairRecord("Hi", "Hello!", "Go away.", 0.7)]  # fmt: skip
+    batch = [
+        PairRecord("Where is my order?", a, b, 1.0),
+        PairRecord("Where is my order?", a, c, 0.5),
+        PairRecord("Where is my order?", b, c, 1.0),
+        PairRecord("Hi", "Hello!", "Go away.", 0.7),
+    ]
     tokens = Tokens(enc)
     shared = _step_loss(model, head, tokens, batch, "cpu")
     assert len(tokens.cache) == 5  # five distinct sequences for eight pair sides
@@ -206,9 +227,11 @@ def test_a_batch_scores_each_shared_response_once_with_the_same_loss(demo_model_
         packed = _pack_texts(Tokens(enc), items, "cpu")
         return sequence_scores(head, last_hidden(model, packed, REWARD), packed)
 
-    separate = bradley_terry_loss(side([(p.prompt, p.chosen) for p in batch]),
-                                  side([(p.prompt, p.rejected) for p in batch]),
-                                  torch.tensor([p.weight for p in batch]))  # fmt: skip
+    separate = bradley_terry_loss(
+        side([(p.prompt, p.chosen) for p in batch]),
+        side([(p.prompt, p.rejected) for p in batch]),
+        torch.tensor([p.weight for p in batch]),
+    )
     separate.backward()
     assert torch.allclose(shared.detach(), separate.detach(), atol=1e-5)
     assert not grad_shared.eq(0).all()

@@ -21,8 +21,9 @@ def test_a_parent_of_another_base_model_fails_the_run_with_a_clear_error(setting
     engine = make_engine(settings.database)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
-        session.add(Adapter(id="ad-old", state="active", base_model="some/other-model", path=str(tmp_path),
-                            sha256="0" * 64))  # fmt: skip
+        session.add(
+            Adapter(id="ad-old", state="active", base_model="some/other-model", path=str(tmp_path), sha256="0" * 64)
+        )
         session.flush()
         session.add(DeploymentPointer(role="active", adapter_id="ad-old"))
         run_id = create_run(session, run_config(settings), reason="test")

@@ -38,8 +38,9 @@ HYPER = {"ppo": {"episodes": 1024, "checkpoint_every": 2}, "reward": {"epochs": 
 
 
 class Worker:
-    def __init__(self, process: ServiceProcess, metrics_url: str, sessions: sessionmaker[Session],
-                 settings: Settings) -> None:  # fmt: skip
+    def __init__(
+        self, process: ServiceProcess, metrics_url: str, sessions: sessionmaker[Session], settings: Settings
+    ) -> None:
         self.process, self.metrics_url, self.sessions, self.settings = process, metrics_url, sessions, settings
 
     def run(self, run_id: str) -> TrainingRun:
@@ -71,15 +72,27 @@ def worker(module_pg_url: str, demo_model_dir: Path, tmp_path_factory: pytest.Te
     with sessions.begin() as session:
         store_pairs(session, simulated_pairs(sim, model, tokenizer, distinct_prompts(sim, 200, seed=0)))
     port = free_port()
-    env = {"RLHF_DATABASE__URL": module_pg_url, "RLHF_REDIS__URL": REDIS_URL, "RLHF_DATA_DIR": str(work),
-           "RLHF_ARTIFACTS_DIR": str(work / "artifacts"), "RLHF_MODEL__DEMO_DIR": str(demo_model_dir),
-           "RLHF_TRAINING__LEASE_S": "3", "RLHF_TRAINING__CHECK_INTERVAL_S": "1", "RLHF_TRAINING__MIN_NEW_PAIRS": "100",
-           "RLHF_TRAINING__METRICS_PORT": str(port), "RLHF_TRAINING__HYPERPARAMETERS": json.dumps(HYPER),
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics"))}  # fmt: skip
+    env = {
+        "RLHF_DATABASE__URL": module_pg_url,
+        "RLHF_REDIS__URL": REDIS_URL,
+        "RLHF_DATA_DIR": str(work),
+        "RLHF_ARTIFACTS_DIR": str(work / "artifacts"),
+        "RLHF_MODEL__DEMO_DIR": str(demo_model_dir),
+        "RLHF_TRAINING__LEASE_S": "3",
+        "RLHF_TRAINING__CHECK_INTERVAL_S": "1",
+        "RLHF_TRAINING__MIN_NEW_PAIRS": "100",
+        "RLHF_TRAINING__METRICS_PORT": str(port),
+        "RLHF_TRAINING__HYPERPARAMETERS": json.dumps(HYPER),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics")),
+    }
     process = ServiceProcess(["worker", "--beat"], env, work / "worker.log")
     process.start(ready_url=f"http://127.0.0.1:{port}/metrics")
-    settings = Settings(database=DatabaseSettings(url=module_pg_url), redis=RedisSettings(url=REDIS_URL),
-                        artifacts_dir=work / "artifacts", training={"hyperparameters": HYPER})  # fmt: skip
+    settings = Settings(
+        database=DatabaseSettings(url=module_pg_url),
+        redis=RedisSettings(url=REDIS_URL),
+        artifacts_dir=work / "artifacts",
+        training={"hyperparameters": HYPER},
+    )
     yield Worker(process, f"http://127.0.0.1:{port}/metrics", sessions, settings)
     process.stop()
     engine.dispose()

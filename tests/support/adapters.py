@@ -12,8 +12,7 @@ from rlhf_loop.artifacts import dir_sha256
 from schemas.tables import Adapter, DeploymentPointer, PromotionAudit
 
 
-def taught_adapter(base_dir: Path, out: Path, answer: str, prompts: list[str], steps: int = 80,
-                   seed: int = 0) -> Path:  # fmt: skip
+def taught_adapter(base_dir: Path, out: Path, answer: str, prompts: list[str], steps: int = 80, seed: int = 0) -> Path:
     """A LoRA adapter (the trainer's shape) fine-tuned so the model answers every prompt with ``answer``."""
     import torch
     from peft import get_peft_model
@@ -43,11 +42,26 @@ def taught_adapter(base_dir: Path, out: Path, answer: str, prompts: list[str], s
     return out
 
 
-def register(session: Session, adapter_id: str, path: Path, state: str = "candidate", run_id: str | None = None,
-             base_model: str = "demo", active: bool = False) -> Adapter:  # fmt: skip
+def register(
+    session: Session,
+    adapter_id: str,
+    path: Path,
+    state: str = "candidate",
+    run_id: str | None = None,
+    base_model: str = "demo",
+    active: bool = False,
+) -> Adapter:
     """An adapter row in ``state`` (with an audit row, as if it got there through the registry)."""
-    adapter = Adapter(id=adapter_id, state=state, base_model=base_model, path=str(path), sha256=dir_sha256(path),
-                      run_id=run_id, metrics={}, lineage={})  # fmt: skip
+    adapter = Adapter(
+        id=adapter_id,
+        state=state,
+        base_model=base_model,
+        path=str(path),
+        sha256=dir_sha256(path),
+        run_id=run_id,
+        metrics={},
+        lineage={},
+    )
     session.add(adapter)
     session.flush()
     session.add(PromotionAudit(adapter_id=adapter_id, from_state=None, to_state=state, actor="test", reason="setup"))

@@ -28,24 +28,30 @@ class Api:
 
 
 def cli(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "rlhf_loop", *args], env=env, capture_output=True, text=True,
-                         check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhf_loop", *args], env=env, capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()
 
 
-def start_api(workdir: Path, db_url: str, bootstrap: str, demo_model_dir: Path, redis_url: str,
-              **settings: str) -> Api:  # fmt: skip
+def start_api(workdir: Path, db_url: str, bootstrap: str, demo_model_dir: Path, redis_url: str, **settings: str) -> Api:
     """Migrate, create keys, start the server and wait for /readyz. ``settings``: extra RLHF_* values."""
     import os
 
     port = free_port()
     env = {
-        **os.environ, "RLHF_DATA_DIR": str(workdir), "RLHF_DATABASE__URL": db_url,
-        "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "RLHF_KAFKA__SEND_TIMEOUT_S": "2",
-        "RLHF_SPOOL__PATH": str(workdir / "spool.sqlite3"), "RLHF_SPOOL__REPLAY_INTERVAL_S": "0.2",
-        "RLHF_MODEL__DEMO_DIR": str(demo_model_dir), "RLHF_REDIS__URL": redis_url, "RLHF_API__PORT": str(port),
+        **os.environ,
+        "RLHF_DATA_DIR": str(workdir),
+        "RLHF_DATABASE__URL": db_url,
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "RLHF_KAFKA__SEND_TIMEOUT_S": "2",
+        "RLHF_SPOOL__PATH": str(workdir / "spool.sqlite3"),
+        "RLHF_SPOOL__REPLAY_INTERVAL_S": "0.2",
+        "RLHF_MODEL__DEMO_DIR": str(demo_model_dir),
+        "RLHF_REDIS__URL": redis_url,
+        "RLHF_API__PORT": str(port),
         **{f"RLHF_{k.upper()}": v for k, v in settings.items()},
-    }  # fmt: skip
+    }
     cli(env, "migrate")
     app_key = cli(env, "keys", "create", "shop-app", "--role", "app")
     approver_key = cli(env, "keys", "create", "ml-team", "--role", "approver")

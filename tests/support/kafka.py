@@ -17,8 +17,13 @@ def read_events(
 ) -> list[Event]:
     """Events on ``topic`` (those matching ``where``) in partition order, reading until ``expect``
     distinct event ids are seen or the timeout passes; the caller asserts on what came back."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=1000)  # fmt: skip
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=1000,
+    )
     try:
         deadline = time.monotonic() + timeout_s
         partitions = None

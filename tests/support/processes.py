@@ -29,9 +29,12 @@ class ServiceProcess:
     def start(self, ready_url: str | None = None, timeout_s: float = 180.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rlhf_loop", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "rlhf_loop", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         if ready_url:
             self.wait_ready(ready_url, timeout_s)
         return self

@@ -20,10 +20,25 @@ def store_pairs(session: Session, pairs: list[PairRecord]) -> None:
     def response_id(prompt: str, text: str) -> str:
         if (prompt, text) not in ids:
             ids[(prompt, text)] = rid = f"r-{uuid.uuid4().hex[:16]}"
-            session.add(Response(event_id=uuid.uuid4(), response_id=rid, request_id=rid, app_id="test",
-                                 user_ref="u", prompt=prompt, prompt_hash=prompt_hash(prompt), response=text,
-                                 adapter_id="base", base_model="demo", sampling={}, prompt_tokens=0,
-                                 completion_tokens=0, latency_ms=0.0, created_at=datetime.now(UTC)))  # fmt: skip
+            session.add(
+                Response(
+                    event_id=uuid.uuid4(),
+                    response_id=rid,
+                    request_id=rid,
+                    app_id="test",
+                    user_ref="u",
+                    prompt=prompt,
+                    prompt_hash=prompt_hash(prompt),
+                    response=text,
+                    adapter_id="base",
+                    base_model="demo",
+                    sampling={},
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    latency_ms=0.0,
+                    created_at=datetime.now(UTC),
+                )
+            )
         return ids[(prompt, text)]
 
     keys: set[str] = set()
@@ -33,5 +48,13 @@ def store_pairs(session: Session, pairs: list[PairRecord]) -> None:
         if pair_key(h, chosen, rejected) in keys:  # two samples of one group with the same text
             continue
         keys.add(pair_key(h, chosen, rejected))
-        session.add(PreferencePair(pair_key=pair_key(h, chosen, rejected), prompt_hash=h, chosen_response_id=chosen,
-                                   rejected_response_id=rejected, weight=p.weight, margin=1))  # fmt: skip
+        session.add(
+            PreferencePair(
+                pair_key=pair_key(h, chosen, rejected),
+                prompt_hash=h,
+                chosen_response_id=chosen,
+                rejected_response_id=rejected,
+                weight=p.weight,
+                margin=1,
+            )
+        )

@@ -37,7 +37,13 @@ def test_tiny_shape_runs_the_whole_pipeline_on_cpu(tmp_path: Path, capsys: pytes
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["benchmark"] == "scale" and summary["device"] == "CPU"
     assert summary["parameters"] < 1_000_000 and summary["ppo_episodes"] == 64
-    for key in ("gen_tokens_per_s_batched", "gen_tokens_per_s_single", "rm_pairs_per_s", "ppo_episodes_per_s",
-                "ppo_rollout_tokens_per_s", "peak_rss_memory_gib"):  # fmt: skip
+    for key in (
+        "gen_tokens_per_s_batched",
+        "gen_tokens_per_s_single",
+        "rm_pairs_per_s",
+        "ppo_episodes_per_s",
+        "ppo_rollout_tokens_per_s",
+        "peak_rss_memory_gib",
+    ):
         assert summary[key] > 0, key
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()

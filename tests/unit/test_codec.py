@@ -9,18 +9,30 @@ import pytest
 from rlhf_loop.bus.codec import InvalidEvent, decode, encode
 from schemas.events import DeadLetter, FeedbackGiven, ResponseLogged, SamplingParams, Topics, prompt_hash
 
-FEEDBACK = FeedbackGiven(response_id="r1", prompt_hash=prompt_hash("p"), adapter_id="base", user_ref="u1", rating=-1,
-                         comment="too long")  # fmt: skip
+FEEDBACK = FeedbackGiven(
+    response_id="r1", prompt_hash=prompt_hash("p"), adapter_id="base", user_ref="u1", rating=-1, comment="too long"
+)
 RESPONSE = ResponseLogged(
-    response_id="r1", request_id="q1", app_id="app", user_ref="u1", prompt="Où est ma commande ?",
-    prompt_hash=prompt_hash("Où est ma commande ?"), response="Elle arrive 🚚", adapter_id="base", base_model="demo",
-    sampling=SamplingParams(temperature=0.7, seed=3), prompt_tokens=5, completion_tokens=4, latency_ms=12.5,
-)  # fmt: skip
+    response_id="r1",
+    request_id="q1",
+    app_id="app",
+    user_ref="u1",
+    prompt="Où est ma commande ?",
+    prompt_hash=prompt_hash("Où est ma commande ?"),
+    response="Elle arrive 🚚",
+    adapter_id="base",
+    base_model="demo",
+    sampling=SamplingParams(temperature=0.7, seed=3),
+    prompt_tokens=5,
+    completion_tokens=4,
+    latency_ms=12.5,
+)
 LETTER = DeadLetter(source_topic=Topics.FEEDBACK, partition=2, offset=41, key=None, reason="not JSON", payload="\ufffd")
 
 
-@pytest.mark.parametrize(("topic", "event"), [(Topics.FEEDBACK, FEEDBACK), (Topics.RESPONSES, RESPONSE),
-                                              (Topics.DEADLETTER, LETTER)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("topic", "event"), [(Topics.FEEDBACK, FEEDBACK), (Topics.RESPONSES, RESPONSE), (Topics.DEADLETTER, LETTER)]
+)
 def test_round_trip(topic: str, event: object) -> None:
     data = encode(event)  # type: ignore[arg-type]
     assert isinstance(data, bytes)

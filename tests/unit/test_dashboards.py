@@ -57,8 +57,12 @@ def test_every_panel_reads_only_exported_or_recorded_series() -> None:
 
 def test_provisioning_points_at_the_datasource_the_panels_use() -> None:
     (source,) = yaml.safe_load((GRAFANA / "datasources" / "prometheus.yml").read_text())["datasources"]
-    uids = {t["datasource"]["uid"] for p in DASHBOARDS for panel in json.loads(p.read_text())["panels"]
-            for t in panel["targets"]}  # fmt: skip
+    uids = {
+        t["datasource"]["uid"]
+        for p in DASHBOARDS
+        for panel in json.loads(p.read_text())["panels"]
+        for t in panel["targets"]
+    }
     assert uids == {source["uid"]}
     (provider,) = yaml.safe_load((GRAFANA / "dashboards" / "rlhf-loop.yml").read_text())["providers"]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"

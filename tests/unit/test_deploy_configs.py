@@ -71,9 +71,13 @@ def test_prometheus_targets_are_compose_services_on_their_ports(compose: dict) -
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     services = compose["services"]
     defaults = Settings(_env_file=None)
-    ports = {"api": defaults.api.port, "aggregator": int(services["aggregator"]["environment"]
-             ["RLHF_MONITORING__AGGREGATOR_METRICS_PORT"]), "gpu-worker": defaults.training.metrics_port,
-             "beat": defaults.training.metrics_port, "localhost": 9090}  # fmt: skip
+    ports = {
+        "api": defaults.api.port,
+        "aggregator": int(services["aggregator"]["environment"]["RLHF_MONITORING__AGGREGATOR_METRICS_PORT"]),
+        "gpu-worker": defaults.training.metrics_port,
+        "beat": defaults.training.metrics_port,
+        "localhost": 9090,
+    }
     for job in config["scrape_configs"]:
         for target in job["static_configs"][0]["targets"]:
             host, port = target.split(":")

@@ -19,8 +19,16 @@ def engine() -> BatchGenerator:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(vocab), n_positions=16, n_embd=32, n_layer=2, n_head=2, eos_token_id=1,
-                        bos_token_id=1, pad_token_id=0)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=len(vocab),
+        n_positions=16,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        eos_token_id=1,
+        bos_token_id=1,
+        pad_token_id=0,
+    )
     return BatchGenerator(GPT2LMHeadModel(config).eval(), fast)
 
 
@@ -37,14 +45,19 @@ def test_greedy_kv_cache_matches_full_recomputation(engine: BatchGenerator) -> N
 
 def test_context_window_and_limits_hold(engine: BatchGenerator) -> None:
     long_prompt = " ".join(f"w{i % 30}" for i in range(40))  # longer than the 16-position window
-    outs = engine.generate([GenerationRequest(long_prompt, max_new_tokens=64, seed=1),
-                            GenerationRequest("w1", max_new_tokens=3, seed=2)])  # fmt: skip
+    outs = engine.generate(
+        [GenerationRequest(long_prompt, max_new_tokens=64, seed=1), GenerationRequest("w1", max_new_tokens=3, seed=2)]
+    )
     assert outs[0].prompt_tokens + outs[0].completion_tokens <= 16
     assert outs[1].completion_tokens <= 3
 
 
 def test_a_requests_sample_does_not_depend_on_its_batch(engine: BatchGenerator) -> None:
     alone = engine.generate([GenerationRequest("w4 w5", seed=42, max_new_tokens=8)])[0]
-    batched = engine.generate([GenerationRequest("w9 w9 w9 w9 w9 w1", seed=7, max_new_tokens=8),
-                               GenerationRequest("w4 w5", seed=42, max_new_tokens=8)])[1]  # fmt: skip
+    batched = engine.generate(
+        [
+            GenerationRequest("w9 w9 w9 w9 w9 w1", seed=7, max_new_tokens=8),
+            GenerationRequest("w4 w5", seed=42, max_new_tokens=8),
+        ]
+    )[1]
     assert batched.text == alone.text

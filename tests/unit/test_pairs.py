@@ -26,8 +26,10 @@ def test_majority_labels_and_ties() -> None:
 def test_pairs_and_weights() -> None:
     votes = [vote("good", f"u{i}", 1) for i in range(4)] + [vote("bad", "u9", -1)] + [vote("meh", "u8", 1)]
     pairs, group_labels = build_pairs(PH, votes, PairRules(margin_cap=3))
-    assert {(p.chosen_response_id, p.rejected_response_id, p.margin) for p in pairs} == {("good", "bad", 1),
-                                                                                         ("meh", "bad", 1)}
+    assert {(p.chosen_response_id, p.rejected_response_id, p.margin) for p in pairs} == {
+        ("good", "bad", 1),
+        ("meh", "bad", 1),
+    }
     assert all(abs(p.weight - 1 / 3) < 1e-9 for p in pairs)
     assert len(group_labels) == 3
 
@@ -45,8 +47,10 @@ def test_kept_pairs_do_not_depend_on_response_ids() -> None:
     texts = [f"answer {i}" for i in range(12)]
 
     def kept(ids: list[str]) -> set[tuple[str, str]]:
-        votes = [Vote(rid, f"u{i}", 1 if i % 2 else -1, T0, text_key(text))
-                 for i, (rid, text) in enumerate(zip(ids, texts, strict=True))]  # fmt: skip
+        votes = [
+            Vote(rid, f"u{i}", 1 if i % 2 else -1, T0, text_key(text))
+            for i, (rid, text) in enumerate(zip(ids, texts, strict=True))
+        ]
         text_of = dict(zip(ids, texts, strict=True))
         pairs, _ = build_pairs(PH, votes, PairRules(max_pairs_per_group=5))
         return {(text_of[p.chosen_response_id], text_of[p.rejected_response_id]) for p in pairs}
@@ -57,8 +61,13 @@ def test_kept_pairs_do_not_depend_on_response_ids() -> None:
 
 
 votes_strategy = st.lists(
-    st.builds(vote, st.sampled_from([f"r{i}" for i in range(8)]), st.sampled_from([f"u{i}" for i in range(6)]),
-              st.sampled_from([1, -1]), st.integers(0, 50)),
+    st.builds(
+        vote,
+        st.sampled_from([f"r{i}" for i in range(8)]),
+        st.sampled_from([f"u{i}" for i in range(6)]),
+        st.sampled_from([1, -1]),
+        st.integers(0, 50),
+    ),
     max_size=60,
 ).map(lambda vs: list({(v.response_id, v.user_ref): v for v in vs}.values()))  # one current vote per (response, user)
 

@@ -33,10 +33,20 @@ def test_alert_and_recording_rules_pass_their_unit_tests() -> None:
 
 
 def test_every_alert_has_a_unit_test() -> None:
-    alerts = {r["alert"] for p in RULE_FILES for g in yaml.safe_load(p.read_text())["groups"] for r in g["rules"]
-              if "alert" in r}  # fmt: skip
-    tested = {t["alertname"] for p in (PROM / "tests").glob("*.yml") for case in yaml.safe_load(p.read_text())["tests"]
-              for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}  # fmt: skip
+    alerts = {
+        r["alert"]
+        for p in RULE_FILES
+        for g in yaml.safe_load(p.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    tested = {
+        t["alertname"]
+        for p in (PROM / "tests").glob("*.yml")
+        for case in yaml.safe_load(p.read_text())["tests"]
+        for t in case.get("alert_rule_test", [])
+        if t.get("exp_alerts")
+    }
     assert alerts - tested == set(), "alerts no promtool test sees firing"
 
 

@@ -25,10 +25,18 @@ def test_the_lifecycle_path_is_legal() -> None:
 
 @pytest.mark.parametrize(
     ("src", "dst"),
-    [("candidate", "approved"), ("candidate", "active"), ("gated", "approved"), ("awaiting_approval", "active"),
-     ("rejected", "awaiting_approval"), ("rolled_back", "active"), ("active", "canary"), ("approved", "rejected"),
-     ("candidate", "nonsense")],
-)  # fmt: skip
+    [
+        ("candidate", "approved"),
+        ("candidate", "active"),
+        ("gated", "approved"),
+        ("awaiting_approval", "active"),
+        ("rejected", "awaiting_approval"),
+        ("rolled_back", "active"),
+        ("active", "canary"),
+        ("approved", "rejected"),
+        ("candidate", "nonsense"),
+    ],
+)
 def test_illegal_transitions_are_refused(src: str, dst: str) -> None:
     with pytest.raises(IllegalTransition):
         check_transition(src, dst)
@@ -49,10 +57,18 @@ def test_repetition_counts_repeated_trigrams() -> None:
 
 def _meas(candidate: list[str], active: list[str] | None = None, **overrides: object) -> Measurements:
     active = active or ["sorry about order #12, a refund is on its way"] * len(candidate)
-    values = dict(prompts=[f"p{i}" for i in range(len(candidate))], candidate_responses=candidate,
-                  active_responses=active, win_rate=0.7, kl_vs_base=3.0, heldout_accuracy=0.9,
-                  active_heldout_accuracy=0.88, golden_candidate=["fine answer", "ok then"],
-                  golden_active=["fine answer", "ok then"], active_id="ad-old")  # fmt: skip
+    values = dict(
+        prompts=[f"p{i}" for i in range(len(candidate))],
+        candidate_responses=candidate,
+        active_responses=active,
+        win_rate=0.7,
+        kl_vs_base=3.0,
+        heldout_accuracy=0.9,
+        active_heldout_accuracy=0.88,
+        golden_candidate=["fine answer", "ok then"],
+        golden_active=["fine answer", "ok then"],
+        active_id="ad-old",
+    )
     return Measurements(**{**values, **overrides})  # type: ignore[arg-type]
 
 
@@ -75,9 +91,12 @@ def test_a_healthy_candidate_passes_every_check() -> None:
 
 @pytest.mark.parametrize(
     ("responses", "failing"),
-    [(["no no no no no no no no no no no no"] * 8, "repetition"), ([""] * 4 + ["thanks a lot"] * 4, "empty_share"),
-     ([" ".join(f"w{i}" for i in range(60))] * 8, "length_ratio")],
-)  # fmt: skip
+    [
+        (["no no no no no no no no no no no no"] * 8, "repetition"),
+        ([""] * 4 + ["thanks a lot"] * 4, "empty_share"),
+        ([" ".join(f"w{i}" for i in range(60))] * 8, "length_ratio"),
+    ],
+)
 def test_degenerate_output_fails_its_check(responses: list[str], failing: str) -> None:
     result = decide(_meas(responses), GOLDEN, CFG)
     assert not result.passed
@@ -85,8 +104,11 @@ def test_degenerate_output_fails_its_check(responses: list[str], failing: str) -
 
 
 def test_thresholds_fail_their_checks() -> None:
-    result = decide(_meas(["thanks, the refund is on its way"] * 8, win_rate=0.3, kl_vs_base=50.0,
-                          heldout_accuracy=0.7), GOLDEN, CFG)  # fmt: skip
+    result = decide(
+        _meas(["thanks, the refund is on its way"] * 8, win_rate=0.3, kl_vs_base=50.0, heldout_accuracy=0.7),
+        GOLDEN,
+        CFG,
+    )
     assert {c.name for c in result.checks if not c.passed} == {
         "reward_win_rate",
         "kl_vs_base_nats",

@@ -62,8 +62,13 @@ def test_score_orders_the_styles() -> None:
 
 def test_styles_are_liked_and_disliked_as_documented() -> None:
     sim, rng = Simulator(seed=3), random.Random(0)
-    for style, expect_negative in [("helpful", False), ("polite", False), ("rude", True), ("off_topic", True),
-                                   ("rambling", True)]:  # fmt: skip
+    for style, expect_negative in [
+        ("helpful", False),
+        ("polite", False),
+        ("rude", True),
+        ("off_topic", True),
+        ("rambling", True),
+    ]:
         pairs = zip(sim.sample_prompts(300, rng), sim.sample_users(300, rng), strict=True)
         rate = sim.negative_rate([(u, p.text, render(p, style, rng)) for p, u in pairs])
         assert (rate > 0.75) if expect_negative else (rate < 0.25), (style, rate)

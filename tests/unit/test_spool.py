@@ -49,7 +49,9 @@ def test_rejected_events_leave_the_replay_path_but_are_kept(tmp_path: Path) -> N
         assert [e.seq for e in spool.oldest(10)] == [1, 3]
         assert spool.depth() == 2
         assert [(e.seq, reason) for e, reason in spool.rejected()] == [
-            (2, "MessageSizeTooLargeError: too big"), (10, "InvalidTopicError")]  # fmt: skip
+            (2, "MessageSizeTooLargeError: too big"),
+            (10, "InvalidTopicError"),
+        ]
         assert spool.max_seq() == 10  # a new producer numbers after rejected events too
 
 
@@ -73,8 +75,12 @@ os.kill(os.getpid(), signal.SIGKILL)  # no close(), no checkpoint: like a crash 
 
 
 def test_appends_survive_a_sigkill_of_the_writer(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", APPEND_THEN_DIE, str(tmp_path / "s.db")], capture_output=True,
-                          timeout=60, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", APPEND_THEN_DIE, str(tmp_path / "s.db")],
+        capture_output=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     with Spool(tmp_path / "s.db") as spool:
         assert [e.seq for e in spool.oldest(1000)] == list(range(1, 501))

@@ -53,8 +53,14 @@ def rederive(session: Session, prompt_hashes: Iterable[str], rules: PairRules) -
 
 
 class AggregatorHandler:
-    def __init__(self, sessions: sessionmaker[Session], rules: PairRules, hot: HotState | None = None,
-                 orphan_ttl_s: float = 7 * 24 * 3600, housekeeping_s: float = 10.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        rules: PairRules,
+        hot: HotState | None = None,
+        orphan_ttl_s: float = 7 * 24 * 3600,
+        housekeeping_s: float = 10.0,
+    ) -> None:
         self._sessions = sessions
         self._rules = rules
         self._hot = hot

@@ -24,8 +24,9 @@ BUCKET_S = 60
 
 
 class HotState:
-    def __init__(self, client: redis.Redis, sessions: sessionmaker[Session], window_s: int = 900,
-                 prefix: str = "rlhf:agg") -> None:  # fmt: skip
+    def __init__(
+        self, client: redis.Redis, sessions: sessionmaker[Session], window_s: int = 900, prefix: str = "rlhf:agg"
+    ) -> None:
         self._r = client
         self._sessions = sessions
         self._window_s = window_s
@@ -48,8 +49,12 @@ class HotState:
         pipe = self._r.pipeline(transaction=False)
         for key, group in groups.items():
             pipe.smismember(key, [str(e.event_id) for e in group])
-        fresh = {id(e) for group, seen in zip(groups.values(), pipe.execute(), strict=True)
-                 for e, s in zip(group, seen, strict=True) if not s}  # fmt: skip
+        fresh = {
+            id(e)
+            for group, seen in zip(groups.values(), pipe.execute(), strict=True)
+            for e, s in zip(group, seen, strict=True)
+            if not s
+        }
         return [e for e in events if id(e) in fresh]
 
     def mark_stored(self, events: Sequence[Event]) -> None:

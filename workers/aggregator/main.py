@@ -34,8 +34,13 @@ def build(settings: Settings) -> BatchConsumer:
     hot = HotState(redis.Redis.from_url(settings.redis.url), sessions, settings.pairs.window_s)
     handler = AggregatorHandler(sessions, rules(settings), hot)
     bootstrap = settings.kafka.bootstrap_servers
-    return BatchConsumer(make_consumer(bootstrap, settings.kafka), [Topics.RESPONSES, Topics.FEEDBACK], handler,
-                         make_dead_letter_producer(bootstrap, settings.kafka), settings.kafka)  # fmt: skip
+    return BatchConsumer(
+        make_consumer(bootstrap, settings.kafka),
+        [Topics.RESPONSES, Topics.FEEDBACK],
+        handler,
+        make_dead_letter_producer(bootstrap, settings.kafka),
+        settings.kafka,
+    )
 
 
 def run_aggregator(settings: Settings) -> None:

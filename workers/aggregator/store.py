@@ -54,7 +54,7 @@ def insert_responses(session: Session, events: Sequence[ResponseLogged]) -> None
             completion_tokens=e.completion_tokens,
             latency_ms=e.latency_ms,
             created_at=e.created_at,
-        )  # fmt: skip
+        )
         for e in events
     ]
     session.execute(_insert(session, Response).on_conflict_do_nothing(), rows)
@@ -79,7 +79,7 @@ def upsert_feedback(session: Session, events: Sequence[FeedbackGiven]) -> None:
             rating=e.rating,
             comment=_text(e.comment),
             created_at=e.created_at,
-        )  # fmt: skip
+        )
         for e in latest.values()
     ]
     stmt = _insert(session, Feedback)
@@ -101,11 +101,17 @@ def votes_by_group(session: Session, prompt_hashes: Iterable[str]) -> dict[str, 
     if not hashes:
         return groups
     rows = session.execute(
-        select(Feedback.prompt_hash, Feedback.response_id, Feedback.user_ref, Feedback.rating, Feedback.created_at,
-               Response.text_key)
+        select(
+            Feedback.prompt_hash,
+            Feedback.response_id,
+            Feedback.user_ref,
+            Feedback.rating,
+            Feedback.created_at,
+            Response.text_key,
+        )
         .join(Response, Response.response_id == Feedback.response_id)
         .where(Feedback.prompt_hash.in_(hashes))
-    )  # fmt: skip
+    )
     for group, r, u, rating, at, key in rows:
         groups[group].append(Vote(r, u, rating, at, key))
     return groups
@@ -128,7 +134,7 @@ def replace_pairs(session: Session, prompt_hashes: Iterable[str], pairs: Sequenc
             rejected_response_id=p.rejected_response_id,
             weight=p.weight,
             margin=p.margin,
-        )  # fmt: skip
+        )
         for p in pairs
     ]
     stmt = _insert(session, PreferencePair)

@@ -63,9 +63,11 @@ def prompt_drift(session: Session, cfg: MonitoringSettings, now: datetime) -> Pr
         return None
     reference = _reference(snapshot.path, snapshot.content_sha256, cfg.drift_token_buckets)
     live = session.scalars(
-        select(Response.prompt).where(Response.created_at >= now - timedelta(seconds=cfg.drift_window_s))
-        .order_by(Response.created_at.desc()).limit(cfg.drift_max_prompts)
-    ).all()  # fmt: skip
+        select(Response.prompt)
+        .where(Response.created_at >= now - timedelta(seconds=cfg.drift_window_s))
+        .order_by(Response.created_at.desc())
+        .limit(cfg.drift_max_prompts)
+    ).all()
     if len(live) < cfg.drift_min_prompts or not sum(reference["length"]):
         return PromptDrift({f: NAN for f in FEATURES}, len(live), snapshot.id)
     actual = histograms(live, cfg.drift_token_buckets)
@@ -74,9 +76,10 @@ def prompt_drift(session: Session, cfg: MonitoringSettings, now: datetime) -> Pr
 
 def _negative_rate(session: Session, adapter_id: str, start: datetime, end: datetime) -> tuple[float, int]:
     down, total = session.execute(
-        select(func.sum(case((Feedback.rating < 0, 1), else_=0)), func.count())
-        .where(Feedback.adapter_id == adapter_id, Feedback.created_at >= start, Feedback.created_at < end)
-    ).one()  # fmt: skip
+        select(func.sum(case((Feedback.rating < 0, 1), else_=0)), func.count()).where(
+            Feedback.adapter_id == adapter_id, Feedback.created_at >= start, Feedback.created_at < end
+        )
+    ).one()
     return (down / total if total else NAN), total
 
 

@@ -31,8 +31,9 @@ ROUTES = {
 
 
 def make_celery(settings: Settings) -> Celery:
-    celery = Celery("rlhf_loop", broker=settings.redis.url, backend=settings.redis.url,
-                    include=["workers.training.tasks"])  # fmt: skip
+    celery = Celery(
+        "rlhf_loop", broker=settings.redis.url, backend=settings.redis.url, include=["workers.training.tasks"]
+    )
     celery.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -68,8 +69,10 @@ def _drift_schedule(settings: Settings) -> dict:
     """Drift checks every ``monitoring.drift_interval_s``: SQL-only ones on ``default``, the model's on ``gpu``
     (where a queued check expires rather than pile up behind a training run)."""
     every = settings.monitoring.drift_interval_s
-    return {name: {"task": task, "schedule": every, "options": {"expires": every}}
-            for name, task in (("check-drift", CHECK_DRIFT), ("check-model-drift", CHECK_MODEL_DRIFT))}  # fmt: skip
+    return {
+        name: {"task": task, "schedule": every, "options": {"expires": every}}
+        for name, task in (("check-drift", CHECK_DRIFT), ("check-model-drift", CHECK_MODEL_DRIFT))
+    }
 
 
 app = make_celery(get_settings())

@@ -104,10 +104,16 @@ class PPOConfig:
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "ppo.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.episodes >= self.batch_size, "ppo.episodes", f"must be >= batch_size ({self.batch_size})")
-        _check(1 <= self.minibatch_size <= self.batch_size and self.batch_size % self.minibatch_size == 0,
-               "ppo.minibatch_size", f"must divide batch_size {self.batch_size}, got {self.minibatch_size}")
-        _check(self.grad_accum >= 1 and self.minibatch_size % self.grad_accum == 0,
-               "ppo.grad_accum", f"must divide minibatch_size {self.minibatch_size}, got {self.grad_accum}")
+        _check(
+            1 <= self.minibatch_size <= self.batch_size and self.batch_size % self.minibatch_size == 0,
+            "ppo.minibatch_size",
+            f"must divide batch_size {self.batch_size}, got {self.minibatch_size}",
+        )
+        _check(
+            self.grad_accum >= 1 and self.minibatch_size % self.grad_accum == 0,
+            "ppo.grad_accum",
+            f"must divide minibatch_size {self.minibatch_size}, got {self.grad_accum}",
+        )
         _check(self.ppo_epochs >= 1, "ppo.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
         _check(0 < self.lr < 1, "ppo.lr", f"must be in (0, 1), got {self.lr}")
         _check(0 < self.clip < 1, "ppo.clip", f"must be in (0, 1), got {self.clip}")

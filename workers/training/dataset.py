@@ -19,8 +19,9 @@ class Dataset:
     """Prompts no training pair uses, for evaluation."""
 
 
-def make_dataset(pairs: list[PairRecord], prompts: list[str] | None, fraction: float, min_pairs: int,
-                 seed: int = 0) -> Dataset:  # fmt: skip
+def make_dataset(
+    pairs: list[PairRecord], prompts: list[str] | None, fraction: float, min_pairs: int, seed: int = 0
+) -> Dataset:
     """Split ``pairs`` by prompt group; raises NotEnoughPairs when too few remain on either side."""
     train, heldout = split(pairs, fraction, seed)
     if len(train) < min_pairs:
@@ -29,5 +30,9 @@ def make_dataset(pairs: list[PairRecord], prompts: list[str] | None, fraction: f
         raise NotEnoughPairs(f"no held-out pairs among {len(pairs)}: add more prompt groups")
     ppo_prompts = unique(prompts if prompts else (p.prompt for p in train))
     held_prompts = unique(p for p in (prompts or []) + [p.prompt for p in heldout] if is_heldout(p, fraction, seed))
-    return Dataset(train, heldout, [p for p in ppo_prompts if not is_heldout(p, fraction, seed)] or ppo_prompts,
-                   held_prompts or unique(p.prompt for p in heldout))  # fmt: skip
+    return Dataset(
+        train,
+        heldout,
+        [p for p in ppo_prompts if not is_heldout(p, fraction, seed)] or ppo_prompts,
+        held_prompts or unique(p.prompt for p in heldout),
+    )

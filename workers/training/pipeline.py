@@ -5,7 +5,8 @@ evaluation) -> candidate adapter registered with metrics and lineage. Idempotent
 - a running run whose worker reported within ``lease_s`` belongs to that worker (:class:`RunBusy`);
 - anything else (queued, or running with a stale heartbeat: its worker died) is started or resumed
   from what the work directory holds (snapshot row, reward model, PPO checkpoint).
-A TrainingError (or a DatasetError: an unreadable data file) fails the run with its message on the record and registers nothing.
+A TrainingError (or a DatasetError: an unreadable data file) fails the run with its message on the record
+and registers nothing.
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ def run_config(settings: Settings, **overrides: Any) -> TrainConfig:
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
-    return {**a, **{k: _deep_merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-                    for k, v in b.items()}}  # fmt: skip
+    return {
+        **a,
+        **{k: _deep_merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v for k, v in b.items()},
+    }
 
 
 def _claim(sessions: sessionmaker[Session], run_id: str, lease_s: float) -> TrainingRun | None:
@@ -117,13 +120,17 @@ class _Progress:
         with self.sessions.begin() as session:
             run = session.get(TrainingRun, self.run_id)
             run.stage, run.heartbeat_at = self.stage or run.stage, now()
-            run.metrics = {**(run.metrics or {}), "progress": self.progress,
-                           "worker": {"host": socket.gethostname(), "pid": os.getpid()}}  # who holds the lease
+            run.metrics = {
+                **(run.metrics or {}),
+                "progress": self.progress,
+                "worker": {"host": socket.gethostname(), "pid": os.getpid()},
+            }  # who holds the lease
         self.last_write = time.monotonic()
 
 
-def run(settings: Settings, sessions: sessionmaker[Session], run_id: str, base_model: str,
-        report: Report | None = None) -> str | None:  # fmt: skip
+def run(
+    settings: Settings, sessions: sessionmaker[Session], run_id: str, base_model: str, report: Report | None = None
+) -> str | None:
     """Run or resume ``run_id`` to the end; returns the registered adapter id (None when the run failed).
     ``report`` also receives the trainer's progress (the CLI's bars)."""
     run_row = _claim(sessions, run_id, settings.training.lease_s)
@@ -142,8 +149,9 @@ def run(settings: Settings, sessions: sessionmaker[Session], run_id: str, base_m
     return adapter_id
 
 
-def _run_stages(settings: Settings, sessions: sessionmaker[Session], run_row: TrainingRun, base_model: str,
-                progress: _Progress) -> str:  # fmt: skip
+def _run_stages(
+    settings: Settings, sessions: sessionmaker[Session], run_row: TrainingRun, base_model: str, progress: _Progress
+) -> str:
     from workers.training.dataset import make_dataset
     from workers.training.model.trainer import train
     from workers.training.snapshot import load_snapshot, take_snapshot
@@ -161,19 +169,43 @@ def _run_stages(settings: Settings, sessions: sessionmaker[Session], run_row: Tr
         raise BaseModelMismatch(f"active adapter {parent.id} was trained on {parent.base_model!r}, not {base_model!r}")
     dataset = make_dataset(load_snapshot(snapshot), None, cfg.heldout_fraction, cfg.min_pairs, cfg.reward.seed)
     work = Path(settings.artifacts_dir) / "runs" / run_row.id
-    result = train(base_model, dataset, cfg, work, run_row.id, settings.model.device,
-                   Path(parent.path) if parent else None, report=progress)  # fmt: skip
+    result = train(
+        base_model,
+        dataset,
+        cfg,
+        work,
+        run_row.id,
+        settings.model.device,
+        Path(parent.path) if parent else None,
+        report=progress,
+    )
     m.REWARD_MODEL_ACCURACY.set(result.metrics["reward"]["heldout_accuracy"])
     progress.enter("register")
-    lineage = {"dataset_snapshot": snapshot.id, "dataset_sha256": snapshot.content_sha256,
-               "parent_adapter": parent.id if parent else None, "base_model": base_model,
-               "code_version": code_version(), "hyperparameters": cfg.to_dict(), "run_id": run_row.id}  # fmt: skip
+    lineage = {
+        "dataset_snapshot": snapshot.id,
+        "dataset_sha256": snapshot.content_sha256,
+        "parent_adapter": parent.id if parent else None,
+        "base_model": base_model,
+        "code_version": code_version(),
+        "hyperparameters": cfg.to_dict(),
+        "run_id": run_row.id,
+    }
     adapter_id = f"ad-{run_row.id.removeprefix('run-')}"
     with sessions.begin() as session:
         if session.get(Adapter, adapter_id) is None:
-            session.add(Adapter(id=adapter_id, state="candidate", base_model=base_model, path=str(result.adapter_dir),
-                                sha256=result.adapter_sha256, run_id=run_row.id, parent_id=lineage["parent_adapter"],
-                                metrics=result.metrics, lineage=lineage))  # fmt: skip
+            session.add(
+                Adapter(
+                    id=adapter_id,
+                    state="candidate",
+                    base_model=base_model,
+                    path=str(result.adapter_dir),
+                    sha256=result.adapter_sha256,
+                    run_id=run_row.id,
+                    parent_id=lineage["parent_adapter"],
+                    metrics=result.metrics,
+                    lineage=lineage,
+                )
+            )
         run = session.get(TrainingRun, run_row.id)
         run.metrics = {**(run.metrics or {}), **result.metrics, "adapter_id": adapter_id}
     return adapter_id
@@ -195,10 +227,15 @@ def code_version() -> str:
     """The git commit of the code (with '+dirty' for local changes), or the package version outside git."""
     root = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True, timeout=5).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import version

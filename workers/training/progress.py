@@ -14,8 +14,13 @@ class StageBars:
 
     @classmethod
     def make_progress(cls) -> Progress:
-        return Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[figures]}"))  # fmt: skip
+        return Progress(
+            TextColumn("{task.description:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[figures]}"),
+        )
 
     def __call__(self, stage: str, step: int, total: int, values: dict[str, float]) -> None:
         if stage not in self.tasks:

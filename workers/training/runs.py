@@ -12,8 +12,9 @@ from schemas.tables import TrainingRun
 from workers.training.config import TrainConfig
 
 
-def start_run(settings: Settings, cfg: TrainConfig, inline: bool, base_model: str | None = None,
-              reason: str = "requested") -> tuple[str, str | None]:  # fmt: skip
+def start_run(
+    settings: Settings, cfg: TrainConfig, inline: bool, base_model: str | None = None, reason: str = "requested"
+) -> tuple[str, str | None]:
     """Create a run; enqueue it (returns (run_id, None); the worker gates the candidate) or run it and the
     gate here with progress bars (returns (run_id, adapter id or None when it failed))."""
     from rlhf_loop.db import make_engine, make_sessionmaker
@@ -53,8 +54,18 @@ def describe_runs(settings: Settings, run_id: str | None, limit: int = 20) -> li
         with make_sessionmaker(engine)() as session:
             query = select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(limit)
             rows = session.scalars(query.where(TrainingRun.id == run_id) if run_id else query).all()
-            keys = ("id", "status", "stage", "attempts", "snapshot_id", "parent_adapter_id", "error", "created_at",
-                    "started_at", "finished_at")  # fmt: skip
+            keys = (
+                "id",
+                "status",
+                "stage",
+                "attempts",
+                "snapshot_id",
+                "parent_adapter_id",
+                "error",
+                "created_at",
+                "started_at",
+                "finished_at",
+            )
             return [{**{k: getattr(r, k) for k in keys}, **({"metrics": r.metrics} if run_id else {})} for r in rows]
     finally:
         engine.dispose()

@@ -42,8 +42,15 @@ def take_snapshot(session: Session, artifacts: Path, heldout_fraction: float, sp
     dest = Path(artifacts) / "snapshots" / snapshot_id
     sha = write_dir_atomic(dest, lambda tmp: write_pairs(tmp / PAIRS_FILE, pairs))
     n_heldout = sum(is_heldout(p.prompt, heldout_fraction, split_seed) for p in pairs)
-    row = DatasetSnapshot(id=snapshot_id, n_train=len(pairs) - n_heldout, n_heldout=n_heldout, max_pair_id=max_id,
-                          split_seed=split_seed, content_sha256=sha, path=str(dest))  # fmt: skip
+    row = DatasetSnapshot(
+        id=snapshot_id,
+        n_train=len(pairs) - n_heldout,
+        n_heldout=n_heldout,
+        max_pair_id=max_id,
+        split_seed=split_seed,
+        content_sha256=sha,
+        path=str(dest),
+    )
     session.add(row)
     return row
 

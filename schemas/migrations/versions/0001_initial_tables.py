@@ -21,9 +21,7 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 def upgrade() -> None:
     op.create_table(
         "api_keys",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("key_hash", sa.String(length=64), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
@@ -47,9 +45,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "feedback",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("response_id", sa.String(length=64), nullable=False),
         sa.Column("prompt_hash", sa.String(length=32), nullable=False),
@@ -72,9 +68,7 @@ def upgrade() -> None:
 
     op.create_table(
         "preference_pairs",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("pair_key", sa.String(length=64), nullable=False),
         sa.Column("prompt_hash", sa.String(length=32), nullable=False),
         sa.Column("chosen_response_id", sa.String(length=64), nullable=False),
@@ -91,9 +85,7 @@ def upgrade() -> None:
 
     op.create_table(
         "responses",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("response_id", sa.String(length=64), nullable=False),
         sa.Column("request_id", sa.String(length=64), nullable=False),
@@ -179,9 +171,7 @@ def upgrade() -> None:
             "state IN ('candidate', 'gated', 'gate_failed', 'awaiting_approval', 'approved', 'rejected', 'canary', 'active', 'retired', 'rolled_back')",
             name=op.f("ck_adapters_state"),
         ),
-        sa.ForeignKeyConstraint(
-            ["run_id"], ["training_runs.id"], name=op.f("fk_adapters_run_id_training_runs")
-        ),
+        sa.ForeignKeyConstraint(["run_id"], ["training_runs.id"], name=op.f("fk_adapters_run_id_training_runs")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_adapters")),
     )
     op.create_table(
@@ -198,9 +188,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "promotion_audit",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("adapter_id", sa.String(length=64), nullable=False),
         sa.Column("from_state", sa.String(length=24), nullable=True),
         sa.Column("to_state", sa.String(length=24), nullable=False),
@@ -212,9 +200,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["adapter_id"], ["adapters.id"], name=op.f("fk_promotion_audit_adapter_id_adapters")
-        ),
+        sa.ForeignKeyConstraint(["adapter_id"], ["adapters.id"], name=op.f("fk_promotion_audit_adapter_id_adapters")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_promotion_audit")),
     )
     with op.batch_alter_table("promotion_audit", schema=None) as batch_op:

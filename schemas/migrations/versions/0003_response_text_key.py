@@ -24,11 +24,16 @@ def upgrade() -> None:
         batch.add_column(sa.Column("text_key", sa.String(length=16), server_default="", nullable=False))
     # stored rows get the digest the aggregator writes (rlhf_loop.preferences.pairs.text_key), in chunks
     conn = op.get_bind()
-    responses = sa.table("responses", sa.column("id", sa.BigInteger), sa.column("response", sa.Text),
-                         sa.column("text_key", sa.String))  # fmt: skip
+    responses = sa.table(
+        "responses", sa.column("id", sa.BigInteger), sa.column("response", sa.Text), sa.column("text_key", sa.String)
+    )
     last = 0
-    while rows := conn.execute(sa.select(responses.c.id, responses.c.response).where(responses.c.id > last)
-                               .order_by(responses.c.id).limit(BACKFILL_ROWS)).all():  # fmt: skip
+    while rows := conn.execute(
+        sa.select(responses.c.id, responses.c.response)
+        .where(responses.c.id > last)
+        .order_by(responses.c.id)
+        .limit(BACKFILL_ROWS)
+    ).all():
         conn.execute(
             responses.update().where(responses.c.id == sa.bindparam("row_id")).values(text_key=sa.bindparam("key")),
             [{"row_id": i, "key": hashlib.blake2b(text.encode(), digest_size=8).hexdigest()} for i, text in rows],

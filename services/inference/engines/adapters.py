@@ -107,8 +107,15 @@ class AdapterManager:
         """The adapter serving ``user_ref``: the canary for its share of users (stable per user), else active."""
         return self._routing.route(user_ref)
 
-    def deploy(self, active: str, active_path: Path | None, canary: str | None = None, canary_path: Path | None = None,
-               share: float = 0.0, timeout_s: float = 120.0) -> None:  # fmt: skip
+    def deploy(
+        self,
+        active: str,
+        active_path: Path | None,
+        canary: str | None = None,
+        canary_path: Path | None = None,
+        share: float = 0.0,
+        timeout_s: float = 120.0,
+    ) -> None:
         """Serve ``active`` to everyone but ``share`` of users, who get ``canary``. Both are attached first;
         on any error nothing changes (AdapterLoadError, AdapterIncompatible)."""
         for adapter_id, path in ((active, active_path), (canary, canary_path)):

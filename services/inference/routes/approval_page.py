@@ -42,9 +42,11 @@ td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:t
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>",
-                        status_code=status)  # fmt: skip
+    return HTMLResponse(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>",
+        status_code=status,
+    )
 
 
 def _e(value: object) -> str:
@@ -86,8 +88,7 @@ async def login(request: Request, ctx: CtxDep) -> Response:
     if await _principal(ctx, key) is None:
         return RedirectResponse("/ui/login?error=" + quote("unknown key, or not an approver key"), status_code=303)
     response = RedirectResponse("/ui/adapters", status_code=303)
-    response.set_cookie(COOKIE, key, httponly=True, samesite="strict", path="/ui",
-                        secure=request.url.scheme == "https")  # fmt: skip
+    response.set_cookie(COOKIE, key, httponly=True, samesite="strict", path="/ui", secure=request.url.scheme == "https")
     return response
 
 
@@ -129,8 +130,9 @@ def _gate_word(passed: bool | None) -> str:
 
 
 @router.get("/adapters/{adapter_id}")
-async def adapter_page(adapter_id: str, ctx: CtxDep, rlhf_approver: Annotated[str | None, Cookie()] = None,
-                       done: str = "", error: str = "") -> Response:  # fmt: skip
+async def adapter_page(
+    adapter_id: str, ctx: CtxDep, rlhf_approver: Annotated[str | None, Cookie()] = None, done: str = "", error: str = ""
+) -> Response:
     if await _principal(ctx, rlhf_approver) is None:
         return _login_redirect()
 
@@ -146,7 +148,8 @@ async def adapter_page(adapter_id: str, ctx: CtxDep, rlhf_approver: Annotated[st
     except PromotionError as e:
         return _page("Not found", f"<p class='error'>{_e(e)}</p>", status=e.status)
     notes = (f"<p class='note' id='done'>{_e(done)}</p>" if done else "") + (
-        f"<p class='error' id='error'>{_e(error)}</p>" if error else "")  # fmt: skip
+        f"<p class='error' id='error'>{_e(error)}</p>" if error else ""
+    )
     body = notes + f"<p>State: <b id='state'>{_e(this.adapter.state)}</b> · parent {_e(this.adapter.parent_id)} · run "
     body += f"{_e(this.adapter.run_id)}</p>" + _metrics_table(this, active) + _gate_table(this) + _samples(this)
     if this.adapter.state == State.AWAITING_APPROVAL:
@@ -161,8 +164,10 @@ def _metric(detail: AdapterDetail | None, path: tuple[str, str]) -> str:
 
 
 def _metrics_table(this: AdapterDetail, active: AdapterDetail | None) -> str:
-    rows = "".join(f"<tr><td>{_e(label)}</td><td>{_metric(this, path)}</td><td>{_metric(active, path)}</td></tr>"
-                   for label, path in METRICS)  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{_e(label)}</td><td>{_metric(this, path)}</td><td>{_metric(active, path)}</td></tr>"
+        for label, path in METRICS
+    )
     name = active.adapter.id if active else "base model"
     return f"<h2>Metrics</h2><table><tr><th></th><th>this adapter</th><th>active ({_e(name)})</th></tr>{rows}</table>"
 
@@ -176,18 +181,23 @@ def _gate_table(this: AdapterDetail) -> str:
         f"<td>{_gate_word(c['passed'])}</td><td>{_e(c.get('detail'))}</td></tr>"
         for c in gate["checks"]
     )
-    return (f"<h2>Gate: {_gate_word(gate['passed'])}</h2><table id='gate'><tr><th>check</th><th>value</th>"
-            f"<th>threshold</th><th>result</th><th></th></tr>{rows}</table>")  # fmt: skip
+    return (
+        f"<h2>Gate: {_gate_word(gate['passed'])}</h2><table id='gate'><tr><th>check</th><th>value</th>"
+        f"<th>threshold</th><th>result</th><th></th></tr>{rows}</table>"
+    )
 
 
 def _samples(this: AdapterDetail) -> str:
     samples = (this.metrics.get("gate") or {}).get("samples") or []
     if not samples:
         return ""
-    rows = "".join(f"<tr><td>{_e(s['prompt'])}</td><td>{_e(s['candidate'])}</td><td>{_e(s['active'])}</td></tr>"
-                   for s in samples)  # fmt: skip
-    return ("<h2>Sample responses (same prompts, same seeds)</h2><table id='samples'><tr><th>prompt</th>"
-            f"<th>this adapter</th><th>active</th></tr>{rows}</table>")  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{_e(s['prompt'])}</td><td>{_e(s['candidate'])}</td><td>{_e(s['active'])}</td></tr>" for s in samples
+    )
+    return (
+        "<h2>Sample responses (same prompts, same seeds)</h2><table id='samples'><tr><th>prompt</th>"
+        f"<th>this adapter</th><th>active</th></tr>{rows}</table>"
+    )
 
 
 def _decision_form(adapter_id: str) -> str:
@@ -198,15 +208,19 @@ required></textarea></label><button type='submit' name='action' value='approve' 
 
 
 def _audit(this: AdapterDetail) -> str:
-    rows = "".join(f"<tr><td>{_e(a.at[:19])}</td><td>{_e(a.from_state)} → {_e(a.to_state)}</td><td>{_e(a.actor)}</td>"
-                   f"<td>{_e(a.reason)}</td></tr>" for a in this.audit)  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{_e(a.at[:19])}</td><td>{_e(a.from_state)} → {_e(a.to_state)}</td><td>{_e(a.actor)}</td>"
+        f"<td>{_e(a.reason)}</td></tr>"
+        for a in this.audit
+    )
     head = "<tr><th>when</th><th>change</th><th>who</th><th>why</th></tr>"
     return f"<h2>Audit log</h2><table id='audit'>{head}{rows}</table>"
 
 
 @router.post("/adapters/{adapter_id}/decision")
-async def decide(adapter_id: str, request: Request, ctx: CtxDep,
-                 rlhf_approver: Annotated[str | None, Cookie()] = None) -> Response:  # fmt: skip
+async def decide(
+    adapter_id: str, request: Request, ctx: CtxDep, rlhf_approver: Annotated[str | None, Cookie()] = None
+) -> Response:
     principal = await _principal(ctx, rlhf_approver)
     if principal is None:
         return _login_redirect()

@@ -41,8 +41,17 @@ RATING = {"up": 1, "down": -1}
 M = TypeVar("M", bound=BaseModel)
 _ACCEPTED = '{"index":%d,"status":"accepted","event_id":"%s","error":null}'
 _REJECTED = '{"index":%d,"status":"rejected","event_id":null,"error":"%s"}'
-AUTH_HEADER = {"parameters": [{"name": "authorization", "in": "header", "required": False,
-                               "description": "Bearer <app key>", "schema": {"type": "string"}}]}  # fmt: skip
+AUTH_HEADER = {
+    "parameters": [
+        {
+            "name": "authorization",
+            "in": "header",
+            "required": False,
+            "description": "Bearer <app key>",
+            "schema": {"type": "string"},
+        }
+    ]
+}
 """The header these routes read themselves, documented as the other /v1 routes document it."""
 
 
@@ -95,10 +104,15 @@ def _count(rating: int, adapter_id: str, n: int = 1) -> None:
 
 def _event_fields(body: Body, claims: FeedbackClaims, event_id: uuid.UUID | str, now: datetime) -> dict[str, Any]:
     return {
-        "event_id": event_id, "created_at": now, "response_id": claims.response_id,
-        "prompt_hash": claims.prompt_hash, "adapter_id": claims.adapter_id, "user_ref": claims.user_ref,
-        "rating": RATING[body.rating], "comment": body.comment,
-    }  # fmt: skip
+        "event_id": event_id,
+        "created_at": now,
+        "response_id": claims.response_id,
+        "prompt_hash": claims.prompt_hash,
+        "adapter_id": claims.adapter_id,
+        "user_ref": claims.user_ref,
+        "rating": RATING[body.rating],
+        "comment": body.comment,
+    }
 
 
 def _event_ids(n: int) -> list[str]:
@@ -109,12 +123,19 @@ def _event_ids(n: int) -> list[str]:
         raw[i + 6] = raw[i + 6] & 0x0F | 0x40  # version 4
         raw[i + 8] = raw[i + 8] & 0x3F | 0x80  # RFC 4122 variant
     h = raw.hex()
-    return [f"{h[j : j + 8]}-{h[j + 8 : j + 12]}-{h[j + 12 : j + 16]}-{h[j + 16 : j + 20]}-{h[j + 20 : j + 32]}"
-            for j in range(0, 32 * n, 32)]  # fmt: skip
+    return [
+        f"{h[j : j + 8]}-{h[j + 8 : j + 12]}-{h[j + 12 : j + 16]}-{h[j + 16 : j + 20]}-{h[j + 20 : j + 32]}"
+        for j in range(0, 32 * n, 32)
+    ]
 
 
-@router.post("/feedback", status_code=status.HTTP_202_ACCEPTED, response_model=FeedbackAccepted, responses=ERRORS,
-             openapi_extra=RATING_BODY)  # fmt: skip
+@router.post(
+    "/feedback",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=FeedbackAccepted,
+    responses=ERRORS,
+    openapi_extra=RATING_BODY,
+)
 async def feedback(request: Request) -> FeedbackAccepted:
     """Record one end user's thumbs-up/down on the response the token was issued for.
     Forged or altered tokens get 401, expired ones 403. Accepted means durably logged."""
@@ -159,10 +180,12 @@ async def feedback_batch(request: Request) -> Response:
     # JSON-safe strings): per item, models or dicts and json.dumps cost a quarter of the item's token
     # check. The API tests check the body against the model.
     results = ",".join(
-        _ACCEPTED % (i, event_ids[i]) if i in event_ids
+        _ACCEPTED % (i, event_ids[i])
+        if i in event_ids
         else _REJECTED % (i, c if isinstance(c, str) else "rate_limited")
         for i, c in enumerate(verified)
-    )  # fmt: skip
+    )
     rejected = len(verified) - len(events)
-    return Response(f'{{"accepted":{len(events)},"rejected":{rejected},"results":[{results}]}}',
-                    media_type="application/json")  # fmt: skip
+    return Response(
+        f'{{"accepted":{len(events)},"rejected":{rejected},"results":[{results}]}}', media_type="application/json"
+    )

@@ -34,27 +34,44 @@ async def generate(
     seed = body.sampling.seed if body.sampling.seed is not None else uuid.uuid4().int & 0x7FFF_FFFF
     result = await ctx.batcher.generate(
         GenerationRequest(
-            prompt=prompt, adapter_id=adapter_id, temperature=body.sampling.temperature, top_p=body.sampling.top_p,
-            max_new_tokens=body.sampling.max_new_tokens, seed=seed,
+            prompt=prompt,
+            adapter_id=adapter_id,
+            temperature=body.sampling.temperature,
+            top_p=body.sampling.top_p,
+            max_new_tokens=body.sampling.max_new_tokens,
+            seed=seed,
         )
-    )  # fmt: skip
+    )
     response_id = uuid.uuid4().hex
     group = prompt_hash(body.prompt)
     ctx.events.send(
         Topics.RESPONSES,
         ResponseLogged(
-            response_id=response_id, request_id=(x_request_id or uuid.uuid4().hex)[:64], app_id=principal.name[:64],
-            user_ref=body.user_ref, prompt=body.prompt, prompt_hash=group, response=result.text,
-            adapter_id=adapter_id, base_model=ctx.base_model, sampling=body.sampling.model_copy(update={"seed": seed}),
-            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            response_id=response_id,
+            request_id=(x_request_id or uuid.uuid4().hex)[:64],
+            app_id=principal.name[:64],
+            user_ref=body.user_ref,
+            prompt=body.prompt,
+            prompt_hash=group,
+            response=result.text,
+            adapter_id=adapter_id,
+            base_model=ctx.base_model,
+            sampling=body.sampling.model_copy(update={"seed": seed}),
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
             latency_ms=(time.perf_counter() - started) * 1000,
         ),
-    )  # fmt: skip
+    )
     claims = FeedbackClaims(
-        response_id=response_id, prompt_hash=group, adapter_id=adapter_id, user_ref=body.user_ref,
+        response_id=response_id,
+        prompt_hash=group,
+        adapter_id=adapter_id,
+        user_ref=body.user_ref,
         exp=int(time.time()) + ctx.settings.token.ttl_s,
-    )  # fmt: skip
+    )
     return GenerateResponse(
-        response_id=response_id, response=result.text, adapter_id=adapter_id,
+        response_id=response_id,
+        response=result.text,
+        adapter_id=adapter_id,
         feedback_token=issue(ctx.token_keys, claims),
-    )  # fmt: skip
+    )

@@ -22,8 +22,12 @@ async def readyz(ctx: CtxDep) -> JSONResponse:
     """Ready when the model is loaded and events can be logged (broker reachable or spool healthy)."""
     checks = {"model": ctx.adapters is not None, "events": ctx.events.healthy()}
     ready = all(checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks, "adapter": ctx.adapters.active,
-            "spooled_events": ctx.events.spooled()}  # fmt: skip
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "checks": checks,
+        "adapter": ctx.adapters.active,
+        "spooled_events": ctx.events.spooled(),
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

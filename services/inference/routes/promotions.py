@@ -81,8 +81,9 @@ async def get_deployment(ctx: CtxDep, _: ApproverKey) -> Deployment:
 
 
 @router.post("/promotions/{adapter_id}/approve", response_model=PromotionResult, responses=ERRORS)
-async def approve(adapter_id: PathId, body: Decision, ctx: CtxDep, principal: ApproverKey,
-                  service: PromotionsDep) -> PromotionResult:  # fmt: skip
+async def approve(
+    adapter_id: PathId, body: Decision, ctx: CtxDep, principal: ApproverKey, service: PromotionsDep
+) -> PromotionResult:
     """Approve an adapter awaiting approval. With enough approvers (``promotion.required_approvals``, each a
     different key) it deploys: as canary for ``promotion.canary_share`` of users, or to everyone."""
     state = await anyio.to_thread.run_sync(service.approve, adapter_id, actor(principal), body.reason)
@@ -90,8 +91,9 @@ async def approve(adapter_id: PathId, body: Decision, ctx: CtxDep, principal: Ap
 
 
 @router.post("/promotions/{adapter_id}/reject", response_model=PromotionResult, responses=ERRORS)
-async def reject(adapter_id: PathId, body: Decision, ctx: CtxDep, principal: ApproverKey,
-                 service: PromotionsDep) -> PromotionResult:  # fmt: skip
+async def reject(
+    adapter_id: PathId, body: Decision, ctx: CtxDep, principal: ApproverKey, service: PromotionsDep
+) -> PromotionResult:
     """Reject a gated or awaiting adapter for good."""
     state = await anyio.to_thread.run_sync(service.reject, adapter_id, actor(principal), body.reason)
     return await _result(ctx, adapter_id, state)
@@ -110,6 +112,6 @@ async def rollback(body: Decision, ctx: CtxDep, principal: ApproverKey, service:
     """Undo the newest deployment: withdraw the canary if one runs, else roll the active adapter back to
     the one it replaced (or the base model)."""
     outcome = await anyio.to_thread.run_sync(service.rollback, actor(principal), body.reason)
-    return RollbackResult(rolled_back=outcome["rolled_back"], role=outcome["role"],
-                          deployment=await _read(ctx, views.deployment))  # fmt: skip
-
+    return RollbackResult(
+        rolled_back=outcome["rolled_back"], role=outcome["role"], deployment=await _read(ctx, views.deployment)
+    )

@@ -110,21 +110,26 @@ def live_sample(session: Session, adapter_id: str, since: datetime, limit: int) 
     rows = session.execute(
         select(Response.prompt, Response.response, Response.completion_tokens, Response.sampling)
         .where(Response.adapter_id == adapter_id, Response.created_at >= since)
-        .order_by(Response.created_at.desc()).limit(limit)
-    ).all()  # fmt: skip
+        .order_by(Response.created_at.desc())
+        .limit(limit)
+    ).all()
     return [LiveSample(p, r, n >= int((sampling or {}).get("max_new_tokens", n + 1))) for p, r, n, sampling in rows]
 
 
-def record(settings: Settings, sessions: sessionmaker[Session], base_model: str, now: datetime | None = None
-           ) -> ModelDrift | None:  # fmt: skip
+def record(
+    settings: Settings, sessions: sessionmaker[Session], base_model: str, now: datetime | None = None
+) -> ModelDrift | None:
     """Measure the active adapter on its live sample and set the gauges; None (gauges NaN) without an
     active trained adapter, its reward model, or live responses."""
     cfg, now = settings.monitoring, now or datetime.now(UTC)
     with sessions() as session:
         adapter = active_adapter(session)
         run_row = session.get(TrainingRun, adapter.run_id) if adapter and adapter.run_id else None
-        samples = live_sample(session, adapter.id, now - timedelta(seconds=cfg.drift_window_s),
-                              cfg.drift_sample) if run_row else []  # fmt: skip
+        samples = (
+            live_sample(session, adapter.id, now - timedelta(seconds=cfg.drift_window_s), cfg.drift_sample)
+            if run_row
+            else []
+        )
     reward_dir = Path(settings.artifacts_dir) / "runs" / run_row.id / REWARD_DIR if run_row else None
     evaluation = (adapter.metrics or {}).get("evaluation", {}) if adapter else {}
     if not samples or reward_dir is None or not reward_dir.exists() or "mean_reward" not in evaluation:
@@ -136,11 +141,18 @@ def record(settings: Settings, sessions: sessionmaker[Session], base_model: str,
     key = f"{adapter.id}:{adapter.sha256}:{base_model}"
     if key not in _cache:
         _cache.clear()
-        _cache[key] = Scorer(base_model, Path(adapter.path), reward_dir, TrainConfig.from_dict(run_row.config),
-                             settings.model.device)  # fmt: skip
+        _cache[key] = Scorer(
+            base_model, Path(adapter.path), reward_dir, TrainConfig.from_dict(run_row.config), settings.model.device
+        )
     scores, kls = _cache[key].measure(samples)
-    drift = ModelDrift(adapter.id, float(scores.mean()), float(evaluation["mean_reward"]), float(kls.mean()),
-                       float(evaluation["kl_vs_base"]), len(samples))  # fmt: skip
+    drift = ModelDrift(
+        adapter.id,
+        float(scores.mean()),
+        float(evaluation["mean_reward"]),
+        float(kls.mean()),
+        float(evaluation["kl_vs_base"]),
+        len(samples),
+    )
     m.DRIFT_REWARD_SCORE.labels("live").set(drift.live_reward)
     m.DRIFT_REWARD_SCORE.labels("promotion").set(drift.promotion_reward)
     m.DRIFT_POLICY_KL.labels("live").set(drift.live_kl_nats)

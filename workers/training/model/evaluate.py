@@ -72,9 +72,14 @@ def evaluate(trainer: PPOTrainer, prompts: list[str], batch: int = 64) -> Evalua
     if not prompts:
         raise ValueError("no held-out prompts to evaluate on")
     c = compare(trainer, prompts, BASE, EVAL_SEED, batch)
-    samples = [{"prompt": p, "base": b, "candidate": o}
-               for p, b, o in zip(prompts, c.other_texts, c.policy_texts, strict=True)]  # fmt: skip
+    samples = [
+        {"prompt": p, "base": b, "candidate": o} for p, b, o in zip(prompts, c.other_texts, c.policy_texts, strict=True)
+    ]
     return Evaluation(
-        mean_reward=float(c.policy_scores.mean()), base_mean_reward=float(c.other_scores.mean()),
-        win_rate=c.win_rate, kl_vs_base=float(c.kl.mean()), prompts=len(prompts), samples=samples[:SAMPLES_KEPT],
-    )  # fmt: skip
+        mean_reward=float(c.policy_scores.mean()),
+        base_mean_reward=float(c.other_scores.mean()),
+        win_rate=c.win_rate,
+        kl_vs_base=float(c.kl.mean()),
+        prompts=len(prompts),
+        samples=samples[:SAMPLES_KEPT],
+    )

@@ -50,8 +50,9 @@ def gate_candidate(settings: Settings, sessions: sessionmaker[Session], adapter_
     return Promotions(sessions, settings.promotion, settings.redis.url).record_gate(adapter_id, result)
 
 
-def measure(settings: Settings, sessions: sessionmaker[Session], adapter_id: str, base_model: str,
-            golden: list[GoldenCase]) -> Measurements:  # fmt: skip
+def measure(
+    settings: Settings, sessions: sessionmaker[Session], adapter_id: str, base_model: str, golden: list[GoldenCase]
+) -> Measurements:
     from peft import PeftModel
 
     with sessions() as session:
@@ -76,8 +77,15 @@ def measure(settings: Settings, sessions: sessionmaker[Session], adapter_id: str
     enc, width = Encoder(tokenizer, model), hidden_size(model)
     reward_head = ScalarHead(width).to(device)
     meta = load_reward(runs_dir / run.id / REWARD_DIR, model, reward_head)
-    trainer = PPOTrainer(model, ScalarHead(width).to(device), reward_head, enc, cfg.ppo,
-                         RewardNorm(meta["score_mean"], meta["score_std"]), device)  # fmt: skip
+    trainer = PPOTrainer(
+        model,
+        ScalarHead(width).to(device),
+        reward_head,
+        enc,
+        cfg.ppo,
+        RewardNorm(meta["score_mean"], meta["score_std"]),
+        device,
+    )
 
     vs = compare(trainer, prompts, other, GATE_SEED)
     heldout_accuracy = accuracy(model, reward_head, enc, dataset.heldout, device)
@@ -90,13 +98,23 @@ def measure(settings: Settings, sessions: sessionmaker[Session], adapter_id: str
         active_accuracy = accuracy(model, active_head, enc, dataset.heldout, device)
 
     def greedy(adapter: str) -> list[str]:
-        requests = [GenerationRequest(c.prompt, adapter_id=adapter, temperature=0.0,
-                                      max_new_tokens=cfg.ppo.max_new_tokens, seed=0) for c in golden]  # fmt: skip
+        requests = [
+            GenerationRequest(
+                c.prompt, adapter_id=adapter, temperature=0.0, max_new_tokens=cfg.ppo.max_new_tokens, seed=0
+            )
+            for c in golden
+        ]
         return [g.text for g in trainer.engine.generate(requests)]
 
     return Measurements(
-        prompts=prompts, candidate_responses=vs.policy_texts, active_responses=vs.other_texts, win_rate=vs.win_rate,
+        prompts=prompts,
+        candidate_responses=vs.policy_texts,
+        active_responses=vs.other_texts,
+        win_rate=vs.win_rate,
         kl_vs_base=float(vs.kl.mean()) if len(vs.kl) else 0.0,
-        heldout_accuracy=heldout_accuracy, active_heldout_accuracy=active_accuracy,
-        golden_candidate=greedy(POLICY), golden_active=greedy(other), active_id=active.id if active else BASE,
-    )  # fmt: skip
+        heldout_accuracy=heldout_accuracy,
+        active_heldout_accuracy=active_accuracy,
+        golden_candidate=greedy(POLICY),
+        golden_active=greedy(other),
+        active_id=active.id if active else BASE,
+    )

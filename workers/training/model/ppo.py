@@ -34,7 +34,7 @@ from workers.training.model.losses import (
     policy_loss,
     token_logprobs,
     value_loss,
-)  # fmt: skip
+)
 from workers.training.model.roles import (
     POLICY,
     REWARD,
@@ -92,8 +92,16 @@ class RewardNorm:
 class PPOTrainer:
     """Holds the shared model, both heads, the optimizer and the KL controller of one PPO run."""
 
-    def __init__(self, model: PeftModel, value_head: ScalarHead, reward_head: ScalarHead, enc: Encoder,
-                 cfg: PPOConfig, norm: RewardNorm, device: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: PeftModel,
+        value_head: ScalarHead,
+        reward_head: ScalarHead,
+        enc: Encoder,
+        cfg: PPOConfig,
+        norm: RewardNorm,
+        device: str,
+    ) -> None:
         self.model, self.value_head, self.reward_head = model, value_head, reward_head
         self.enc, self.cfg, self.norm, self.device = enc, cfg, norm, device
         model.set_adapter(POLICY)
@@ -118,9 +126,12 @@ class PPOTrainer:
         """One sampled response per prompt from ``adapter`` (BASE for the bare base model): the packed
         batch, the texts and the generation speed in tokens/s. Row i uses seed ``seed + i``."""
         cfg, started = self.cfg, time.perf_counter()
-        requests = [GenerationRequest(p, adapter_id=adapter, temperature=cfg.temperature,
-                                      max_new_tokens=cfg.max_new_tokens, seed=seed + i)
-                    for i, p in enumerate(prompts)]  # fmt: skip
+        requests = [
+            GenerationRequest(
+                p, adapter_id=adapter, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seed + i
+            )
+            for i, p in enumerate(prompts)
+        ]
         generations = self.engine.generate(requests)
         tokens_per_s = sum(len(g.token_ids) for g in generations) / max(time.perf_counter() - started, 1e-9)
         responses = [list(g.token_ids) or [self.enc.eos_id] for g in generations]
@@ -193,8 +204,9 @@ class PPOTrainer:
         logits, hidden = forward(self.model, sub, POLICY)
         logprobs = token_logprobs(logits, sub.tokens)  # (b, R)
         values = response_values(self.value_head, hidden.detach(), sub)  # (b, R); the value loss leaves the LoRA alone
-        pg, clip_frac, approx_kl = policy_loss(logprobs, ro.logprobs[rows], ro.advantages[rows], sub.resp_mask,
-                                               self.cfg.clip)  # fmt: skip
+        pg, clip_frac, approx_kl = policy_loss(
+            logprobs, ro.logprobs[rows], ro.advantages[rows], sub.resp_mask, self.cfg.clip
+        )
         vf = value_loss(values, ro.values[rows], ro.returns[rows], sub.resp_mask, self.cfg.value_clip)
         return pg, vf, clip_frac, approx_kl
 
@@ -203,9 +215,20 @@ class PPOTrainer:
         ro = self.rollout(self.prompts_for(self.step, prompts), seed=self.cfg.seed * 1_000_003 + self.step * 4096)
         pg, vf, cf, ak, epochs = self.update(ro)
         mean_kl = float(ro.kl.mean())
-        stats = StepStats(self.step, float(ro.scores.mean()), mean_kl, self.kl.value, pg, vf, cf, ak,
-                          float(ro.packed.resp_mask.sum(1).mean()), ro.tokens_per_s,
-                          len(ro.scores) / (time.perf_counter() - started), epochs)  # fmt: skip
+        stats = StepStats(
+            self.step,
+            float(ro.scores.mean()),
+            mean_kl,
+            self.kl.value,
+            pg,
+            vf,
+            cf,
+            ak,
+            float(ro.packed.resp_mask.sum(1).mean()),
+            ro.tokens_per_s,
+            len(ro.scores) / (time.perf_counter() - started),
+            epochs,
+        )
         self.kl.update(mean_kl, len(ro.scores))
         self.step += 1
         return stats
@@ -215,10 +238,16 @@ class PPOTrainer:
         """Write the checkpoint atomically (temp file, fsync, rename)."""
         from peft import get_peft_model_state_dict
 
-        state = {"run_id": run_id, "step": self.step, "config": asdict(self.cfg), "kl_coef": self.kl.value,
-                 "policy": get_peft_model_state_dict(self.model, adapter_name=POLICY),
-                 "value_head": self.value_head.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "history": [asdict(h) for h in history]}  # fmt: skip
+        state = {
+            "run_id": run_id,
+            "step": self.step,
+            "config": asdict(self.cfg),
+            "kl_coef": self.kl.value,
+            "policy": get_peft_model_state_dict(self.model, adapter_name=POLICY),
+            "value_head": self.value_head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": [asdict(h) for h in history],
+        }
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
         with tmp.open("wb") as f:
             torch.save(state, f)
@@ -240,8 +269,13 @@ class PPOTrainer:
         return [StepStats(**h) for h in state["history"]]
 
 
-def train_ppo(trainer: PPOTrainer, prompts: list[str], checkpoint: Path, run_id: str,
-              on_step: Callable[[StepStats], None] | None = None) -> list[StepStats]:  # fmt: skip
+def train_ppo(
+    trainer: PPOTrainer,
+    prompts: list[str],
+    checkpoint: Path,
+    run_id: str,
+    on_step: Callable[[StepStats], None] | None = None,
+) -> list[StepStats]:
     """Run (or resume, when ``checkpoint`` exists) to ``cfg.steps``; checkpoints every ``checkpoint_every`` steps."""
     history = trainer.load(checkpoint, run_id) if checkpoint.exists() else []
     while trainer.step < trainer.cfg.steps:

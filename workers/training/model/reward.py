@@ -69,8 +69,9 @@ def _pack_texts(tokens: Tokens, items: list[tuple[str, str]], device: str) -> Pa
     return pack([[] for _ in seqs], seqs, tokens.enc.pad_id, device)
 
 
-def scores(model: PeftModel, head: ScalarHead, enc: Encoder, items: list[tuple[str, str]], device: str,
-           batch: int = EVAL_BATCH) -> torch.Tensor:  # fmt: skip
+def scores(
+    model: PeftModel, head: ScalarHead, enc: Encoder, items: list[tuple[str, str]], device: str, batch: int = EVAL_BATCH
+) -> torch.Tensor:
     """Raw reward of each (prompt, response), in order: (N,)."""
     out, tokens = [], Tokens(enc)
     with torch.no_grad():
@@ -87,9 +88,16 @@ def accuracy(model: PeftModel, head: ScalarHead, enc: Encoder, pairs: list[PairR
     return float((chosen > rejected).float().mean()) if pairs else 0.0
 
 
-def train_reward(model: PeftModel, head: ScalarHead, enc: Encoder, train: list[PairRecord],
-                 heldout: list[PairRecord], cfg: RewardConfig, device: str,
-                 on_step: Callable[[int, int, float], None] | None = None) -> RewardResult:  # fmt: skip
+def train_reward(
+    model: PeftModel,
+    head: ScalarHead,
+    enc: Encoder,
+    train: list[PairRecord],
+    heldout: list[PairRecord],
+    cfg: RewardConfig,
+    device: str,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> RewardResult:
     """Train the ``reward`` adapter and ``head`` in place. ``on_step(step, total, loss)`` reports progress."""
     params = [p for n, p in model.named_parameters() if f".{REWARD}." in n] + list(head.parameters())
     for p in params:
@@ -117,9 +125,11 @@ def train_reward(model: PeftModel, head: ScalarHead, enc: Encoder, train: list[P
     return RewardResult(
         heldout_accuracy=accuracy(model, head, enc, heldout, device),
         train_loss=sum(epoch_losses) / max(1, len(epoch_losses)),
-        score_mean=float(train_scores.mean()), score_std=float(train_scores.std().clamp(min=1e-3)),
-        pairs_per_s=len(train) * cfg.epochs / seconds, seconds=seconds,
-    )  # fmt: skip
+        score_mean=float(train_scores.mean()),
+        score_std=float(train_scores.std().clamp(min=1e-3)),
+        pairs_per_s=len(train) * cfg.epochs / seconds,
+        seconds=seconds,
+    )
 
 
 def group_batches(pairs: list[PairRecord], batch_size: int, rng: random.Random) -> list[list[PairRecord]]:
@@ -136,8 +146,9 @@ def group_batches(pairs: list[PairRecord], batch_size: int, rng: random.Random) 
     return [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
 
 
-def _step_loss(model: PeftModel, head: ScalarHead, tokens: Tokens, batch: list[PairRecord],
-               device: str) -> torch.Tensor:  # fmt: skip
+def _step_loss(
+    model: PeftModel, head: ScalarHead, tokens: Tokens, batch: list[PairRecord], device: str
+) -> torch.Tensor:
     """Every distinct (prompt, response) of the batch in one forward pass, then the loss over the pairs."""
     rows: dict[tuple[str, str], int] = {}
     for p in batch:

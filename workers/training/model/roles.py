@@ -51,8 +51,14 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, devi
         ids[i, width : width + len(r)] = torch.tensor(r)
         mask[i, width - len(p) : width + len(r)] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return Packed(ids.to(device), mask.to(device), positions.to(device), ids[:, width:].to(device),
-                  mask[:, width:].float().to(device), width)  # fmt: skip
+    return Packed(
+        ids.to(device),
+        mask.to(device),
+        positions.to(device),
+        ids[:, width:].to(device),
+        mask[:, width:].float().to(device),
+        width,
+    )
 
 
 class ScalarHead(nn.Module):
@@ -85,8 +91,14 @@ def forward(model: PeftModel, packed: Packed, adapter: str | None = POLICY) -> t
     kwargs = {"adapter_names": [adapter] * len(packed.ids)} if mixed else {}
     context = model.disable_adapter() if adapter is None else nullcontext()
     with context, autocast(str(packed.ids.device)):
-        out = model(input_ids=packed.ids, attention_mask=packed.mask, position_ids=packed.positions,
-                    output_hidden_states=True, use_cache=False, **kwargs)  # fmt: skip
+        out = model(
+            input_ids=packed.ids,
+            attention_mask=packed.mask,
+            position_ids=packed.positions,
+            output_hidden_states=True,
+            use_cache=False,
+            **kwargs,
+        )
     logits = out.logits[:, packed.width - 1 : -1, :]  # (B, R, V): column P-1+j predicts token j
     return logits, out.hidden_states[-1]
 

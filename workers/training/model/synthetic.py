@@ -24,8 +24,15 @@ def distinct_prompts(sim: Simulator, n: int, seed: int) -> list[str]:
     return drawn[:n]
 
 
-def simulated_pairs(sim: Simulator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                    per_prompt: int = 4, raters: int = 5, seed: int = 0) -> list[PairRecord]:  # fmt: skip
+def simulated_pairs(
+    sim: Simulator,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    per_prompt: int = 4,
+    raters: int = 5,
+    seed: int = 0,
+) -> list[PairRecord]:
     """Sample ``per_prompt`` responses per prompt, let ``raters`` users rate each, and build the pairs."""
     rng = random.Random(seed)
     texts = generate(model, tokenizer, [p for p in prompts for _ in range(per_prompt)], seed=seed)
@@ -33,9 +40,15 @@ def simulated_pairs(sim: Simulator, model: PreTrainedModel, tokenizer: PreTraine
     out: list[PairRecord] = []
     for g, prompt in enumerate(prompts):
         responses = {f"r{g}-{k}": texts[g * per_prompt + k] for k in range(per_prompt)}
-        votes = [Vote(rid, u.ref, sim.rate(u, prompt, text), now, text_key(text))
-                 for rid, text in responses.items() for u in sim.sample_users(raters, rng)]  # fmt: skip
+        votes = [
+            Vote(rid, u.ref, sim.rate(u, prompt, text), now, text_key(text))
+            for rid, text in responses.items()
+            for u in sim.sample_users(raters, rng)
+        ]
         pairs, _ = build_pairs(prompt_hash(prompt), votes, PairRules())
-        out += [PairRecord(prompt, responses[p.chosen_response_id], responses[p.rejected_response_id], p.weight)
-                for p in pairs if responses[p.chosen_response_id] != responses[p.rejected_response_id]]  # fmt: skip
+        out += [
+            PairRecord(prompt, responses[p.chosen_response_id], responses[p.rejected_response_id], p.weight)
+            for p in pairs
+            if responses[p.chosen_response_id] != responses[p.rejected_response_id]
+        ]
     return out

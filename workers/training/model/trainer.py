@@ -67,8 +67,16 @@ def build_model(base_model: str, cfg: TrainConfig, device: str, parent_adapter: 
     return model.eval(), tokenizer
 
 
-def train(base_model: str, dataset: Dataset, cfg: TrainConfig, work: Path, run_id: str, device: str = "auto",
-          parent_adapter: Path | None = None, report: Report | None = None) -> TrainResult:  # fmt: skip
+def train(
+    base_model: str,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    work: Path,
+    run_id: str,
+    device: str = "auto",
+    parent_adapter: Path | None = None,
+    report: Report | None = None,
+) -> TrainResult:
     """Run every stage not yet done in ``work``; returns the adapter and the run's metrics."""
     work.mkdir(parents=True, exist_ok=True)
     sweep_temp(work)
@@ -84,8 +92,16 @@ def train(base_model: str, dataset: Dataset, cfg: TrainConfig, work: Path, run_i
     if not (work / REWARD_DIR).exists():
         model.add_adapter(REWARD, lora_config(cfg.reward.lora))
         model.set_adapter(REWARD)
-        rm = train_reward(model, reward_head, enc, dataset.train, dataset.heldout, cfg.reward, device,
-                          on_step=lambda s, t, loss: report("reward", s, t, {"loss": loss}))  # fmt: skip
+        rm = train_reward(
+            model,
+            reward_head,
+            enc,
+            dataset.train,
+            dataset.heldout,
+            cfg.reward,
+            device,
+            on_step=lambda s, t, loss: report("reward", s, t, {"loss": loss}),
+        )
         write_dir_atomic(work / REWARD_DIR, lambda tmp: save_reward(tmp, model, reward_head, rm, base_model))
         model.delete_adapter(REWARD)  # reloaded below exactly as a resumed run sees it
     meta = load_reward(work / REWARD_DIR, model, reward_head)
@@ -93,12 +109,18 @@ def train(base_model: str, dataset: Dataset, cfg: TrainConfig, work: Path, run_i
     report("reward", 1, 1, {"heldout_accuracy": meta["heldout_accuracy"]})
 
     value_head = ScalarHead(width).to(device)
-    trainer = PPOTrainer(model, value_head, reward_head, enc, cfg.ppo, RewardNorm(meta["score_mean"],
-                         meta["score_std"]), device)  # fmt: skip
+    trainer = PPOTrainer(
+        model, value_head, reward_head, enc, cfg.ppo, RewardNorm(meta["score_mean"], meta["score_std"]), device
+    )
 
     def on_step(s: StepStats) -> None:
-        figures = {"score": s.score, "kl": s.kl, "tokens_per_s": s.tokens_per_s, "policy_loss": s.policy_loss,
-                   "value_loss": s.value_loss}  # fmt: skip
+        figures = {
+            "score": s.score,
+            "kl": s.kl,
+            "tokens_per_s": s.tokens_per_s,
+            "policy_loss": s.policy_loss,
+            "value_loss": s.value_loss,
+        }
         report("ppo", s.step + 1, cfg.ppo.steps, figures)
 
     history = train_ppo(trainer, dataset.prompts, work / CHECKPOINT, run_id, on_step)  # returns at once when done
@@ -109,8 +131,10 @@ def train(base_model: str, dataset: Dataset, cfg: TrainConfig, work: Path, run_i
 
     report("evaluate", 0, 1, {})
     ev = evaluate(trainer, dataset.heldout_prompts[: cfg.eval_prompts])
-    metrics["evaluation"] = {**asdict(ev), "heldout_pair_accuracy": accuracy(model, reward_head, enc,
-                                                                              dataset.heldout, device)}  # fmt: skip
+    metrics["evaluation"] = {
+        **asdict(ev),
+        "heldout_pair_accuracy": accuracy(model, reward_head, enc, dataset.heldout, device),
+    }
     (work / EVALUATION).write_text(json.dumps(metrics, indent=2))
     report("evaluate", 1, 1, {"mean_reward": ev.mean_reward, "kl_vs_base": ev.kl_vs_base})
     return TrainResult(work / ADAPTER_DIR, dir_sha256(work / ADAPTER_DIR), metrics)
@@ -121,22 +145,37 @@ def _ppo_summary(history: list[StepStats]) -> dict[str, float]:
         return {}
     tail = history[-max(1, len(history) // 4) :]  # the last quarter of the steps
     return {
-        "steps": len(history), "score_first": history[0].score, "score_last": sum(h.score for h in tail) / len(tail),
-        "kl_last": sum(h.kl for h in tail) / len(tail), "kl_coef": history[-1].kl_coef,
+        "steps": len(history),
+        "score_first": history[0].score,
+        "score_last": sum(h.score for h in tail) / len(tail),
+        "kl_last": sum(h.kl for h in tail) / len(tail),
+        "kl_coef": history[-1].kl_coef,
         "tokens_per_s": sum(h.tokens_per_s for h in history) / len(history),
         "episodes_per_s": sum(h.episodes_per_s for h in history) / len(history),
-    }  # fmt: skip
+    }
 
 
-def train_files(base_model: str, pairs: Path, prompts: Path | None, out: Path, cfg: TrainConfig, device: str = "auto",
-                report: Report | None = None) -> TrainResult:  # fmt: skip
+def train_files(
+    base_model: str,
+    pairs: Path,
+    prompts: Path | None,
+    out: Path,
+    cfg: TrainConfig,
+    device: str = "auto",
+    report: Report | None = None,
+) -> TrainResult:
     """``rlhf-loop train --inline --pairs ...``: the trainer on files, outside the service. ``out`` is the
     work directory (rerunning the same command resumes there)."""
     from rlhf_loop.preferences.dataset import read_pairs, read_prompts
     from workers.training.dataset import make_dataset
 
-    dataset = make_dataset(read_pairs(pairs), read_prompts(prompts) if prompts else None, cfg.heldout_fraction,
-                           cfg.min_pairs, cfg.reward.seed)  # fmt: skip
+    dataset = make_dataset(
+        read_pairs(pairs),
+        read_prompts(prompts) if prompts else None,
+        cfg.heldout_fraction,
+        cfg.min_pairs,
+        cfg.reward.seed,
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     return train(base_model, dataset, cfg, out, run_id=f"files:{out.resolve()}", device=device, report=report)
