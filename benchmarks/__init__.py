@@ -1,0 +1,1 @@
+"""One module per benchmark: ``python -m benchmarks.NAME [--quick]`` prints a table, then one JSON line."""

@@ -155,7 +155,7 @@ GATE_CHECKS = Counter(
 )  # services/promotion/gate.py
 ROLLBACKS = Counter(
     "rlhf_rollbacks_total", "Adapter rollbacks, by trigger (auto: canary monitor; manual: approver).", ["trigger"]
-)  # services/promotion/rollout.py
+)  # services/promotion/registry.py
 CANARY_NEGATIVE_RATE = Gauge(
     "rlhf_canary_negative_feedback_rate",
     "Negative-feedback rate since the canary started, canary vs active arm.",

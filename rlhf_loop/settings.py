@@ -131,7 +131,7 @@ class ApiSettings(_Group):
     workers: int = Field(1, ge=1)
     """Uvicorn worker processes (each loads its own model copy)."""
     access_log: bool = False
-    """Log every request line (costs ~20% of peak throughput; metrics cover the same ground)."""
+    """Log every request line (it costs peak throughput; the metrics cover the same ground)."""
     max_body_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body accepted; larger ones get 413."""
     rate_limit: int = Field(120, ge=1)

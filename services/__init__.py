@@ -1,0 +1,1 @@
+"""The online services: ``inference/`` (the HTTP API) and ``promotion/`` (the promotion domain)."""

@@ -1,0 +1,2 @@
+"""``unit/`` (pure logic), ``integration/`` (real broker, PostgreSQL, Redis, Celery), ``e2e/`` (the loop);
+``support/`` holds the fixtures' helpers."""

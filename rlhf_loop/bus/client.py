@@ -1,11 +1,10 @@
 """ProduceClient: the event producer's connection to Kafka, on librdkafka (the confluent-kafka wheel).
 
 Why librdkafka here and kafka-python everywhere else: the producer sits in the API's request path,
-and kafka-python builds every record in pure Python. Measured on a 2-core machine, a record cost
-~11 µs of kafka-python's own time (~23 µs with our bookkeeping and the acknowledgement callback),
-which capped the feedback batch route at ~23k events/s. librdkafka does the same work in its own C
-threads, ~3 µs a record with the Python delivery callback. Consumers, the admin client and the
-dead-letter producer move far fewer records per CPU second and stay on kafka-python.
+and kafka-python builds every record in pure Python on the event loop's CPU, which capped the
+feedback batch route; librdkafka does that work in its own C threads (the figures are in
+docs/benchmarks.md). Consumers, the admin client and the dead-letter producer move far fewer records
+per CPU second and stay on kafka-python.
 
 Contract:
 - :meth:`send` never blocks: it queues the record in librdkafka or raises :class:`Unacceptable`

@@ -20,8 +20,8 @@ class InvalidEvent(ValueError):
 
 
 def encode(event: Event) -> bytes:
-    """Compact UTF-8 JSON of the event (``model_dump_json``'s bytes, without its Python wrapper: ~40%
-    of the call on the ingest path)."""
+    """Compact UTF-8 JSON of the event: ``model_dump_json``'s bytes from the model's serializer directly,
+    since the Python wrapper was a large share of the call on the ingest path."""
     return event.__pydantic_serializer__.to_json(event)
 
 

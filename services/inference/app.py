@@ -65,11 +65,11 @@ def create_app(settings: Settings, context: ApiContext | None = None) -> FastAPI
 
         app.state.ctx = await anyio.to_thread.run_sync(build_context, settings)
         # The model stack leaves millions of long-lived objects; freezing them keeps full GC passes
-        # (which would otherwise scan them all, pausing requests for 100+ ms) cheap. A request allocates
-        # a few hundred container objects (a 100-rating batch, ~10,000), nearly all freed by reference
-        # counting, so the youngest generation is collected every 50,000 allocations rather than every
-        # 2,000, and older ones 20x less often than that (fewer passes over objects that are about to die
-        # anyway: +10% batch ingest; cyclic garbage waits a little longer, a few MB at most).
+        # (which would otherwise scan them all and pause requests) cheap. A request allocates container
+        # objects by the hundred (a rating batch by the thousand), nearly all freed by reference counting,
+        # so the youngest generation is collected far less often than the default and older ones rarer
+        # still: fewer passes over objects that are about to die anyway; cyclic garbage waits a little
+        # longer, a few MB at most.
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)

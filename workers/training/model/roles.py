@@ -106,7 +106,7 @@ def forward(model: PeftModel, packed: Packed, adapter: str | None = POLICY) -> t
 def last_hidden(model: PeftModel, packed: Packed, adapter: str | None) -> torch.Tensor:
     """Last-layer hidden states (B, P+R, H) as one role, for roles that need no logits (the reward
     model). The active adapter, or none, runs through the transformer trunk alone: the LM head's
-    vocabulary projection over every position is ~40% of the demo model's forward FLOPs. Another
+    vocabulary projection over every position is a large share of a small model's forward FLOPs. Another
     adapter needs PEFT's per-row adapter names, so it goes through :func:`forward`."""
     if adapter is not None and adapter != model.active_adapter:
         return forward(model, packed, adapter)[1]
