@@ -225,6 +225,17 @@ class SimulatorSettings(_Group):
     """Simulated users."""
     noise: float = Field(0.1, ge=0, le=0.5)
     """Probability that a simulated user flips their rating."""
+    traffic: Literal["realistic", "catalogue"] = "realistic"
+    """realistic: fresh prompts, a third of users rate, regenerations and side-by-side choices;
+    catalogue: popular prompts repeated verbatim, every user rates."""
+    rating_share: float = Field(1 / 3, ge=0, le=1)
+    """Share of users who rate at all (realistic traffic)."""
+    regenerate_share: float = Field(0.5, ge=0, le=1)
+    """Share of rated-down answers whose user regenerates them and rates the new one (realistic traffic)."""
+    side_by_side_share: float = Field(0.15, ge=0, le=1)
+    """Share of requests shown as two candidates side by side, the user picking one (realistic traffic)."""
+    context_share: float = Field(0.2, ge=0, le=1)
+    """Share of requests that follow up on an earlier turn, sent as context (realistic traffic)."""
 
 
 class MonitoringSettings(_Group):

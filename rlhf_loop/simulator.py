@@ -94,7 +94,8 @@ def score_response(prompt: str, response: str, weights: dict[str, float] = WEIGH
     return min(1.0, max(0.0, BASELINE + sum(w for name, w in weights.items() if f[name])))
 
 
-def _rng(*parts: object) -> random.Random:
+def seeded_rng(*parts: object) -> random.Random:
+    """A random generator seeded by the parts alone (decisions that do not depend on serving order)."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
@@ -113,7 +114,7 @@ class User:
 
     def rate(self, prompt: str, response: str, noise: float, seed: int = 0) -> int:
         """+1 or -1; deterministic per (seed, user, prompt, response), flipped with probability ``noise``."""
-        flip = _rng(seed, self.ref, prompt, response).random() < noise
+        flip = seeded_rng(seed, self.ref, prompt, response).random() < noise
         return 1 if self.likes(prompt, response) != flip else -1
 
 
