@@ -228,7 +228,7 @@ class SimulatorSettings(_Group):
     traffic: Literal["realistic", "catalogue"] = "realistic"
     """realistic: fresh prompts, a third of users rate, regenerations and side-by-side choices;
     catalogue: popular prompts repeated verbatim, every user rates."""
-    rating_share: float = Field(1 / 3, ge=0, le=1)
+    rating_share: float = Field(0.33, ge=0, le=1)
     """Share of users who rate at all (realistic traffic)."""
     regenerate_share: float = Field(0.5, ge=0, le=1)
     """Share of rated-down answers whose user regenerates them and rates the new one (realistic traffic)."""

@@ -40,7 +40,7 @@ FOLLOW_UPS = (
 @dataclass(frozen=True)
 class TrafficConfig:
     kind: TrafficKind = "realistic"
-    rating_share: float = 1 / 3
+    rating_share: float = 0.33
     """Share of users who rate at all (realistic traffic; in the catalogue every user rates)."""
     regenerate_share: float = 0.5
     """Share of rated-down answers whose user regenerates them (and rates the new one)."""
