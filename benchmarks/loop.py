@@ -1,24 +1,42 @@
 """The closed loop on 2 CPU cores: ``rlhf-loop demo`` rounds, timed per stage.
 
-    python -m benchmarks.loop [--quick] [--rounds N] [--users N] [--seed S]
+    python -m benchmarks.loop [--quick] [--rounds N] [--users N] [--seed S] [--traffic KIND] [--once]
 
 Full run: 4 rounds of 400 simulated users (the demo's defaults); --quick: 2 rounds of 200 (a few
-minutes). The baseline is the same run's round 0, served by the base model: ``neg_rate_ratio`` is the
-final round's negative-feedback rate over round 0's (the demo's target: <= 0.5 by round 3).
-The loop then runs a second time with the same seed (``--once`` skips it): ``same_table`` says whether
-the two round tables are equal, cell for cell. Stage times and ``wall_s`` are the first run's.
+minutes each loop). The traffic is the simulator's (realistic by default: fresh prompts, a third of the
+users rate, regenerations and side-by-side choices). The baseline is the same run's round 0, served by
+the base model: ``neg_rate_ratio`` is the final round's negative-feedback rate over round 0's (target
+<= 0.5). ``ratings_used_share`` is the share of the ratings given before the last retrain that are in
+its dataset snapshot (training and held-out parts together; target >= 0.95).
+
+Then, unless --once: the loop again with the same seed (``same_table``: the two round tables are equal,
+cell for cell), and the ablation on the same traffic with a reward model trained on pairs alone
+(``reward.mode=bt``; ``neg_rate_ratio_pairs_only``): what the pointwise term on the thumbs adds. Stage
+times and ``wall_s`` are the first run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
 
 from rich.console import Console
 
 from benchmarks.report import emit
 from rlhf_loop.demo.config import STAGES, DemoConfig
 from rlhf_loop.demo.loop import run_demo
+from rlhf_loop.demo.report import Round
 from rlhf_loop.settings import get_settings
+from rlhf_loop.traffic import TrafficConfig
+
+
+def neg_rate_ratio(rounds: list[Round]) -> float:
+    return round(rounds[-1].negative_rate / max(rounds[0].negative_rate, 1e-9), 3)
+
+
+def rates(rounds: list[Round]) -> list[float]:
+    return [round(r.negative_rate, 4) for r in rounds]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,32 +45,50 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--users", type=int)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--once", action="store_true", help="skip the second run (the same-seed check)")
+    parser.add_argument("--traffic", choices=("realistic", "catalogue"), help="default: the simulator setting")
+    parser.add_argument("--once", action="store_true", help="skip the same-seed run and the pairs-only ablation")
     args = parser.parse_args(argv)
+    settings = get_settings()
+    traffic = TrafficConfig.from_settings(settings.simulator)
+    if args.traffic:
+        traffic = dataclasses.replace(traffic, kind=args.traffic)
     cfg = DemoConfig(
-        seed=args.seed, rounds=args.rounds or (2 if args.quick else 4), users=args.users or (200 if args.quick else 400)
+        seed=args.seed,
+        rounds=args.rounds or (2 if args.quick else 4),
+        users=args.users or (200 if args.quick else 400),
+        traffic=traffic,
     )
-    import time
-
     started = time.monotonic()
-    rounds = run_demo(get_settings(), cfg, Console(stderr=True))
+    rounds = run_demo(settings, cfg, Console(stderr=True))
     wall = time.monotonic() - started
-    again = None if args.once else run_demo(get_settings(), cfg, Console(stderr=True))
+    again = ablation = None
+    if not args.once:
+        again = run_demo(settings, cfg, Console(stderr=True))
+        pairs_only = dataclasses.replace(cfg, hyperparameters={"reward": {"mode": "bt"}})
+        ablation = run_demo(settings, pairs_only, Console(stderr=True))
     rows = [[r.round, r.served_by, f"{r.negative_rate:.1%}", *[r.seconds.get(s, 0.0) for s in STAGES]] for r in rounds]
     stage_totals = {f"{s}_s": round(sum(r.seconds.get(s, 0.0) for r in rounds), 1) for s in STAGES}
+    last_retrain = rounds[-2]
     emit(
-        f"closed loop: {cfg.rounds} rounds x {cfg.users} users (seconds per stage)",
+        f"closed loop: {cfg.rounds} rounds x {cfg.users} users, {traffic.kind} traffic (seconds per stage)",
         ["round", "served by", "neg. rate", *STAGES],
         rows,
         {
             "benchmark": "loop",
             "quick": args.quick,
+            "traffic": traffic.kind,
             "rounds": cfg.rounds,
             "users": cfg.users,
+            "ratings_per_round": [r.ratings for r in rounds],
             "neg_rate_round0": round(rounds[0].negative_rate, 4),
             "neg_rate_final": round(rounds[-1].negative_rate, 4),
-            "neg_rate_ratio": round(rounds[-1].negative_rate / max(rounds[0].negative_rate, 1e-9), 3),
-            "neg_rate_per_round": [round(r.negative_rate, 4) for r in rounds],
+            "neg_rate_ratio": neg_rate_ratio(rounds),
+            "neg_rate_per_round": rates(rounds),
+            "ratings_used_share": last_retrain.ratings_used_share,
+            "neg_rate_ratio_pairs_only": None if ablation is None else neg_rate_ratio(ablation),
+            "neg_rate_per_round_pairs_only": None
+            if ablation is None
+            else [round(r.negative_rate, 4) for r in ablation],
             "wall_s": round(wall, 1),
             "same_table": None if again is None else [r.cells() for r in rounds] == [r.cells() for r in again],
             **stage_totals,

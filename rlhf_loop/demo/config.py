@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rlhf_loop.traffic import TrafficConfig
+
 STAGES = ("traffic", "aggregate", "retrain", "gate+deploy")
 
 
@@ -16,7 +18,9 @@ class DemoConfig:
     seed: int = 7
     rounds: int = 4
     users: int = 400
-    """Simulated users (one prompt and one rating each) per round."""
+    """Simulated users per round: each asks once, and rates, regenerates or chooses as their kind does."""
+    traffic: TrafficConfig | None = None
+    """The traffic (realistic or catalogue, shares); None: the simulator settings' traffic."""
     concurrency: int = 8
     max_new_tokens: int = 48
     hyperparameters: dict = field(default_factory=dict)

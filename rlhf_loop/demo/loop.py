@@ -8,12 +8,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
-from rlhf_loop.demo.config import DemoConfig, DemoError
+from rlhf_loop.demo.clients import RoundTraffic, send_round
+from rlhf_loop.demo.config import DemoConfig
 from rlhf_loop.demo.processes import Stack
 from rlhf_loop.demo.report import Round, round_table, write_report
-from rlhf_loop.demo.traffic import traffic
 from rlhf_loop.settings import Settings
 from rlhf_loop.simulator import Simulator
+from rlhf_loop.traffic import Traffic, TrafficConfig
 
 
 def run_demo(settings: Settings, cfg: DemoConfig, console: Console | None = None) -> list[Round]:
@@ -21,7 +22,9 @@ def run_demo(settings: Settings, cfg: DemoConfig, console: Console | None = None
     console = console or Console()
     stack = Stack(settings, cfg, console)
     sim = Simulator.from_settings(settings.simulator)
+    traffic = Traffic(sim, cfg.traffic or TrafficConfig.from_settings(settings.simulator))
     made_by = {"base": "base"}  # adapter id -> the retrain that made it ("retrain 0", ...)
+    sent: list[RoundTraffic] = []
     rounds: list[Round] = []
     started = time.monotonic()
     try:
@@ -35,7 +38,7 @@ def run_demo(settings: Settings, cfg: DemoConfig, console: Console | None = None
             console=console,
         ) as progress:
             for r in range(cfg.rounds):
-                rounds.append(_one_round(stack, sim, made_by, r, cfg, progress))
+                rounds.append(_one_round(stack, traffic, sent, made_by, r, cfg, progress))
     finally:
         stack.stop()
     wall = time.monotonic() - started
@@ -46,43 +49,60 @@ def run_demo(settings: Settings, cfg: DemoConfig, console: Console | None = None
 
 
 def _one_round(
-    stack: Stack, sim: Simulator, made_by: dict[str, str], r: int, cfg: DemoConfig, progress: Progress
+    stack: Stack,
+    traffic: Traffic,
+    sent: list[RoundTraffic],
+    made_by: dict[str, str],
+    r: int,
+    cfg: DemoConfig,
+    progress: Progress,
 ) -> Round:
     t = time.monotonic()
-    rate, adapter, events = traffic(stack, sim, cfg, r, progress)
+    now = send_round(stack, traffic, cfg, r, progress)
+    sent.append(now)
     seconds = {"traffic": time.monotonic() - t}
     t = time.monotonic()
-    total = cfg.users * (r + 1)
-    stack.wait("the aggregator", lambda: stored(stack)[0] >= total, cfg.stage_timeout_s)
+    expected = tuple(sum(getattr(x, f) for x in sent) for f in ("responses", "ratings", "choices"))
+    done = lambda: all(n >= e for n, e in zip(stored(stack), expected, strict=False))  # noqa: E731
+    stack.wait("the aggregator", done, cfg.stage_timeout_s)
     seconds["aggregate"] = time.monotonic() - t
-    row = Round(r, adapter, made_by.get(adapter, adapter), events, rate, stored(stack)[1], seconds=seconds)
+    adapter = now.adapter_id
+    served = made_by.get(adapter, adapter)
+    row = Round(r, adapter, served, now.events, now.ratings, now.negative_rate, stored(stack)[3], seconds=seconds)
     if r == cfg.rounds - 1:
         return row
     t = time.monotonic()
     _, metrics = retrain(stack, cfg, r, progress)
     seconds["retrain"] = time.monotonic() - t
+    if "error" in metrics:
+        row.gate = f"no candidate ({metrics['error'].split(':', 1)[0]})"
+        return row
     t = time.monotonic()
     made_by[metrics["adapter_id"]] = f"retrain {r}"
     row.gate = gate_and_deploy(stack, cfg, metrics["adapter_id"], progress)
     seconds["gate+deploy"] = time.monotonic() - t
     row.rm_accuracy = metrics.get("reward", {}).get("heldout_accuracy")
+    row.rm_auc = metrics.get("reward", {}).get("heldout_thumbs_auc")
+    row.ratings_used_share = metrics.get("dataset", {}).get("ratings_used_share")
     row.ppo_reward = metrics.get("ppo", {}).get("score_last")
     row.kl = metrics.get("evaluation", {}).get("kl_vs_base")
     return row
 
 
-def stored(stack: Stack) -> tuple[int, int]:
-    from schemas.tables import Feedback, PreferencePair
+def stored(stack: Stack) -> tuple[int, int, int, int]:
+    """(responses, ratings, choices, preference pairs) in the demo's database."""
+    from schemas.tables import ComparisonChoice, Feedback, PreferencePair, Response
 
     with stack.sessions() as session:
-        return (
-            session.scalar(select(func.count()).select_from(Feedback)) or 0,
-            session.scalar(select(func.count()).select_from(PreferencePair)) or 0,
+        return tuple(  # type: ignore[return-value]
+            session.scalar(select(func.count()).select_from(t)) or 0
+            for t in (Response, Feedback, ComparisonChoice, PreferencePair)
         )
 
 
 def retrain(stack: Stack, cfg: DemoConfig, round_no: int, progress: Progress) -> tuple[str, dict]:
-    """Enqueue a retrain and follow it; returns (run id, the run's metrics)."""
+    """Enqueue a retrain and follow it; returns (run id, the run's metrics). A run that failed (too few
+    examples, say) has its error under "error": the loop goes on with the adapter it has."""
     from schemas.tables import TrainingRun
     from workers.training.pipeline import create_run, run_config
 
@@ -113,10 +133,10 @@ def retrain(stack: Stack, cfg: DemoConfig, round_no: int, progress: Progress) ->
         return state["status"] in ("succeeded", "failed")
 
     stack.wait(f"training run {run_id}", finished, cfg.stage_timeout_s, poll_s=1.0)
-    if state["status"] == "failed":
-        raise DemoError(f"training run {run_id} failed: {state['error']}")
-    progress.update(task, description=f"round {round_no}: retrain", completed=1, total=1)
-    return run_id, state["metrics"]
+    failed = state["status"] == "failed"
+    figures = f"failed: {state['error']}" if failed else ""
+    progress.update(task, description=f"round {round_no}: retrain", completed=1, total=1, figures=figures)
+    return run_id, {**state["metrics"], "error": state["error"]} if failed else state["metrics"]
 
 
 def gate_and_deploy(stack: Stack, cfg: DemoConfig, adapter_id: str, progress: Progress) -> str:

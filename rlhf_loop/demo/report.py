@@ -20,14 +20,21 @@ class Round:
     served_by: str
     """The same, named by the retrain that made it ("base", "retrain 0", ...): ids are random, names repeat."""
     events: int
-    """Responses + ratings logged this round."""
+    """Responses, ratings and choices logged this round."""
+    ratings: int
+    """Thumbs given this round (the negative rate's denominator)."""
     negative_rate: float
     pairs: int
     """Preference pairs in SQL after this round's ratings."""
     rm_accuracy: float | None = None
+    """Held-out pair accuracy of the retrain's reward model."""
+    rm_auc: float | None = None
+    """Held-out thumbs ROC-AUC of the retrain's reward model."""
     ppo_reward: float | None = None
     kl: float | None = None
     gate: str = "—"
+    ratings_used_share: float | None = None
+    """Share of the ratings given so far that reached the retrain's dataset snapshot (train + held out)."""
     seconds: dict[str, float] = field(default_factory=dict)
 
     def cells(self) -> list[str]:
@@ -36,16 +43,30 @@ class Round:
             str(self.round),
             self.served_by,
             str(self.events),
+            str(self.ratings),
             f"{self.negative_rate:.1%}",
             str(self.pairs),
             _fmt(self.rm_accuracy),
+            _fmt(self.rm_auc),
             _fmt(self.ppo_reward),
             _fmt(self.kl, "{:.2f}"),
             self.gate,
         ]
 
 
-COLUMNS = ("round", "served by", "events", "neg. rate", "pairs", "RM acc.", "PPO reward", "KL", "gate")
+COLUMNS = (
+    "round",
+    "served by",
+    "events",
+    "ratings",
+    "neg. rate",
+    "pairs",
+    "RM acc.",
+    "RM AUC",
+    "PPO reward",
+    "KL",
+    "gate",
+)
 
 
 def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
