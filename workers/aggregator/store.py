@@ -174,13 +174,13 @@ def choices_by_group(session: Session, prompt_hashes: Iterable[str]) -> dict[str
     ).all()
     if not stored:
         return groups
-    members = set(
-        session.execute(
-            select(Response.comparison_id, Response.user_ref, Response.response_id).where(
-                Response.comparison_id.in_(sorted({c for _, c, _, _, _ in stored}))
-            )
-        ).tuples()
-    )
+    in_comparisons = Response.comparison_id.in_(sorted({c for _, c, _, _, _ in stored}))
+    members = {
+        tuple(row)
+        for row in session.execute(
+            select(Response.comparison_id, Response.user_ref, Response.response_id).where(in_comparisons)
+        )
+    }
     for group, comparison, user, chosen, candidates in stored:
         arrived = tuple(r for r in candidates if (comparison, user, r) in members)
         groups[group].append(Choice(comparison, user, chosen, arrived))
