@@ -206,8 +206,10 @@ def test_refused_comparisons_store_nothing(loop: Loop) -> None:
         refused_ids.append(request_id)
         r = loop.post("/v1/generate", body, **{"X-Request-Id": request_id})
         assert (r.status_code, r.json()["code"]) == (status, code), (body, r.text)
+    elsewhere = loop.generate(user("dan"), "Recommend a book.")["response_id"]  # dan's, another prompt
     refused_choices = [
         ({"comparison_token": token, "chosen": eve_ids[0]}, 422, "not_a_candidate"),  # another user's response
+        ({"comparison_token": token, "chosen": dan_ids[0], "candidates": [dan_ids[0], elsewhere]}, 422, None),
         ({"comparison_token": token, "chosen": dan_ids[0], "candidates": [dan_ids[0], eve_ids[1]]}, 422, None),
         ({"comparison_token": forged, "chosen": eve_ids[0]}, 401, "invalid_comparison_token"),
         ({"comparison_token": altered, "chosen": dan_ids[0]}, 401, "invalid_comparison_token"),
@@ -222,7 +224,7 @@ def test_refused_comparisons_store_nothing(loop: Loop) -> None:
     assert loop.until(lambda: len(loop.rows(select(C.id).where(C.user_ref == user("dan")))) == 1)
     assert loop.rows(select(C.chosen_response_id).where(C.user_ref == user("dan"))) == [(dan_ids[1],)]
     assert loop.rows(select(R.response_id).where(R.request_id.in_(refused_ids))) == []
-    assert sorted(r[0] for r in stored_responses(loop, user_ref=user("dan"))) == sorted(dan_ids)
+    assert sorted(r[0] for r in stored_responses(loop, user_ref=user("dan"), prompt=prompt)) == sorted(dan_ids)
     assert loop.rows(select(C.id).where(C.user_ref == user("eve"))) == []
     assert pairs_of(loop, eve_ids) == set()
 
