@@ -192,7 +192,9 @@ for _result in ("ok", "failed"):
     ADAPTER_SWAPS.labels(_result)
 
 _PER_TOPIC = (PRODUCE_ATTEMPTS, PRODUCE_ERRORS, SPOOLED_EVENTS, REPLAYED_EVENTS, CONSUMED_EVENTS, DEAD_LETTERS)
-for _topic in (Topics.RESPONSES, Topics.FEEDBACK):  # pre-create known label values
+for _kind in ("response", "feedback", "choice"):  # pre-create known label values
+    AGGREGATED_EVENTS.labels(_kind)
+for _topic in (Topics.RESPONSES, Topics.FEEDBACK, Topics.CHOICES):  # pre-create known label values
     for _metric in _PER_TOPIC:
         _metric.labels(_topic)
 

@@ -2,6 +2,11 @@
 
 Topics are keyed by ``prompt_hash`` so every event about one prompt group lands on one partition.
 A consumer accepts the ``schema_version`` values it knows and dead-letters the others.
+
+Version 2 (this one) logs the prompt the model saw: ``ResponseLogged.prompt`` is the context and the
+prompt as generation got them (``model_input``), and ``prompt_hash`` hashes that; ``context`` keeps the
+context part on its own, ``comparison_id`` names the response's comparison group, and the choices
+topic is new. Version 1 events still decode: their ``prompt`` is the prompt without its context.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+SCHEMA_VERSIONS: Final = (1, 2)
+"""Every version a consumer accepts (rlhf_loop.bus.codec)."""
+MAX_COMPARISON_RESPONSES: Final = 16
+"""Responses one comparison group may hold (a side-by-side call and its regenerations)."""
 
 
 class Topics:
@@ -23,8 +32,9 @@ class Topics:
 
     RESPONSES: Final = "rlhf.responses.v1"
     FEEDBACK: Final = "rlhf.feedback.v1"
+    CHOICES: Final = "rlhf.choices.v1"
     DEADLETTER: Final = "rlhf.deadletter.v1"
-    ALL: Final = (RESPONSES, FEEDBACK, DEADLETTER)
+    ALL: Final = (RESPONSES, FEEDBACK, CHOICES, DEADLETTER)
 
 
 _WS = re.compile(r"\s+")
@@ -33,6 +43,12 @@ _WS = re.compile(r"\s+")
 def normalize_prompt(prompt: str) -> str:
     """The documented normalization: Unicode NFKC, case-folded, whitespace runs collapsed, trimmed."""
     return _WS.sub(" ", unicodedata.normalize("NFKC", prompt).casefold()).strip()
+
+
+def model_input(prompt: str, context: str | None) -> str:
+    """The text generation gets: the context, a newline, then the prompt (just the prompt without
+    context). This is the prompt that is logged, hashed and grouped."""
+    return f"{context}\n{prompt}" if context else prompt
 
 
 def prompt_hash(prompt: str) -> str:
@@ -55,7 +71,7 @@ class Event(BaseModel):
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     created_at: datetime = Field(default_factory=utcnow)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
 
 
 class SamplingParams(BaseModel):
@@ -79,7 +95,14 @@ class ResponseLogged(Event):
     user_ref: Id
     """Pseudonymous user reference chosen by the app; never a real identity."""
     prompt: str = Field(max_length=32_000)
+    """What the model saw: ``model_input(prompt, context)`` (version 1: the prompt without its context)."""
     prompt_hash: Hash
+    """``prompt_hash(prompt)``: the prompt group, context included."""
+    context: str | None = Field(None, max_length=16_000)
+    """The context part of ``prompt``, as the app sent it (None: no context, or a version 1 event)."""
+    comparison_id: Id | None = None
+    """The comparison group: responses of one side-by-side call and its regenerations share it
+    (None only in version 1 events)."""
     response: str = Field(max_length=64_000)
     adapter_id: Id
     base_model: str = Field(max_length=512)
@@ -100,6 +123,19 @@ class FeedbackGiven(Event):
     comment: str | None = Field(None, max_length=2000)
 
 
+class ChoiceMade(Event):
+    """One user's pick among the candidates of a comparison (topic ``rlhf.choices.v1``). A later
+    choice by the same user in the same comparison replaces an earlier one."""
+
+    comparison_id: Id
+    prompt_hash: Hash
+    user_ref: Id
+    chosen_response_id: Id
+    candidate_response_ids: tuple[Id, ...] = Field(min_length=2, max_length=MAX_COMPARISON_RESPONSES)
+    """Every response the user chose among, ``chosen_response_id`` included."""
+    comment: str | None = Field(None, max_length=2000)
+
+
 class DeadLetter(Event):
     """A message a consumer could not decode or validate (topic ``rlhf.deadletter.v1``)."""
 
@@ -115,5 +151,6 @@ class DeadLetter(Event):
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
     Topics.RESPONSES: ResponseLogged,
     Topics.FEEDBACK: FeedbackGiven,
+    Topics.CHOICES: ChoiceMade,
     Topics.DEADLETTER: DeadLetter,
 }

@@ -1,9 +1,9 @@
 """SQL tables (SQLAlchemy 2 typed mappings). Contracts only: no engine, no session, no I/O.
 
 Idempotency lives in the constraints: ``event_id`` is unique wherever an event lands, one user's
-rating of one response is unique on (response_id, user_ref), and a preference pair is unique on
-its ``pair_key``. Alembic migrations in ``schemas/migrations`` create exactly these tables (a test
-compares them).
+rating of one response is unique on (response_id, user_ref), one user's choice in one comparison on
+(comparison_id, user_ref), and a preference pair is unique on its ``pair_key``. Alembic migrations
+in ``schemas/migrations`` create exactly these tables (a test compares them).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ ADAPTER_STATES = (
 )
 RUN_STATES = ("queued", "running", "succeeded", "failed")
 API_KEY_ROLES = ("app", "approver", "admin")
+PAIR_SOURCES = ("prompt_group", "comparison", "choice")
+"""Which rule made a pair (rlhf_loop.preferences: pairs.py and comparisons.py, whose SOURCES it equals)."""
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -84,6 +86,8 @@ class Response(Base):
     response: Mapped[str] = mapped_column(Text)
     text_key: Mapped[str] = mapped_column(String(16), server_default="")
     """A digest of ``response`` (rlhf_loop.preferences.pairs.text_key): ranks tied pairs without reading the text."""
+    comparison_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The comparison group (one side-by-side call and its regenerations); None for version 1 events."""
     adapter_id: Mapped[str] = mapped_column(String(64), index=True)
     base_model: Mapped[str] = mapped_column(String(512))
     sampling: Mapped[dict[str, Any]] = mapped_column(Json)
@@ -115,10 +119,29 @@ class Feedback(Base):
     ingested_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
 
+class ComparisonChoice(Base):
+    """One user's current choice in one comparison (from ChoiceMade); a later one replaces an earlier one."""
+
+    __tablename__ = "comparison_choices"
+    __table_args__ = (UniqueConstraint("comparison_id", "user_ref"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    comparison_id: Mapped[str] = mapped_column(String(64))
+    prompt_hash: Mapped[str] = mapped_column(String(32), index=True)
+    user_ref: Mapped[str] = mapped_column(String(64), index=True)
+    chosen_response_id: Mapped[str] = mapped_column(String(64))
+    candidate_response_ids: Mapped[list[str]] = mapped_column(Json)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    ingested_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
 class PreferencePair(Base):
     """(chosen, rejected) responses of one prompt group; ``pair_key`` makes re-derivation idempotent."""
 
     __tablename__ = "preference_pairs"
+    __table_args__ = (CheckConstraint(_in("source", PAIR_SOURCES), name="source"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     pair_key: Mapped[str] = mapped_column(String(64), unique=True)
@@ -127,6 +150,8 @@ class PreferencePair(Base):
     rejected_response_id: Mapped[str] = mapped_column(String(64))
     weight: Mapped[float] = mapped_column(Float)
     margin: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16), server_default="prompt_group")
+    """Which rule made it: one of PAIR_SOURCES."""
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 

@@ -6,9 +6,9 @@ import json
 
 from pydantic import ValidationError
 
-from schemas.events import EVENT_TYPES, SCHEMA_VERSION, Event
+from schemas.events import EVENT_TYPES, SCHEMA_VERSIONS, Event
 
-KNOWN_VERSIONS: frozenset[int] = frozenset({SCHEMA_VERSION})
+KNOWN_VERSIONS: frozenset[int] = frozenset(SCHEMA_VERSIONS)
 
 
 class InvalidEvent(ValueError):

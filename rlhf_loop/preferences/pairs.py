@@ -10,6 +10,8 @@ Rules (DESIGN.md, "Preference pairs"):
    (``Vote.text_key``), then by (chosen, rejected) id. Response ids are random, so ranking ties by text
    is what makes the kept pairs' content depend only on the ratings and the responses.
 Labels that end up in no pair are still returned (for KTO-style training).
+These are the ``prompt_group`` pairs; ``comparisons.py`` adds the pairs of comparison groups and
+explicit choices and merges the three.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Vote:
     created_at: datetime
     text_key: str = ""
     """A digest of the response text (``text_key()``); ranks ties among pairs (rule 5)."""
+    comparison_id: str | None = None
+    """The response's comparison group (``comparisons.py``); None: in none."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Pair:
     rejected_response_id: str
     weight: float
     margin: int
+    source: str = "prompt_group"
+    """Which rule made it: "prompt_group" (here), "comparison" or "choice" (``comparisons.py``)."""
 
 
 @dataclass(frozen=True)

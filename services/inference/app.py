@@ -20,7 +20,7 @@ from rlhf_loop.metrics import REQUEST_DURATION, REQUESTS
 from rlhf_loop.settings import Settings
 from services.inference.body_limit import BodySizeLimit
 from services.inference.errors import install_error_handlers
-from services.inference.routes import approval_page, feedback, generate, health, promotions
+from services.inference.routes import approval_page, choice, feedback, generate, health, promotions
 
 if TYPE_CHECKING:
     from services.inference.context import ApiContext
@@ -86,7 +86,7 @@ def create_app(settings: Settings, context: ApiContext | None = None) -> FastAPI
         "review, approve, deploy and roll back adapters (approver keys).",
     )
     install_error_handlers(app)
-    for module in (generate, feedback, health, promotions, approval_page):
+    for module in (generate, feedback, choice, health, promotions, approval_page):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics)

@@ -10,8 +10,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from schemas.http import ErrorBody
 from services.inference.auth import AuthError
 from services.inference.body_limit import BodyTooLarge
+from services.inference.comparisons import ComparisonRefused
 from services.inference.engines.batching import BatcherStopped
-from services.inference.tokens import TokenExpired, TokenInvalid
+from services.inference.tokens import ComparisonTokenExpired, ComparisonTokenInvalid, TokenExpired, TokenInvalid
 from services.promotion.registry import PromotionError
 
 
@@ -60,6 +61,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TokenExpired)
     async def _token_expired(_: Request, exc: TokenExpired) -> JSONResponse:
         return error_response(403, "expired_feedback_token", str(exc))
+
+    @app.exception_handler(ComparisonTokenInvalid)  # a TokenInvalid: the most specific handler wins
+    async def _comparison_invalid(_: Request, exc: ComparisonTokenInvalid) -> JSONResponse:
+        return error_response(401, "invalid_comparison_token", str(exc))
+
+    @app.exception_handler(ComparisonTokenExpired)
+    async def _comparison_expired(_: Request, exc: ComparisonTokenExpired) -> JSONResponse:
+        return error_response(403, "expired_comparison_token", str(exc))
+
+    @app.exception_handler(ComparisonRefused)
+    async def _comparison_refused(_: Request, exc: ComparisonRefused) -> JSONResponse:
+        return error_response(exc.status, exc.code, str(exc))
 
     @app.exception_handler(RateLimited)
     async def _limited(_: Request, exc: RateLimited) -> JSONResponse:

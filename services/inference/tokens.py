@@ -6,6 +6,11 @@ rotate (sign with the current key, verify with current and previous ones). Forma
 ``<kid>.<payload, base64url JSON>.<signature, base64url>``. Verification compares in constant time.
 Each signature has one spelling (unpadded base64url of the 32-byte HMAC): verification compares the
 token's signature text with that spelling of the expected HMAC, so no other spelling is accepted.
+
+A comparison token binds one comparison group to one user: ``comparison_id``, ``prompt_hash``,
+``user_ref``, every ``response_id`` in the group and an expiry, signed the same way under the same
+keys. Its format, ``c.<kid>.<payload>.<signature>`` (the signature covers ``c.<kid>.<payload>``),
+cannot be mistaken for a feedback token's, so neither kind verifies as the other.
 """
 
 from __future__ import annotations
@@ -31,11 +36,30 @@ class TokenExpired(ValueError):
     """A genuine token past its expiry (HTTP 403)."""
 
 
+class ComparisonTokenInvalid(TokenInvalid):
+    """A malformed, forged or altered comparison token (HTTP 401)."""
+
+
+class ComparisonTokenExpired(TokenExpired):
+    """A genuine comparison token past its expiry (HTTP 403)."""
+
+
 class FeedbackClaims(NamedTuple):  # a tuple: built for every rating, cheaper than a frozen dataclass
     response_id: str
     prompt_hash: str
     adapter_id: str
     user_ref: str
+    exp: int
+    """Unix time after which the token is refused."""
+
+
+class ComparisonClaims(NamedTuple):
+    comparison_id: str
+    prompt_hash: str
+    """The group's prompt (what the model saw, context included)."""
+    user_ref: str
+    response_ids: tuple[str, ...]
+    """Every response of the group when the token was issued, oldest first."""
     exp: int
     """Unix time after which the token is refused."""
 
@@ -107,4 +131,37 @@ def verify(keys: TokenKeys, token: str, now: float | None = None) -> FeedbackCla
         raise TokenInvalid("malformed payload") from e
     if (time.time() if now is None else now) >= claims.exp:
         raise TokenExpired("token expired")
+    return claims
+
+
+COMPARISON_PREFIX = "c"
+
+
+def issue_comparison(keys: TokenKeys, claims: ComparisonClaims) -> str:
+    """A comparison token for ``claims`` signed with the current key."""
+    body = json.dumps(claims._asdict(), separators=(",", ":"), sort_keys=True).encode()
+    signed = f"{COMPARISON_PREFIX}.{keys.current_kid}.{_b64(body)}"
+    return f"{signed}.{_sign(keys.macs[keys.current_kid], signed).decode()}"
+
+
+def verify_comparison(keys: TokenKeys, token: str, now: float | None = None) -> ComparisonClaims:
+    """The claims of a genuine, unexpired comparison token. Raises TokenInvalid or TokenExpired.
+    Like ``verify``: signature first (constant-time compare), then the payload."""
+    signed, _, signature = token.rpartition(".")
+    prefix, _, rest = signed.partition(".")
+    kid, dot, payload = rest.partition(".")
+    if prefix != COMPARISON_PREFIX or not dot or "." in payload or not token.isascii():
+        raise ComparisonTokenInvalid("malformed comparison token")
+    mac = keys.macs.get(kid)
+    if mac is None:
+        raise ComparisonTokenInvalid("unknown key id")
+    if not hmac.compare_digest(_sign(mac, signed), signature.encode()):
+        raise ComparisonTokenInvalid("bad signature")
+    try:
+        fields = from_json(_unb64(payload))
+        claims = ComparisonClaims(**{**fields, "response_ids": tuple(fields["response_ids"])})
+    except (binascii.Error, ValueError, TypeError, KeyError) as e:
+        raise ComparisonTokenInvalid("malformed payload") from e
+    if (time.time() if now is None else now) >= claims.exp:
+        raise ComparisonTokenExpired("token expired")
     return claims

@@ -35,7 +35,12 @@ def fuzz_api(
 def test_no_input_causes_a_server_error(fuzz_api: Api) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzz_api.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/generate", "/v1/feedback", "/v1/feedback/batch"}
+    assert {op.path for op in operations} >= {
+        "/v1/generate",
+        "/v1/feedback",
+        "/v1/feedback/batch",
+        "/v1/feedback/choice",
+    }
     for operation in operations:
 
         @given(case=operation.as_strategy())

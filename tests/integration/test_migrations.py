@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from rlhf_loop.db import downgrade, make_engine, make_sessionmaker, upgrade
 from rlhf_loop.preferences.pairs import text_key
 from rlhf_loop.settings import DatabaseSettings
-from schemas.tables import Base, Feedback, Response
+from schemas.tables import Base, ComparisonChoice, Feedback, PreferencePair, Response
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,7 @@ TABLES = {
     "deployment_pointers",
     "promotion_audit",
     "api_keys",
+    "comparison_choices",
 }
 
 
@@ -112,4 +113,37 @@ def test_constraints_make_writes_idempotent(db_url: str) -> None:
         s.add(Feedback(event_id=uuid.uuid4(), **row))
     with pytest.raises(IntegrityError), sessions.begin() as s:  # rating outside {1, -1}
         s.add(Feedback(event_id=uuid.uuid4(), **{**row, "user_ref": "u2", "rating": 3}))
+    engine.dispose()
+
+
+def test_pairs_stored_before_0004_came_from_their_prompt_group(db_url: str) -> None:
+    upgrade(db_url, "0003")
+    engine = make_engine(DatabaseSettings(url=db_url))
+    pair = dict(pair_key="k1", prompt_hash="0" * 32, chosen_response_id="a", rejected_response_id="b", weight=1.0)
+    with engine.begin() as conn:  # the columns of 0003 only
+        conn.execute(sa.insert(PreferencePair.__table__), [{**pair, "margin": 1}])
+    upgrade(db_url)
+    with make_sessionmaker(engine)() as session:
+        assert session.scalars(sa.select(PreferencePair.source)).all() == ["prompt_group"]
+    with pytest.raises(IntegrityError), make_sessionmaker(engine).begin() as session:
+        session.add(PreferencePair(**{**pair, "pair_key": "k2", "margin": 1, "source": "hearsay"}))
+    engine.dispose()
+
+
+def test_one_choice_per_user_and_comparison(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(DatabaseSettings(url=db_url))
+    sessions = make_sessionmaker(engine)
+    row = dict(
+        comparison_id="c1",
+        prompt_hash="0" * 32,
+        user_ref="u1",
+        chosen_response_id="a",
+        candidate_response_ids=["a", "b"],
+        created_at=datetime.now(UTC),
+    )
+    with sessions.begin() as s:
+        s.add(ComparisonChoice(event_id=uuid.uuid4(), **row))
+    with pytest.raises(IntegrityError), sessions.begin() as s:
+        s.add(ComparisonChoice(event_id=uuid.uuid4(), **{**row, "chosen_response_id": "b"}))
     engine.dispose()

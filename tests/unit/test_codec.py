@@ -7,7 +7,16 @@ import json
 import pytest
 
 from rlhf_loop.bus.codec import InvalidEvent, decode, encode
-from schemas.events import DeadLetter, FeedbackGiven, ResponseLogged, SamplingParams, Topics, prompt_hash
+from schemas.events import (
+    SCHEMA_VERSION,
+    ChoiceMade,
+    DeadLetter,
+    FeedbackGiven,
+    ResponseLogged,
+    SamplingParams,
+    Topics,
+    prompt_hash,
+)
 
 FEEDBACK = FeedbackGiven(
     response_id="r1", prompt_hash=prompt_hash("p"), adapter_id="base", user_ref="u1", rating=-1, comment="too long"
@@ -27,18 +36,30 @@ RESPONSE = ResponseLogged(
     completion_tokens=4,
     latency_ms=12.5,
 )
+CHOICE = ChoiceMade(
+    comparison_id="c1",
+    prompt_hash=prompt_hash("p"),
+    user_ref="u1",
+    chosen_response_id="r2",
+    candidate_response_ids=("r1", "r2"),
+)
 LETTER = DeadLetter(source_topic=Topics.FEEDBACK, partition=2, offset=41, key=None, reason="not JSON", payload="\ufffd")
 
 
 @pytest.mark.parametrize(
-    ("topic", "event"), [(Topics.FEEDBACK, FEEDBACK), (Topics.RESPONSES, RESPONSE), (Topics.DEADLETTER, LETTER)]
+    ("topic", "event"),
+    [(Topics.FEEDBACK, FEEDBACK), (Topics.RESPONSES, RESPONSE), (Topics.CHOICES, CHOICE), (Topics.DEADLETTER, LETTER)],
 )
 def test_round_trip(topic: str, event: object) -> None:
     data = encode(event)  # type: ignore[arg-type]
     assert isinstance(data, bytes)
     assert data == event.model_dump_json().encode()  # type: ignore[attr-defined]
     assert decode(topic, data) == event
-    assert json.loads(data)["schema_version"] == 1
+    assert json.loads(data)["schema_version"] == SCHEMA_VERSION == 2
+
+
+def test_version_1_events_still_decode() -> None:
+    assert decode(Topics.FEEDBACK, mutated(schema_version=1)) == FEEDBACK.model_copy(update={"schema_version": 1})
 
 
 def mutated(**changes: object) -> bytes:
@@ -56,7 +77,7 @@ def mutated(**changes: object) -> bytes:
         (None, "tombstone"),
         (b"[1, 2]", "expected a JSON object, got list"),
         (b'"a string"', "expected a JSON object, got str"),
-        (mutated(schema_version=2), "unknown schema_version 2"),
+        (mutated(schema_version=3), "unknown schema_version 3"),
         (mutated(schema_version="1"), "unknown schema_version '1'"),
         (mutated(schema_version=None), "unknown schema_version None"),
         (json.dumps({"rating": 1}).encode(), "unknown schema_version None"),

@@ -10,7 +10,8 @@ from workers.aggregator.store import delete_user_data
 
 
 def forget_user(sessions: sessionmaker[Session], user_ref: str, rules: PairRules) -> int:
-    """Delete ``user_ref``'s ratings and responses; returns how many prompt groups were re-derived."""
+    """Delete ``user_ref``'s ratings, choices and responses (with them their comparison groups); returns
+    how many prompt groups were re-derived."""
     with sessions.begin() as session:
         groups = delete_user_data(session, user_ref)
         rederive(session, groups, rules)

@@ -1,5 +1,6 @@
-"""The aggregator's composer: one consumed batch -> store responses and feedback -> re-derive the
-pairs of every prompt group the batch touched, all in one DB transaction. The consumer commits
+"""The aggregator's composer: one consumed batch -> store responses, feedback and choices -> re-derive
+the pairs of every prompt group the batch touched (prompt-group, comparison and choice pairs: a
+comparison group lies within one prompt group), all in one DB transaction. The consumer commits
 the batch's offsets only after this returns (so after the DB commit).
 
 Redelivered events are harmless: the Redis dedup check skips work for events already stored, and
@@ -29,13 +30,16 @@ from rlhf_loop.metrics import (
     ORPHAN_FEEDBACK_DROPPED,
     PAIRS_BUILT,
 )
-from rlhf_loop.preferences.pairs import PairRules, build_pairs
-from schemas.events import FeedbackGiven, ResponseLogged
+from rlhf_loop.preferences.comparisons import group_pairs
+from rlhf_loop.preferences.pairs import PairRules
+from schemas.events import ChoiceMade, FeedbackGiven, ResponseLogged
 from workers.aggregator.hot_state import HotState
 from workers.aggregator.store import (
+    choices_by_group,
     insert_responses,
     orphan_feedback,
     replace_pairs,
+    upsert_choices,
     upsert_feedback,
     votes_by_group,
 )
@@ -48,7 +52,8 @@ REFUSED_DATA = (DataError, IntegrityError)
 def rederive(session: Session, prompt_hashes: Iterable[str], rules: PairRules) -> int:
     """Recompute and store the pairs of these prompt groups; returns how many pairs are new."""
     groups = votes_by_group(session, prompt_hashes)
-    pairs = [p for group, votes in groups.items() for p in build_pairs(group, votes, rules)[0]]
+    choices = choices_by_group(session, groups)
+    pairs = [p for group, votes in groups.items() for p in group_pairs(group, votes, choices[group], rules)[0]]
     return replace_pairs(session, groups, pairs)
 
 
@@ -78,12 +83,14 @@ class AggregatorHandler:
         stored = [r.event for r in fresh if id(r) not in gone]
         responses = [e for e in stored if isinstance(e, ResponseLogged)]
         feedback = [e for e in stored if isinstance(e, FeedbackGiven)]
+        choices = [e for e in stored if isinstance(e, ChoiceMade)]
         if self._hot:
             self._hot.mark_stored(stored)
             self._hot.count(feedback)
             self._hot.rates()
         AGGREGATED_EVENTS.labels("response").inc(len(responses))
         AGGREGATED_EVENTS.labels("feedback").inc(len(feedback))
+        AGGREGATED_EVENTS.labels("choice").inc(len(choices))
         AGGREGATE_BATCH_SECONDS.observe(time.perf_counter() - started)
         if time.monotonic() - self._last_housekeeping >= self._housekeeping_s:
             self.housekeeping()
@@ -94,11 +101,14 @@ class AggregatorHandler:
         refuses the data, split (see the module docstring). Returns the refused records."""
         responses = [r.event for r in records if isinstance(r.event, ResponseLogged)]
         feedback = [r.event for r in records if isinstance(r.event, FeedbackGiven)]
+        choices = [r.event for r in records if isinstance(r.event, ChoiceMade)]
         try:
             with self._sessions.begin() as session:
                 insert_responses(session, responses)
                 upsert_feedback(session, feedback)
-                new_pairs = rederive(session, {e.prompt_hash for e in [*responses, *feedback]}, self._rules)
+                upsert_choices(session, choices)
+                touched = {e.prompt_hash for e in [*responses, *feedback, *choices]}
+                new_pairs = rederive(session, touched, self._rules)
         except REFUSED_DATA as e:
             if len(records) > 1:
                 half = len(records) // 2
@@ -107,7 +117,13 @@ class AggregatorHandler:
             log.error("%s[%d]@%d: %s", records[0].topic, records[0].partition, records[0].offset, reason)
             return [Refused(records[0], reason)]
         PAIRS_BUILT.inc(new_pairs)
-        log.info("stored %d responses, %d ratings; %d new pairs", len(responses), len(feedback), new_pairs)
+        log.info(
+            "stored %d responses, %d ratings, %d choices; %d new pairs",
+            len(responses),
+            len(feedback),
+            len(choices),
+            new_pairs,
+        )
         return []
 
     def housekeeping(self) -> None:

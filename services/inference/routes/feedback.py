@@ -55,7 +55,7 @@ AUTH_HEADER = {
 """The header these routes read themselves, documented as the other /v1 routes document it."""
 
 
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI entry of a body a route parses itself: the header plus the model's schema, its
     ``$defs`` written in place (the document has no ``$defs`` for a ``$ref`` to point to)."""
     schema = model.model_json_schema()
@@ -71,7 +71,7 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {**AUTH_HEADER, "requestBody": {"required": True, "content": content}}
 
 
-RATING_BODY, BATCH_BODY = _json_body(Body), _json_body(FeedbackBatchRequest)
+RATING_BODY, BATCH_BODY = json_body(Body), json_body(FeedbackBatchRequest)
 
 
 async def _app_key_context(request: Request) -> ApiContext:
@@ -81,7 +81,7 @@ async def _app_key_context(request: Request) -> ApiContext:
     return ctx
 
 
-async def _authorized_body(request: Request, model: type[M]) -> tuple[ApiContext, M]:
+async def authorized_body(request: Request, model: type[M]) -> tuple[ApiContext, M]:
     """The context and the validated body of an app-key request; AuthError (401/403) before any
     parsing, then RequestValidationError (422, naming the field) for a body that is not a ``model``."""
     ctx = await _app_key_context(request)
@@ -139,7 +139,7 @@ def _event_ids(n: int) -> list[str]:
 async def feedback(request: Request) -> FeedbackAccepted:
     """Record one end user's thumbs-up/down on the response the token was issued for.
     Forged or altered tokens get 401, expired ones 403. Accepted means durably logged."""
-    ctx, body = await _authorized_body(request, Body)
+    ctx, body = await authorized_body(request, Body)
     claims = verify(ctx.token_keys, body.feedback_token)
     decision = await ctx.limiter.check("feedback", claims.user_ref)
     if not decision.allowed:
@@ -155,7 +155,7 @@ async def feedback_batch(request: Request) -> Response:
     """Up to 500 ratings in one call, each judged on its own: the result lists, per item, its event id
     or the reason it was rejected (invalid_feedback_token, expired_feedback_token, rate_limited).
     Accepted items are logged in item order; the users' rate limits are counted in one round trip."""
-    ctx, body = await _authorized_body(request, FeedbackBatchRequest)
+    ctx, body = await authorized_body(request, FeedbackBatchRequest)
     verified: list[FeedbackClaims | str] = []
     for item in body.items:
         try:
