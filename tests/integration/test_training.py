@@ -36,7 +36,7 @@ def dataset(demo_model_dir: Path) -> Dataset:
     model, tokenizer = load_base(demo_model_dir)
     sim = Simulator(7)
     pairs = simulated_pairs(sim, model, tokenizer, distinct_prompts(sim, 200, seed=0), per_prompt=4, raters=5)
-    return make_dataset(pairs, None, CFG.heldout_fraction, CFG.min_pairs)
+    return make_dataset(pairs, None, CFG.heldout_fraction, CFG.min_examples)
 
 
 @pytest.fixture(scope="module")
