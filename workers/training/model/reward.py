@@ -39,9 +39,6 @@ EVAL_BATCH = 64
 class RewardResult:
     heldout_accuracy: float | None
     """Share of held-out pairs the model orders correctly (ties count as wrong); None without held-out pairs."""
-    heldout_thumbs_auc: float | None
-    """ROC-AUC of the scores of held-out rated responses for thumbs up vs down (ties count half); None without
-    both kinds of rating held out."""
     train_loss: float
     """Mean loss (Bradley-Terry and logistic terms together) over the last epoch."""
     score_mean: float
@@ -49,6 +46,9 @@ class RewardResult:
     """Of the scores of every training response: PPO normalizes rewards with them."""
     pairs_per_s: float
     seconds: float
+    heldout_thumbs_auc: float | None = None
+    """ROC-AUC of the scores of held-out rated responses for thumbs up vs down (ties count half); None without
+    both kinds of rating held out."""
     train_pairs: int = 0
     train_examples: int = 0
     """Pairs and labelled examples the model trained on."""
