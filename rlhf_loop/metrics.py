@@ -122,7 +122,7 @@ TRAINING_LAST_SUCCESS = Gauge(
 )  # workers/training/pipeline.py
 TRAINING_LOSS = Gauge(
     "rlhf_training_loss",
-    "Latest training loss by stage (reward: Bradley-Terry; ppo: clipped policy loss).",
+    "Latest training loss by stage (reward: Bradley-Terry on pairs plus logistic on thumbs; ppo: clipped policy loss).",
     ["stage"],
     multiprocess_mode="mostrecent",
 )  # workers/training/pipeline.py
