@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(made_here, ignore_errors=True)
     parameters = build_model(model_dir, args.shape)
     n_prompts, cfg = workload(args.quick, args.shape)
-    dataset = make_dataset(corpus_pairs(n_prompts), None, cfg.heldout_fraction, cfg.min_pairs, cfg.reward.seed)
+    dataset = make_dataset(corpus_pairs(n_prompts), None, cfg.heldout_fraction, cfg.min_examples, cfg.reward.seed)
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

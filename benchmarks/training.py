@@ -111,7 +111,7 @@ def stage_data(work: Path, s: dict) -> dict:
     sim = Simulator(7)
     prompts = distinct_prompts(sim, data["prompts"], hp["seed"])
     pairs = simulated_pairs(sim, model, tokenizer, prompts, data["per_prompt"], data["raters"], hp["seed"])
-    ds = make_dataset(pairs, None, cfg.heldout_fraction, cfg.min_pairs, cfg.reward.seed)
+    ds = make_dataset(pairs, None, cfg.heldout_fraction, cfg.min_examples, cfg.reward.seed)
     write_pairs(work / "pairs.jsonl", ds.train)
     write_pairs(work / "heldout.jsonl", ds.heldout)
     # Evaluation: held-out prompts first, then catalogue prompts never drawn; none of them is a PPO prompt.

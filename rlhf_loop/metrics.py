@@ -122,7 +122,7 @@ TRAINING_LAST_SUCCESS = Gauge(
 )  # workers/training/pipeline.py
 TRAINING_LOSS = Gauge(
     "rlhf_training_loss",
-    "Latest training loss by stage (reward: Bradley-Terry; ppo: clipped policy loss).",
+    "Latest training loss by stage (reward: Bradley-Terry on pairs plus logistic on thumbs; ppo: clipped policy loss).",
     ["stage"],
     multiprocess_mode="mostrecent",
 )  # workers/training/pipeline.py
@@ -146,6 +146,23 @@ REWARD_MODEL_ACCURACY = Gauge(
     "Held-out pair accuracy of the latest reward model.",
     multiprocess_mode="mostrecent",
 )  # workers/training/pipeline.py
+REWARD_MODEL_THUMBS_AUC = Gauge(
+    "rlhf_reward_model_heldout_thumbs_auc_ratio",
+    "Held-out thumbs ROC-AUC (thumbs up vs down) of the latest reward model; NaN without both kinds held out.",
+    multiprocess_mode="mostrecent",
+)  # workers/training/pipeline.py
+TRAINING_EXAMPLES = Gauge(
+    "rlhf_training_examples",
+    "Training examples in the latest dataset snapshot, by kind (pairs; thumbs: rated responses), held-out included.",
+    ["kind"],
+    multiprocess_mode="mostrecent",
+)  # workers/training/pipeline.py
+TRAINING_RATINGS_USED = Gauge(
+    "rlhf_training_ratings_used_ratio",
+    "Share of the stored ratings that reached the latest dataset snapshot; NaN without ratings.",
+    multiprocess_mode="mostrecent",
+)  # workers/training/pipeline.py
+TRAINING_EXAMPLE_KINDS = ("pairs", "thumbs")
 # --- promotion (services/promotion) and adapter serving (services/inference) ------------------
 PROMOTION_TRANSITIONS = Counter(
     "rlhf_promotion_transitions_total", "Registry state changes of adapters, by the state entered.", ["to_state"]
@@ -186,6 +203,8 @@ for _stage in TRAINING_STAGES:
     TRAINING_STAGE_SECONDS.labels(_stage)
 for _outcome in ("succeeded", "failed"):
     TRAINING_RUNS.labels(_outcome)
+for _kind in TRAINING_EXAMPLE_KINDS:
+    TRAINING_EXAMPLES.labels(_kind)
 for _trigger in ("auto", "manual"):
     ROLLBACKS.labels(_trigger)
 for _result in ("ok", "failed"):

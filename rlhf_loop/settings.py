@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_TOKEN_SECRET = "demo-secret-change-me"
@@ -158,10 +158,11 @@ class RuntimeSettings(_Group):
 class TrainingSettings(_Group):
     """Retraining: Celery workers on the gpu queue, the automatic trigger, hyperparameter overrides."""
 
-    min_new_pairs: int = Field(200, ge=1)
-    """A retrain starts by itself once this many preference pairs are newer than the last dataset snapshot."""
+    min_new_examples: int = Field(200, ge=1, validation_alias=AliasChoices("min_new_examples", "min_new_pairs"))
+    """A retrain starts by itself once this many training examples (preference pairs plus ratings) are newer than
+    the last dataset snapshot. The former name RLHF_TRAINING__MIN_NEW_PAIRS is still read."""
     check_interval_s: float = Field(60.0, gt=0)
-    """How often Celery beat checks for enough new pairs."""
+    """How often Celery beat checks for enough new training examples."""
     hyperparameters: dict[str, Any] = {}
     """Overrides of the training hyperparameters as nested JSON, e.g. {"ppo": {"episodes": 1024}}."""
     lease_s: float = Field(120.0, ge=1)

@@ -14,14 +14,19 @@ from rlhf_loop.cli.options import load_settings
 def train(
     inline: Annotated[bool, typer.Option(help="Run here with progress bars, not on a worker.")] = False,
     pairs: Annotated[Path | None, typer.Option(help="Train on this pairs JSONL file instead of the database.")] = None,
-    prompts: Annotated[Path | None, typer.Option(help="PPO prompts JSONL (default: the pairs' prompts).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Work/output dir (with --pairs); a rerun resumes.")] = None,
+    examples: Annotated[
+        Path | None, typer.Option(help="Train on this thumbs (labelled examples) JSONL file too, or instead.")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="PPO prompts JSONL (default: the pairs' and examples' prompts).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Work/output dir (training on files); a rerun resumes.")] = None,
     base_model: Annotated[str | None, typer.Option(help="Hugging Face causal-LM path.")] = None,
     episodes: Annotated[int | None, typer.Option(help="PPO rollouts (overrides the hyperparameters).")] = None,
     config: Annotated[str | None, typer.Option(help='Overrides as JSON: {"ppo": {"lr": 5e-4}}.')] = None,
 ) -> None:
     """Retrain the reward model and the policy adapter (PPO): enqueue a run on the gpu queue, run it --inline,
-    or train on files (--pairs, --out) outside the service."""
+    or train on files (--pairs and/or --examples, --out) outside the service."""
     import json
 
     from rlhf_loop.preferences.dataset import DatasetError
@@ -37,20 +42,23 @@ def train(
         overrides = {**overrides, "ppo": {**overrides.get("ppo", {}), "episodes": episodes}}
     try:
         cfg = run_config(settings, **overrides)
-        if pairs is not None:
+        if pairs is not None or examples is not None:
             if not inline or out is None:
-                raise click.UsageError("--pairs trains on files: give --inline and --out too")
+                raise click.UsageError("--pairs/--examples train on files: give --inline and --out too")
             from rlhf_loop.models.loading import resolve_base_model
             from workers.training.model.trainer import train_files
             from workers.training.progress import StageBars
 
             base = base_model or resolve_base_model(settings.model)
             with StageBars.make_progress() as bars:
-                result = train_files(base, pairs, prompts, out, cfg, settings.model.device, StageBars(bars))
-            ev = result.metrics["evaluation"]
+                result = train_files(
+                    base, pairs, prompts, out, cfg, settings.model.device, StageBars(bars), examples=examples
+                )
+            ev, rm = result.metrics["evaluation"], result.metrics["reward"]
             typer.echo(
                 f"adapter: {result.adapter_dir} (sha256 {result.adapter_sha256[:12]})\n"
-                f"reward-model held-out accuracy {ev['heldout_pair_accuracy']:.3f}; mean reward "
+                f"reward model ({rm['mode']}): held-out pair accuracy {_figure(ev['heldout_pair_accuracy'])}, "
+                f"thumbs AUC {_figure(rm['heldout_thumbs_auc'])}; mean reward "
                 f"{ev['base_mean_reward']:+.3f} (base) -> {ev['mean_reward']:+.3f}; KL vs base "
                 f"{ev['kl_vs_base']:.2f} nats; details in {out / 'evaluation.json'}"
             )
@@ -66,6 +74,10 @@ def train(
         raise click.ClickException(f"run {run_id} failed; see `rlhf-loop runs {run_id}`")
     else:
         typer.echo(f"run {run_id} registered candidate adapter {adapter_id}")
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def worker(

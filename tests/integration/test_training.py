@@ -36,7 +36,7 @@ def dataset(demo_model_dir: Path) -> Dataset:
     model, tokenizer = load_base(demo_model_dir)
     sim = Simulator(7)
     pairs = simulated_pairs(sim, model, tokenizer, distinct_prompts(sim, 200, seed=0), per_prompt=4, raters=5)
-    return make_dataset(pairs, None, CFG.heldout_fraction, CFG.min_pairs)
+    return make_dataset(pairs, None, CFG.heldout_fraction, CFG.min_examples)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_a_parent_adapter_of_another_base_model_is_refused(demo_model_dir: Path,
 def test_last_hidden_matches_the_full_forward_pass_for_each_role(demo_model_dir: Path) -> None:
     """The trunk-only pass the reward model uses gives the full model's last hidden states, for the
     active adapter, with adapters disabled, and (through the full model) for another adapter."""
-    from workers.training.model.roles import POLICY, REWARD, last_hidden, pack, run
+    from workers.training.model.roles import POLICY, REWARD, forward, last_hidden, pack
     from workers.training.model.trainer import build_model, lora_config
 
     cfg = TrainConfig()
@@ -162,7 +162,7 @@ def test_last_hidden_matches_the_full_forward_pass_for_each_role(demo_model_dir:
     with torch.no_grad():
         for active, role in [(REWARD, REWARD), (REWARD, None), (POLICY, REWARD), (POLICY, POLICY)]:
             model.set_adapter(active)
-            expected = run(model, packed, role)[1]
+            expected = forward(model, packed, role)[1]
             assert torch.allclose(last_hidden(model, packed, role), expected, atol=1e-5), (active, role)
         assert not torch.allclose(last_hidden(model, packed, REWARD), last_hidden(model, packed, POLICY))
 

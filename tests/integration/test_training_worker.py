@@ -1,7 +1,8 @@
 """Training as the service runs it: a real Celery worker (``rlhf-loop worker --beat``) on Redis and
-PostgreSQL notices enough new pairs, snapshots them, trains, and registers a candidate adapter; its
-pool process killed with SIGKILL mid-PPO, the task is redelivered and resumes from the checkpoint;
-a run that cannot train fails with a clear error and registers nothing."""
+PostgreSQL notices enough new training examples (here pairs, with the setting's former name), snapshots
+them, trains, and registers a candidate adapter; its pool process killed with SIGKILL mid-PPO, the task is
+redelivered and resumes from the checkpoint; a run that cannot train fails with a clear error and
+registers nothing."""
 
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def test_new_pairs_start_a_run_that_survives_sigkill_and_registers_a_candidate(
 
     run = worker.wait_run(lambda r: r.id == in_ppo.id and r.status in ("succeeded", "failed"))
     assert run.status == "succeeded", run.error
-    assert run.attempts == 2 and run.metrics["reason"].endswith("new pairs")
+    assert run.attempts == 2 and run.metrics["reason"].endswith("new training examples")
     history = json.loads((Path(worker.settings.artifacts_dir) / "runs" / run.id / "ppo_history.json").read_text())
     assert [h["step"] for h in history] == list(range(HYPER["ppo"]["episodes"] // 32)), "each step exactly once"
 
@@ -130,9 +131,9 @@ def test_new_pairs_start_a_run_that_survives_sigkill_and_registers_a_candidate(
 
 def test_a_run_that_cannot_train_fails_with_a_clear_error_and_registers_nothing(worker: Worker) -> None:
     with worker.sessions.begin() as session:
-        run_id = create_run(session, run_config(worker.settings, min_pairs=100_000), reason="test")
+        run_id = create_run(session, run_config(worker.settings, min_examples=100_000), reason="test")
     make_celery(worker.settings).send_task(RETRAIN, args=[run_id])
     run = worker.wait_run(lambda r: r.id == run_id and r.status in ("succeeded", "failed"), timeout_s=60)
-    assert run.status == "failed" and "NotEnoughPairs" in run.error and "at least 100000" in run.error
+    assert run.status == "failed" and "NotEnoughData" in run.error and "at least 100000" in run.error
     with worker.sessions() as session:
         assert session.scalars(select(Adapter).where(Adapter.run_id == run_id)).first() is None

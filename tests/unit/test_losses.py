@@ -14,7 +14,10 @@ from workers.training.model.losses import (
     kl_rewards,
     masked_mean,
     masked_whiten,
+    pointwise_loss,
     policy_loss,
+    reward_loss,
+    roc_auc,
     token_logprobs,
     value_loss,
 )
@@ -71,6 +74,50 @@ def test_bradley_terry_loss() -> None:
     assert weighted == pytest.approx((3 * math.log1p(math.exp(-2)) + math.log(2)) / 4)
 
 
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_pointwise_loss_pushes_thumbs_up_up_and_thumbs_down_down() -> None:
+    assert pointwise_loss(T([0.0]), T([1.0]), T([1.0])).item() == pytest.approx(math.log(2))
+    loss = pointwise_loss(T([2.0, 2.0]), T([1.0, -1.0]), T([1.0, 3.0])).item()
+    assert loss == pytest.approx((softplus(-2) + 3 * softplus(2)) / 4)
+
+
+def test_mixed_reward_loss_and_its_gradients_on_a_tiny_case() -> None:
+    chosen, rejected = T([1.0], requires_grad=True), T([0.0], requires_grad=True)
+    scores = T([0.5, -1.0], requires_grad=True)
+    loss = reward_loss(chosen, rejected, T([2.0]), scores, T([1.0, -1.0]), bt_weight=1.0, pointwise_weight=0.5)
+    # a pair weighs 1.0 * 2.0, each example 0.5: total weight 3
+    assert loss.item() == pytest.approx((2 * softplus(-1) + 0.5 * softplus(-0.5) + 0.5 * softplus(-1)) / 3)
+    loss.backward()
+    assert chosen.grad.item() == pytest.approx(-2 * sigmoid(-1) / 3)
+    assert rejected.grad.item() == pytest.approx(2 * sigmoid(-1) / 3)
+    assert scores.grad.tolist() == pytest.approx([-0.5 * sigmoid(-0.5) / 3, 0.5 * sigmoid(-1) / 3])
+
+
+def test_mixed_reward_loss_is_either_loss_alone_when_the_other_side_is_empty() -> None:
+    c, r, w, none = T([2.0, 0.0]), T([0.0, 1.0]), T([3.0, 1.0]), T([])
+    assert reward_loss(c, r, w, none, none, 0.7, 5.0).item() == pytest.approx(bradley_terry_loss(c, r, w).item())
+    s, y = T([0.3, -2.0, 1.0]), T([1.0, 1.0, -1.0])
+    assert reward_loss(none, none, none, s, y, 5.0, 0.7).item() == pytest.approx(
+        pointwise_loss(s, y, torch.ones(3)).item()
+    )
+
+
+def test_roc_auc_against_a_hand_computed_case_with_ties() -> None:
+    # positives 0.9, 0.4; negatives 0.4, 0.1: 0.9 beats both, 0.4 ties 0.4 (half) and beats 0.1 -> 3.5 / 4
+    assert roc_auc(T([0.9, 0.4, 0.4, 0.1]), T([1, 1, -1, -1])) == pytest.approx(0.875)
+    assert roc_auc(T([0.1, 0.4, 0.4, 0.9]), T([1, 1, -1, -1])) == pytest.approx(0.125)
+    assert roc_auc(T([3.0, 1.0, 2.0]), T([-1, 1, 1])) == 0.0
+    assert roc_auc(T([0.5, 0.5, 0.5]), T([1, -1, -1])) == 0.5  # all tied: chance
+    assert math.isnan(roc_auc(T([0.5, 0.2]), T([1, 1])))  # one class only
+
+
 def test_masked_statistics() -> None:
     x, mask = T([[1.0, 3.0, 100.0]]), T([[1.0, 1.0, 0.0]])
     assert masked_mean(x, mask).item() == 2.0
@@ -104,3 +151,22 @@ def test_group_batches_keep_a_prompts_pairs_together_and_use_each_pair_once() ->
     assert len(runs) == len(set(runs)) == 7  # each prompt's pairs in one run
     assert group_batches(pairs, 4, random.Random(0)) == batches  # the seed fixes the order
     assert group_batches(pairs, 4, random.Random(1)) != batches
+
+
+def test_mixed_batches_mix_pairs_and_examples_evenly_and_use_each_once() -> None:
+    import random
+
+    from rlhf_loop.preferences.dataset import ExampleRecord, PairRecord
+    from workers.training.model.reward import group_batches, mixed_batches
+
+    pairs = [PairRecord(f"p{g}", f"c{g}-{k}", f"r{g}-{k}") for g in range(5) for k in range(2)]  # 10
+    examples = [ExampleRecord(f"q{i}", f"a{i}", 1 if i % 2 else -1) for i in range(30)]
+    batches = mixed_batches(pairs, examples, 8, random.Random(0))
+    assert len(batches) == 5  # 40 items
+    assert all(len(p) == 2 and len(e) == 6 for p, e in batches)
+    assert sorted(p.chosen for b in batches for p in b[0]) == sorted(p.chosen for p in pairs)
+    assert sorted(e.response for b in batches for e in b[1]) == sorted(e.response for e in examples)
+    only_pairs = mixed_batches(pairs, [], 4, random.Random(0))
+    assert only_pairs == [(b, []) for b in group_batches(pairs, 4, random.Random(0))]
+    only_examples = mixed_batches([], examples, 8, random.Random(0))
+    assert [len(e) for _, e in only_examples] == [7, 8, 7, 8] and not any(p for p, _ in only_examples)  # 30 / 4

@@ -6,10 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_loop.preferences.dataset import DatasetError, PairRecord, read_pairs, read_prompts, split, write_pairs
+from rlhf_loop.preferences.dataset import (
+    DatasetError,
+    ExampleRecord,
+    PairRecord,
+    is_heldout,
+    read_examples,
+    read_pairs,
+    read_prompts,
+    split,
+    write_examples,
+    write_pairs,
+)
 from workers.training.config import PPOConfig, RewardConfig, TrainConfig
 from workers.training.dataset import make_dataset
-from workers.training.errors import BadConfig, NotEnoughPairs
+from workers.training.errors import BadConfig, NotEnoughData, NotEnoughPairs
 
 
 def test_bad_values_name_the_field() -> None:
@@ -19,6 +30,16 @@ def test_bad_values_name_the_field() -> None:
         RewardConfig(lr=5.0)
     with pytest.raises(BadConfig, match="ppo.episodes"):
         PPOConfig(episodes=8, batch_size=32)
+    with pytest.raises(BadConfig, match="reward.mode"):
+        RewardConfig(mode="kto")
+    with pytest.raises(BadConfig, match="reward.pointwise_weight"):
+        RewardConfig(pointwise_weight=0)
+
+
+def test_a_run_recorded_with_min_pairs_still_loads() -> None:
+    """``min_pairs`` was renamed ``min_examples`` when ratings began to train; old run records keep loading."""
+    assert TrainConfig.from_dict({"min_pairs": 40}).min_examples == 40
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "min_pairs": 7}).min_examples == 7
 
 
 def test_config_round_trips_and_refuses_unknown_keys() -> None:
@@ -44,7 +65,68 @@ def test_split_is_by_prompt_group_and_deterministic() -> None:
 
 def test_too_few_pairs_is_a_clear_error() -> None:
     with pytest.raises(NotEnoughPairs, match="at least 100"):
-        make_dataset(_pairs(50), None, 0.2, min_pairs=100)
+        make_dataset(_pairs(50), None, 0.2, min_examples=100)
+
+
+def _thumbs(n: int, start: int = 0) -> list[ExampleRecord]:
+    """One rating of one response per unique prompt, alternating up and down."""
+    return [
+        ExampleRecord(f"unique prompt {i} about ticket #{i}", f"reply {i}", 1 if i % 2 else -1, f"u{i}", "base")
+        for i in range(start, start + n)
+    ]
+
+
+def test_mixed_degrades_to_pointwise_without_pairs_and_to_bt_without_ratings() -> None:
+    thumbs = _thumbs(200)
+    ds = make_dataset([], None, 0.2, 32, examples=thumbs)
+    assert ds.mode == "pointwise" and not ds.train and not ds.heldout
+    assert len(ds.train_examples) + len(ds.heldout_examples) == 200 and ds.heldout_examples
+    assert all(not is_heldout(e.prompt, 0.2) for e in ds.train_examples)
+    assert all(is_heldout(e.prompt, 0.2) for e in ds.heldout_examples)
+    assert make_dataset(_pairs(200), None, 0.2, 32).mode == "bt"
+    with pytest.raises(NotEnoughData, match="mode 'bt'"):
+        make_dataset([], None, 0.2, 32, examples=thumbs, mode="bt")
+    with pytest.raises(NotEnoughData, match=r"0 training examples in mode 'pointwise'.*at least 32"):
+        make_dataset(_pairs(200), None, 0.2, 32, mode="pointwise")
+
+
+def test_the_minimum_counts_pairs_and_ratings_together() -> None:
+    pairs, thumbs = _pairs(30), _thumbs(30, start=1000)
+    train_pairs, _ = split(pairs, 0.2)
+    train_thumbs, _ = split(thumbs, 0.2)
+    n = len(train_pairs) + len(train_thumbs)
+    assert len(train_pairs) < n  # the pairs alone would not reach it
+    ds = make_dataset(pairs, None, 0.2, n, examples=thumbs)
+    assert ds.mode == "mixed" and len(ds.train) + len(ds.train_examples) == n
+    with pytest.raises(NotEnoughData, match=f"{n} training examples.*at least {n + 1}"):
+        make_dataset(pairs, None, 0.2, n + 1, examples=thumbs)
+
+
+def test_mixed_leaves_ratings_of_paired_responses_to_the_pair_unless_asked() -> None:
+    pairs = _pairs(100)
+    of_pairs = [ExampleRecord(p.prompt, p.chosen, 1) for p in pairs] + [
+        ExampleRecord(p.prompt, p.rejected, -1) for p in pairs
+    ]
+    thumbs = of_pairs + _thumbs(100, start=500)
+    ds = make_dataset(pairs, None, 0.2, 32, examples=thumbs)
+    train_pair_prompts = {p.prompt for p in ds.train}
+    assert ds.mode == "mixed" and ds.train_examples
+    assert not any(e.prompt in train_pair_prompts for e in ds.train_examples)
+    assert len(ds.heldout_examples) == sum(is_heldout(e.prompt, 0.2) for e in thumbs)  # every held-out rating
+    both = make_dataset(pairs, None, 0.2, 32, examples=thumbs, paired_examples=True)
+    assert len(both.train_examples) == len(ds.train_examples) + 2 * len(ds.train)
+    pointwise = make_dataset(pairs, None, 0.2, 32, examples=thumbs, mode="pointwise")
+    assert not pointwise.train and len(pointwise.train_examples) == len(both.train_examples)
+
+
+def test_ppo_prompts_come_from_the_prompts_file_without_held_out_groups() -> None:
+    logged = [f"a prompt nobody rated #{i}" for i in range(300)]
+    ds = make_dataset(_pairs(100), logged, 0.2, 32, examples=_thumbs(50))
+    assert set(ds.prompts) == {p for p in logged if not is_heldout(p, 0.2)}
+    assert {p for p in logged if is_heldout(p, 0.2)} <= set(ds.heldout_prompts)
+    assert not set(ds.prompts) & set(ds.heldout_prompts)
+    own = make_dataset(_pairs(100), None, 0.2, 32, examples=_thumbs(50))
+    assert {e.prompt for e in own.train_examples} <= set(own.prompts)  # without a file: pairs' and ratings' prompts
 
 
 def test_files_round_trip_and_bad_lines_name_the_line(tmp_path: Path) -> None:
@@ -58,3 +140,21 @@ def test_files_round_trip_and_bad_lines_name_the_line(tmp_path: Path) -> None:
         read_prompts(tmp_path / "q.jsonl")
     with pytest.raises(DatasetError, match="cannot read"):
         read_pairs(tmp_path / "missing.jsonl")
+
+
+def test_examples_file_round_trips_and_bad_lines_say_what_is_wrong(tmp_path: Path) -> None:
+    write_examples(tmp_path / "e.jsonl", _thumbs(4))
+    assert read_examples(tmp_path / "e.jsonl") == _thumbs(4)
+    (tmp_path / "min.jsonl").write_text('{"prompt": "hi", "response": "hello", "rating": -1}\n')
+    assert read_examples(tmp_path / "min.jsonl") == [ExampleRecord("hi", "hello", -1, "", "")]
+    for line, message in [
+        ('{"prompt": "hi", "response": "hello", "rating": 0}', r"bad.jsonl:2: 'rating' must be 1 \(thumbs up\) or -1"),
+        ('{"prompt": "hi", "response": "hello", "rating": true}', "'rating' must be 1"),
+        ('{"prompt": "", "response": "hello", "rating": 1}', "non-empty string 'prompt'"),
+        ('{"prompt": "hi", "rating": 1}', "a string 'response'"),
+        ('{"prompt": "hi", "response": "x", "rating": 1, "rater": 5}', "'rater' and 'adapter' must be strings"),
+        ("[1, 2]", "bad.jsonl:2: each line must be a JSON object"),
+    ]:
+        (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b", "rating": 1}\n' + line + "\n")
+        with pytest.raises(DatasetError, match=message):
+            read_examples(tmp_path / "bad.jsonl")

@@ -1,5 +1,5 @@
 """The Celery app of the training workers (LIGHT: no torch at import). Redis is broker and result
-backend; retrains and gates go to the ``gpu`` queue, housekeeping (the new-pairs check, the canary
+backend; retrains and gates go to the ``gpu`` queue, housekeeping (the new-examples check, the canary
 monitor, SQL-only drift) to ``default``.
 
 Reliability: tasks are acknowledged only after they finish (``acks_late``), a task whose worker
@@ -16,7 +16,9 @@ from celery import Celery
 from rlhf_loop.settings import Settings, get_settings
 
 RETRAIN = "workers.training.tasks.retrain"
+CHECK_NEW_EXAMPLES = "workers.training.tasks.check_new_examples"
 CHECK_NEW_PAIRS = "workers.training.tasks.check_new_pairs"
+"""The new-examples check's name before ratings counted; still registered for beats of older deployments."""
 GATE = "workers.training.tasks.gate"
 WATCH_CANARY = "workers.training.tasks.watch_canary"
 CHECK_DRIFT = "workers.training.tasks.check_drift"
@@ -49,8 +51,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         beat_schedule={
-            "check-new-pairs": {
-                "task": CHECK_NEW_PAIRS,
+            "check-new-examples": {
+                "task": CHECK_NEW_EXAMPLES,
                 "schedule": settings.training.check_interval_s,
                 "options": {"expires": settings.training.check_interval_s},
             },

@@ -34,20 +34,39 @@ class LoraShape:
         _check(self.alpha >= 1, "lora.alpha", f"must be >= 1, got {self.alpha}")
 
 
+REWARD_MODES = ("bt", "pointwise", "mixed")
+
+
 @dataclass(frozen=True)
 class RewardConfig:
-    """Reward model: base + LoRA + scalar head, Bradley-Terry loss weighted by pair weight."""
+    """Reward model: base + LoRA + scalar head, trained on pairs (weighted Bradley-Terry) and on labelled
+    examples (a logistic loss on thumbs up/down)."""
 
     lora: LoraShape = LoraShape()
+    mode: str = "mixed"
+    """What the reward model learns from. "bt": pairs only; "pointwise": every rating as a labelled example
+    only; "mixed": pairs plus the ratings that are in no training pair (with no pairs it is "pointwise", with
+    no ratings "bt")."""
+    bt_weight: float = 1.0
+    """Weight of one pair's Bradley-Terry term (times the pair's own weight) in the mixed loss."""
+    pointwise_weight: float = 1.0
+    """Weight of one labelled example's logistic term in the mixed loss."""
+    paired_examples: bool = False
+    """Mode "mixed": also train the logistic term on ratings of responses that are in a training pair. Off: a
+    pair already carries those ratings, and popular prompt groups (many responses, up to k(k-1)/2 pairs each)
+    would count once more."""
     epochs: int = 3
-    """Passes over the training pairs."""
+    """Passes over the training pairs and examples."""
     batch_size: int = 16
-    """Pairs per optimizer step."""
+    """Pairs and examples per optimizer step."""
     lr: float = 2e-3
     """AdamW learning rate (LoRA and head)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.mode in REWARD_MODES, "reward.mode", f"must be one of {', '.join(REWARD_MODES)}, got {self.mode!r}")
+        _check(self.bt_weight > 0, "reward.bt_weight", f"must be > 0, got {self.bt_weight}")
+        _check(self.pointwise_weight > 0, "reward.pointwise_weight", f"must be > 0, got {self.pointwise_weight}")
         _check(self.epochs >= 1, "reward.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, "reward.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(0 < self.lr < 1, "reward.lr", f"must be in (0, 1), got {self.lr}")
@@ -136,8 +155,9 @@ class TrainConfig:
     ppo: PPOConfig = PPOConfig()
     heldout_fraction: float = 0.15
     """Share of prompt groups held out (by a hash of the prompt) for accuracy and evaluation."""
-    min_pairs: int = 32
-    """Fewer training pairs than this is refused (a reward model needs data)."""
+    min_examples: int = 32
+    """Fewer training examples than this is refused (a reward model needs data): the pairs plus the rated
+    responses that the reward model's mode trains on."""
     eval_prompts: int = 64
     """Held-out prompts sampled for evaluation."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -145,7 +165,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
-        _check(self.min_pairs >= 2, "min_pairs", f"must be >= 2, got {self.min_pairs}")
+        _check(self.min_examples >= 2, "min_examples", f"must be >= 2, got {self.min_examples}")
         _check(self.eval_prompts >= 1, "eval_prompts", f"must be >= 1, got {self.eval_prompts}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,7 +173,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """The inverse of :meth:`to_dict`; unknown keys raise BadConfig (a typo must not pass silently)."""
+        """The inverse of :meth:`to_dict`; unknown keys raise BadConfig (a typo must not pass silently).
+        ``min_pairs``, the name of ``min_examples`` before ratings trained, is read as ``min_examples`` (runs
+        recorded before the rename keep loading)."""
+        if "min_pairs" in data:
+            data = {**{k: v for k, v in data.items() if k != "min_pairs"}, "min_examples": data["min_pairs"]}
         return _build(cls, data, "")
 
 

@@ -12,8 +12,12 @@ class BadConfig(TrainingError):
     """A hyperparameter is out of range or unknown."""
 
 
-class NotEnoughPairs(TrainingError):
-    """The dataset is too small to train on."""
+class NotEnoughData(TrainingError):
+    """The dataset is too small to train on (too few training examples, or nothing held out)."""
+
+
+NotEnoughPairs = NotEnoughData
+"""The name before ratings trained as well as pairs."""
 
 
 class BaseModelMismatch(TrainingError):

@@ -11,6 +11,7 @@ and registers nothing.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -152,22 +153,30 @@ def run(
 def _run_stages(
     settings: Settings, sessions: sessionmaker[Session], run_row: TrainingRun, base_model: str, progress: _Progress
 ) -> str:
-    from workers.training.dataset import make_dataset
+    from workers.training.dataset import snapshot_dataset
     from workers.training.model.trainer import train
-    from workers.training.snapshot import load_snapshot, take_snapshot
+    from workers.training.snapshot import load_snapshot, snapshot_counts, take_snapshot
 
     cfg = TrainConfig.from_dict(run_row.config)
     progress.enter("snapshot")
     with sessions.begin() as session:
         run = session.get(TrainingRun, run_row.id)
-        if run.snapshot_id is None:
+        taken = run.snapshot_id is None
+        if taken:
             run.snapshot_id = take_snapshot(session, settings.artifacts_dir, cfg.heldout_fraction, cfg.reward.seed).id
         snapshot = session.get(DatasetSnapshot, run.snapshot_id)
+        counts = snapshot_counts(snapshot)
+        if counts is not None:  # on the record before training, so a failed run shows what it had
+            run.metrics = {**(run.metrics or {}), "dataset": counts.as_metrics()}
         parent = _active_adapter(session)
         run.parent_adapter_id = parent.id if parent else None
+    if taken and counts is not None:
+        m.TRAINING_EXAMPLES.labels("pairs").set(counts.pairs_train + counts.pairs_heldout)
+        m.TRAINING_EXAMPLES.labels("thumbs").set(counts.ratings_in_snapshot)
+        m.TRAINING_RATINGS_USED.set(counts.ratings_used_share if counts.ratings_used_share is not None else math.nan)
     if parent is not None and parent.base_model != base_model:
         raise BaseModelMismatch(f"active adapter {parent.id} was trained on {parent.base_model!r}, not {base_model!r}")
-    dataset = make_dataset(load_snapshot(snapshot), None, cfg.heldout_fraction, cfg.min_pairs, cfg.reward.seed)
+    dataset = snapshot_dataset(load_snapshot(snapshot), cfg)
     work = Path(settings.artifacts_dir) / "runs" / run_row.id
     result = train(
         base_model,
@@ -179,7 +188,10 @@ def _run_stages(
         Path(parent.path) if parent else None,
         report=progress,
     )
-    m.REWARD_MODEL_ACCURACY.set(result.metrics["reward"]["heldout_accuracy"])
+    accuracy, auc = (result.metrics["reward"].get(k) for k in ("heldout_accuracy", "heldout_thumbs_auc"))
+    m.REWARD_MODEL_ACCURACY.set(math.nan if accuracy is None else accuracy)
+    m.REWARD_MODEL_THUMBS_AUC.set(math.nan if auc is None else auc)
+    metrics = {**result.metrics, **({"dataset": counts.as_metrics()} if counts is not None else {})}
     progress.enter("register")
     lineage = {
         "dataset_snapshot": snapshot.id,
@@ -202,12 +214,12 @@ def _run_stages(
                     sha256=result.adapter_sha256,
                     run_id=run_row.id,
                     parent_id=lineage["parent_adapter"],
-                    metrics=result.metrics,
+                    metrics=metrics,
                     lineage=lineage,
                 )
             )
         run = session.get(TrainingRun, run_row.id)
-        run.metrics = {**(run.metrics or {}), **result.metrics, "adapter_id": adapter_id}
+        run.metrics = {**(run.metrics or {}), **metrics, "adapter_id": adapter_id}
     return adapter_id
 
 

@@ -14,6 +14,7 @@ from schemas.tables import TrainingRun
 from workers.training.celery_app import (
     CHECK_DRIFT,
     CHECK_MODEL_DRIFT,
+    CHECK_NEW_EXAMPLES,
     CHECK_NEW_PAIRS,
     GATE,
     RETRAIN,
@@ -71,24 +72,31 @@ def watch_canary() -> dict:
 
 
 def start_if_due(settings: Settings, sessions: sessionmaker[Session]) -> str | None:
-    """Create and enqueue a run when enough new pairs exist and no run is queued or running."""
+    """Create and enqueue a run when enough new training examples (pairs and ratings) exist and no run is
+    queued or running."""
     from workers.training.pipeline import create_run, run_config
-    from workers.training.snapshot import new_pairs_since_last_snapshot
+    from workers.training.snapshot import new_examples_since_last_snapshot
 
     with sessions.begin() as session:
         busy = session.scalar(select(TrainingRun.id).where(TrainingRun.status.in_(("queued", "running"))).limit(1))
-        fresh = new_pairs_since_last_snapshot(session)
-        if busy or fresh < settings.training.min_new_pairs:
+        fresh = new_examples_since_last_snapshot(session)
+        if busy or fresh < settings.training.min_new_examples:
             return None
-        run_id = create_run(session, run_config(settings), reason=f"{fresh} new pairs")
+        run_id = create_run(session, run_config(settings), reason=f"{fresh} new training examples")
     retrain.delay(run_id)
-    log.info("started retrain %s: %d new pairs", run_id, fresh)
+    log.info("started retrain %s: %d new training examples", run_id, fresh)
     return run_id
+
+
+@app.task(name=CHECK_NEW_EXAMPLES)
+def check_new_examples() -> str | None:
+    """Celery beat: start a retrain once ``training.min_new_examples`` new pairs and ratings exist."""
+    return start_if_due(get_settings(), _sessions())
 
 
 @app.task(name=CHECK_NEW_PAIRS)
 def check_new_pairs() -> str | None:
-    """Celery beat: start a retrain once ``training.min_new_pairs`` new pairs exist."""
+    """The former name of :func:`check_new_examples` (a beat of an older deployment still sends it)."""
     return start_if_due(get_settings(), _sessions())
 
 

@@ -24,7 +24,7 @@ from services.promotion.actions import Promotions
 from services.promotion.gate import GoldenCase, Measurements, decide, load_golden
 from services.promotion.states import State
 from workers.training.config import TrainConfig
-from workers.training.dataset import make_dataset
+from workers.training.dataset import snapshot_dataset
 from workers.training.model.encoding import Encoder
 from workers.training.model.evaluate import compare
 from workers.training.model.ppo import PPOTrainer, RewardNorm
@@ -63,7 +63,7 @@ def measure(
         active = session.get(Adapter, pointer.adapter_id) if pointer else None
         session.expunge_all()
     cfg = TrainConfig.from_dict(run.config)
-    dataset = make_dataset(load_snapshot(snapshot), None, cfg.heldout_fraction, cfg.min_pairs, cfg.reward.seed)
+    dataset = snapshot_dataset(load_snapshot(snapshot), cfg)
     prompts = dataset.heldout_prompts[: settings.promotion.gate_prompts]
     runs_dir = Path(settings.artifacts_dir) / "runs"
     device = resolve_device(settings.model.device)

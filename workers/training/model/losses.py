@@ -39,6 +39,45 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, weight: tor
     return -(weight * F.logsigmoid(chosen - rejected)).sum() / weight.sum().clamp(min=1e-8)
 
 
+def pointwise_loss(scores: torch.Tensor, ratings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted logistic loss -log sigmoid(rating * score), averaged by weight: thumbs up (+1) pushes a
+    score up, thumbs down (-1) down. scores, ratings, weight (N,) -> ()."""
+    return -(weight * F.logsigmoid(ratings * scores)).sum() / weight.sum().clamp(min=1e-8)
+
+
+def reward_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    pair_weight: torch.Tensor,
+    scores: torch.Tensor,
+    ratings: torch.Tensor,
+    bt_weight: float,
+    pointwise_weight: float,
+) -> torch.Tensor:
+    """The mixed reward-model loss: every pair's Bradley-Terry term and every example's logistic term,
+    averaged by item weight (a pair weighs ``bt_weight * pair_weight``, an example ``pointwise_weight``), so
+    an item counts the same whatever else its batch holds. Either side may be empty.
+    chosen, rejected, pair_weight (B,); scores, ratings (N,) -> ()."""
+    w_pairs = bt_weight * pair_weight  # (B,)
+    w_examples = torch.full_like(scores, pointwise_weight)  # (N,)
+    total = -(w_pairs * F.logsigmoid(chosen - rejected)).sum() - (w_examples * F.logsigmoid(ratings * scores)).sum()
+    return total / (w_pairs.sum() + w_examples.sum()).clamp(min=1e-8)
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` for ``labels`` > 0 against the rest: the chance that a random
+    positive outscores a random negative, a tie counting half (Mann-Whitney U with mid-ranks). NaN without
+    both classes. scores, labels (N,) -> float."""
+    positive = labels > 0
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = torch.unique(scores.double(), sorted=True, return_inverse=True, return_counts=True)
+    upper = counts.cumsum(0).double()  # (U,) 1-based rank of the last member of each tie group
+    ranks = (upper - (counts.double() - 1) / 2)[inverse]  # (N,) mid-rank of each score
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def kl_rewards(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, kl_coef: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

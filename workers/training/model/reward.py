@@ -1,28 +1,31 @@
-"""Reward model: the base model with a LoRA adapter (``reward``) and a scalar head, trained with
-the weighted Bradley-Terry loss on (chosen, rejected) pairs.
+"""Reward model: the base model with a LoRA adapter (``reward``) and a scalar head, trained on
+(chosen, rejected) pairs with the weighted Bradley-Terry loss and on labelled examples (one rating of one
+response) with a logistic loss, both in one loss (``losses.reward_loss``).
 
 Artifact layout (one directory, written atomically by the caller):
     reward/                       the PEFT LoRA adapter (loadable with load_adapter(..., "reward"))
     reward_head.pt                the scalar head's state dict
-    reward_model.json             base model, held-out accuracy, score mean/std on the training pairs
+    reward_model.json             base model, held-out accuracy and thumbs AUC, score mean/std on the training
+                                  responses
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from rlhf_loop.preferences.dataset import PairRecord
+from rlhf_loop.preferences.dataset import ExampleRecord, PairRecord
 from workers.training.config import RewardConfig
 from workers.training.model.encoding import Encoder
-from workers.training.model.losses import bradley_terry_loss
+from workers.training.model.losses import reward_loss, roc_auc
 from workers.training.model.roles import REWARD, Packed, ScalarHead, last_hidden, pack, sequence_scores
 
 if TYPE_CHECKING:
@@ -34,15 +37,22 @@ EVAL_BATCH = 64
 
 @dataclass(frozen=True)
 class RewardResult:
-    heldout_accuracy: float
-    """Share of held-out pairs the model orders correctly (ties count as wrong)."""
+    heldout_accuracy: float | None
+    """Share of held-out pairs the model orders correctly (ties count as wrong); None without held-out pairs."""
     train_loss: float
-    """Mean Bradley-Terry loss over the last epoch."""
+    """Mean loss (Bradley-Terry and logistic terms together) over the last epoch."""
     score_mean: float
     score_std: float
     """Of the scores of every training response: PPO normalizes rewards with them."""
     pairs_per_s: float
     seconds: float
+    heldout_thumbs_auc: float | None = None
+    """ROC-AUC of the scores of held-out rated responses for thumbs up vs down (ties count half); None without
+    both kinds of rating held out."""
+    train_pairs: int = 0
+    train_examples: int = 0
+    """Pairs and labelled examples the model trained on."""
+    examples_per_s: float = 0.0
 
 
 class Tokens:
@@ -88,6 +98,15 @@ def accuracy(model: PeftModel, head: ScalarHead, enc: Encoder, pairs: list[PairR
     return float((chosen > rejected).float().mean()) if pairs else 0.0
 
 
+def thumbs_auc(
+    model: PeftModel, head: ScalarHead, enc: Encoder, examples: list[ExampleRecord], device: str
+) -> float | None:
+    """ROC-AUC of the model's scores for the examples' thumbs up vs down; None without both kinds."""
+    s = scores(model, head, enc, [(e.prompt, e.response) for e in examples], device)
+    auc = roc_auc(s, torch.tensor([e.rating for e in examples]))
+    return None if math.isnan(auc) else auc
+
+
 def train_reward(
     model: PeftModel,
     head: ScalarHead,
@@ -97,21 +116,26 @@ def train_reward(
     cfg: RewardConfig,
     device: str,
     on_step: Callable[[int, int, float], None] | None = None,
+    *,
+    examples: Sequence[ExampleRecord] = (),
+    heldout_examples: Sequence[ExampleRecord] = (),
 ) -> RewardResult:
-    """Train the ``reward`` adapter and ``head`` in place. ``on_step(step, total, loss)`` reports progress."""
+    """Train the ``reward`` adapter and ``head`` in place on ``train`` pairs and labelled ``examples`` (what
+    the dataset's mode selected). ``on_step(step, total, loss)`` reports progress."""
     params = [p for n, p in model.named_parameters() if f".{REWARD}." in n] + list(head.parameters())
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     tokens = Tokens(enc)
-    steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    examples = list(examples)
+    steps_per_epoch = (len(train) + len(examples) + cfg.batch_size - 1) // cfg.batch_size
     total, step, started = steps_per_epoch * cfg.epochs, 0, time.perf_counter()
     epoch_losses: list[float] = []
     for _ in range(cfg.epochs):
         epoch_losses = []
-        for batch in group_batches(train, cfg.batch_size, rng):
-            loss = _step_loss(model, head, tokens, batch, device)
+        for pairs, rated in mixed_batches(train, examples, cfg.batch_size, rng):
+            loss = _step_loss(model, head, tokens, pairs, device, rated, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -121,14 +145,20 @@ def train_reward(
             if on_step:
                 on_step(step, total, epoch_losses[-1])
     seconds = time.perf_counter() - started
-    train_scores = scores(model, head, enc, [(p.prompt, r) for p in train for r in (p.chosen, p.rejected)], device)
+    responses = [(p.prompt, r) for p in train for r in (p.chosen, p.rejected)]
+    responses += [(e.prompt, e.response) for e in examples]
+    train_scores = scores(model, head, enc, responses, device)
     return RewardResult(
-        heldout_accuracy=accuracy(model, head, enc, heldout, device),
+        heldout_accuracy=accuracy(model, head, enc, heldout, device) if heldout else None,
+        heldout_thumbs_auc=thumbs_auc(model, head, enc, list(heldout_examples), device),
         train_loss=sum(epoch_losses) / max(1, len(epoch_losses)),
         score_mean=float(train_scores.mean()),
         score_std=float(train_scores.std().clamp(min=1e-3)),
         pairs_per_s=len(train) * cfg.epochs / seconds,
         seconds=seconds,
+        train_pairs=len(train),
+        train_examples=len(examples),
+        examples_per_s=len(examples) * cfg.epochs / seconds,
     )
 
 
@@ -137,29 +167,67 @@ def group_batches(pairs: list[PairRecord], batch_size: int, rng: random.Random) 
     the pairs of a group shuffled and kept together. A group's pairs share responses (k responses make up
     to k(k-1)/2 pairs), so a batch holds fewer distinct sequences than two per pair, and each is scored
     once (InstructGPT batches a prompt's comparisons the same way)."""
+    flat = _grouped(pairs, rng)
+    return [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
+
+
+def _grouped(pairs: list[PairRecord], rng: random.Random) -> list[PairRecord]:
     groups: dict[str, list[PairRecord]] = {}
     for pair in pairs:
         groups.setdefault(pair.prompt, []).append(pair)
     ordered = list(groups.values())
     rng.shuffle(ordered)
-    flat = [pair for group in ordered for pair in rng.sample(group, len(group))]
-    return [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
+    return [pair for group in ordered for pair in rng.sample(group, len(group))]
+
+
+def mixed_batches(
+    pairs: list[PairRecord], examples: list[ExampleRecord], batch_size: int, rng: random.Random
+) -> list[tuple[list[PairRecord], list[ExampleRecord]]]:
+    """One epoch's batches of about ``batch_size`` items, pairs and examples together: every batch holds
+    the same mix as the whole epoch (each item once), pairs in :func:`group_batches` order, examples
+    shuffled. Without examples these are exactly :func:`group_batches`' batches."""
+    if not examples:
+        return [(batch, []) for batch in group_batches(pairs, batch_size, rng)]
+    flat_pairs = _grouped(pairs, rng)
+    flat_examples = rng.sample(examples, len(examples))
+    steps = (len(flat_pairs) + len(flat_examples) + batch_size - 1) // batch_size
+
+    def share(items: list, i: int) -> list:
+        return items[len(items) * i // steps : len(items) * (i + 1) // steps]
+
+    return [(share(flat_pairs, i), share(flat_examples, i)) for i in range(steps)]
 
 
 def _step_loss(
-    model: PeftModel, head: ScalarHead, tokens: Tokens, batch: list[PairRecord], device: str
+    model: PeftModel,
+    head: ScalarHead,
+    tokens: Tokens,
+    batch: list[PairRecord],
+    device: str,
+    examples: Sequence[ExampleRecord] = (),
+    cfg: RewardConfig | None = None,
 ) -> torch.Tensor:
-    """Every distinct (prompt, response) of the batch in one forward pass, then the loss over the pairs."""
+    """Every distinct (prompt, response) of the batch's pairs and examples in one forward pass, then the
+    mixed loss over them."""
     rows: dict[tuple[str, str], int] = {}
     for p in batch:
         for response in (p.chosen, p.rejected):
             rows.setdefault((p.prompt, response), len(rows))
+    for e in examples:
+        rows.setdefault((e.prompt, e.response), len(rows))
     packed = _pack_texts(tokens, list(rows), device)
     s = sequence_scores(head, last_hidden(model, packed, REWARD), packed)  # (U,) one score per distinct sequence
-    chosen = s[torch.tensor([rows[(p.prompt, p.chosen)] for p in batch], device=s.device)]  # (B,)
-    rejected = s[torch.tensor([rows[(p.prompt, p.rejected)] for p in batch], device=s.device)]  # (B,)
-    weight = torch.tensor([p.weight for p in batch], device=s.device)
-    return bradley_terry_loss(chosen, rejected, weight)
+
+    def pick(keys: list[tuple[str, str]]) -> torch.Tensor:
+        return s[torch.tensor([rows[k] for k in keys], dtype=torch.long, device=s.device)]
+
+    chosen = pick([(p.prompt, p.chosen) for p in batch])  # (B,)
+    rejected = pick([(p.prompt, p.rejected) for p in batch])  # (B,)
+    weight = torch.tensor([p.weight for p in batch], dtype=s.dtype, device=s.device)  # (B,)
+    rated = pick([(e.prompt, e.response) for e in examples])  # (N,)
+    ratings = torch.tensor([float(e.rating) for e in examples], dtype=s.dtype, device=s.device)  # (N,)
+    cfg = cfg or RewardConfig()
+    return reward_loss(chosen, rejected, weight, rated, ratings, cfg.bt_weight, cfg.pointwise_weight)
 
 
 def save_reward(dest: Path, model: PeftModel, head: ScalarHead, result: RewardResult, base_model: str) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from rlhf_loop.models.loading import generate
-from rlhf_loop.preferences.dataset import PairRecord, unique
+from rlhf_loop.preferences.dataset import ExampleRecord, PairRecord, unique
 from rlhf_loop.preferences.pairs import PairRules, Vote, build_pairs, text_key
 from rlhf_loop.simulator import Simulator
 from schemas.events import prompt_hash
@@ -52,3 +52,20 @@ def simulated_pairs(
             if responses[p.chosen_response_id] != responses[p.rejected_response_id]
         ]
     return out
+
+
+def simulated_thumbs(
+    sim: Simulator,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    seed: int = 0,
+) -> list[ExampleRecord]:
+    """Real traffic's shape: one sampled response per prompt, rated once by one user drawn at random."""
+    rng = random.Random(seed)
+    texts = generate(model, tokenizer, prompts, seed=seed)
+    users = sim.sample_users(len(prompts), rng)
+    return [
+        ExampleRecord(prompt, text, sim.rate(user, prompt, text), user.ref, "base")
+        for prompt, text, user in zip(prompts, texts, users, strict=True)
+    ]

@@ -35,6 +35,17 @@ Report = Callable[[str, int, int, dict[str, float]], None]
 """``report(stage, step, total, values)``: progress of a stage (steps done of total) with its latest figures."""
 
 REWARD_DIR, CHECKPOINT, ADAPTER_DIR, EVALUATION = "reward_model", "ppo.ckpt", "adapter", "evaluation.json"
+REWARD_FIGURES = (
+    "heldout_accuracy",
+    "heldout_thumbs_auc",
+    "train_loss",
+    "train_pairs",
+    "train_examples",
+    "pairs_per_s",
+    "examples_per_s",
+    "seconds",
+)
+"""The reward model's figures in a run's metrics (``metrics["reward"]``), with the mode it trained in."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +112,14 @@ def train(
             cfg.reward,
             device,
             on_step=lambda s, t, loss: report("reward", s, t, {"loss": loss}),
+            examples=dataset.train_examples,
+            heldout_examples=dataset.heldout_examples,
         )
         write_dir_atomic(work / REWARD_DIR, lambda tmp: save_reward(tmp, model, reward_head, rm, base_model))
         model.delete_adapter(REWARD)  # reloaded below exactly as a resumed run sees it
     meta = load_reward(work / REWARD_DIR, model, reward_head)
-    metrics["reward"] = {k: meta[k] for k in ("heldout_accuracy", "train_loss", "pairs_per_s", "seconds")}
-    report("reward", 1, 1, {"heldout_accuracy": meta["heldout_accuracy"]})
+    metrics["reward"] = {"mode": dataset.mode, **{k: meta.get(k) for k in REWARD_FIGURES}}
+    report("reward", 1, 1, {k: meta[k] for k in ("heldout_accuracy", "heldout_thumbs_auc") if meta.get(k) is not None})
 
     value_head = ScalarHead(width).to(device)
     trainer = PPOTrainer(
@@ -133,7 +146,9 @@ def train(
     ev = evaluate(trainer, dataset.heldout_prompts[: cfg.eval_prompts])
     metrics["evaluation"] = {
         **asdict(ev),
-        "heldout_pair_accuracy": accuracy(model, reward_head, enc, dataset.heldout, device),
+        "heldout_pair_accuracy": (
+            accuracy(model, reward_head, enc, dataset.heldout, device) if dataset.heldout else None
+        ),
     }
     (work / EVALUATION).write_text(json.dumps(metrics, indent=2))
     report("evaluate", 1, 1, {"mean_reward": ev.mean_reward, "kl_vs_base": ev.kl_vs_base})
@@ -157,24 +172,28 @@ def _ppo_summary(history: list[StepStats]) -> dict[str, float]:
 
 def train_files(
     base_model: str,
-    pairs: Path,
+    pairs: Path | None,
     prompts: Path | None,
     out: Path,
     cfg: TrainConfig,
     device: str = "auto",
     report: Report | None = None,
+    examples: Path | None = None,
 ) -> TrainResult:
-    """``rlhf-loop train --inline --pairs ...``: the trainer on files, outside the service. ``out`` is the
-    work directory (rerunning the same command resumes there)."""
-    from rlhf_loop.preferences.dataset import read_pairs, read_prompts
+    """``rlhf-loop train --inline --pairs ... --examples ...``: the trainer on files, outside the service.
+    ``out`` is the work directory (rerunning the same command resumes there)."""
+    from rlhf_loop.preferences.dataset import read_examples, read_pairs, read_prompts
     from workers.training.dataset import make_dataset
 
     dataset = make_dataset(
-        read_pairs(pairs),
+        read_pairs(pairs) if pairs else [],
         read_prompts(prompts) if prompts else None,
         cfg.heldout_fraction,
-        cfg.min_pairs,
+        cfg.min_examples,
         cfg.reward.seed,
+        examples=read_examples(examples) if examples else (),
+        mode=cfg.reward.mode,
+        paired_examples=cfg.reward.paired_examples,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))

@@ -1,0 +1,52 @@
+"""``rlhf-loop train --inline`` on files, outside the service: pairs and thumbs together (mode mixed), and
+clear errors for a misused command or a malformed examples file."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from rlhf_loop.cli.main import main
+from rlhf_loop.corpus import render
+from rlhf_loop.preferences.dataset import ExampleRecord, PairRecord, write_examples, write_pairs
+from rlhf_loop.simulator import Simulator
+
+pytestmark = pytest.mark.integration
+TINY = {
+    "reward": {"epochs": 1},
+    "ppo": {"episodes": 32, "batch_size": 32, "minibatch_size": 16, "checkpoint_every": 1},
+    "eval_prompts": 8,
+}
+
+
+def test_train_on_pairs_and_thumbs_files(demo_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sim, rng = Simulator(5, n_prompts=260), random.Random(0)
+    prompts = sim.prompts
+    pairs = [PairRecord(p.text, render(p, "helpful", rng), render(p, "rude", rng)) for p in prompts[:60]]
+    thumbs = [
+        ExampleRecord(p.text, render(p, style, rng), 1 if style == "polite" else -1, f"u{i}", "base")
+        for i, (p, style) in enumerate((p, rng.choice(("polite", "off_topic"))) for p in prompts[60:])
+    ]
+    write_pairs(tmp_path / "pairs.jsonl", pairs)
+    write_examples(tmp_path / "thumbs.jsonl", thumbs)
+    out = tmp_path / "run"
+    args = ["train", "--inline", "--base-model", str(demo_model_dir), "--out", str(out), "--config", json.dumps(TINY)]
+
+    assert main([*args, "--pairs", str(tmp_path / "pairs.jsonl"), "--examples", str(tmp_path / "thumbs.jsonl")]) == 0
+
+    assert "reward model (mixed)" in capsys.readouterr().out
+    reward = json.loads((out / "evaluation.json").read_text())["reward"]
+    assert reward["mode"] == "mixed" and reward["train_pairs"] > 0 and reward["train_examples"] > 0
+    assert reward["heldout_thumbs_auc"] is not None and reward["heldout_accuracy"] is not None
+    assert (out / "adapter").exists()
+
+
+def test_misuse_and_malformed_files_fail_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "hi", "response": "hello", "rating": 2}\n')
+    assert main(["train", "--examples", str(tmp_path / "bad.jsonl")]) != 0
+    assert "give --inline and --out too" in capsys.readouterr().err
+    assert main(["train", "--inline", "--examples", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")]) != 0
+    assert "bad.jsonl:1: 'rating' must be 1 (thumbs up) or -1" in capsys.readouterr().err
