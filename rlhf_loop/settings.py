@@ -201,13 +201,21 @@ class PromotionSettings(_Group):
     auto_approve: bool = False
     """Approve every candidate that passes the gate without a person (the demo; refused when env is prod)."""
     canary_share: float = Field(0.1, ge=0, le=1)
-    """Share of users (by a stable hash of user_ref) routed to a newly approved adapter; 0 deploys it at once."""
+    """Share of users (by a hash of user_ref salted per deployment) routed to a newly approved adapter; 0 deploys it
+    at once."""
     canary_min_samples: int = Field(200, ge=10)
-    """Ratings each arm needs before the canary can be judged."""
-    canary_promote_samples: int = Field(1000, ge=10)
-    """Ratings of the canary after which, if not significantly worse, it becomes active."""
+    """Ratings each arm needs before the canary can be judged (the sequential test's normal approximation)."""
+    canary_min_users: int = Field(50, ge=2)
+    """Distinct raters each arm needs before the canary can be judged (users are the test's units)."""
     canary_alpha: float = Field(0.01, gt=0, lt=0.5)
-    """Significance level of the one-sided two-proportion z-test that rolls a canary back."""
+    """Error rate of each sequential canary test, however often it is checked: the chance that a canary no worse
+    than the active adapter is ever rolled back, and that one worse by ``canary_margin`` or more is promoted."""
+    canary_margin: float = Field(0.02, gt=0, lt=1)
+    """Non-inferiority margin: a canary is promoted once its thumbs-down rate is shown to be less than this much
+    above the active adapter's (an absolute difference of rates)."""
+    canary_mixture_sd: float = Field(0.05, gt=0, lt=1)
+    """Spread of the rate differences the sequential tests weigh (the sd of their normal mixture): differences near
+    it are decided soonest; any value keeps the error rate."""
     canary_check_interval_s: float = Field(30.0, gt=0)
     """How often Celery beat judges the canary."""
     poll_interval_s: float = Field(5.0, gt=0)
