@@ -37,15 +37,35 @@ class GoldenCase:
     """Regexes the answer must match (re.search, case-insensitive)."""
     must_not: tuple[str, ...] = ()
     """Regexes the answer must not match."""
+    name: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    """(regex, the failure it guards against) for the expectations the file names."""
 
     def failures(self, answer: str) -> list[str]:
-        """What the answer breaks: 'must: R' / 'must_not: R' per failed expectation."""
-        missing = [f"must: {r}" for r in self.must if not re.search(r, answer, re.IGNORECASE)]
-        return missing + [f"must_not: {r}" for r in self.must_not if re.search(r, answer, re.IGNORECASE)]
+        """What the answer breaks: 'must (LABEL): R' / 'must_not (LABEL): R' per failed expectation
+        ('must: R' for an unnamed one), must before must_not, each in file order."""
+        named = dict(self.labels)
+
+        def say(kind: str, regex: str) -> str:
+            return f"{kind} ({named[regex]}): {regex}" if regex in named else f"{kind}: {regex}"
+
+        missing = [say("must", r) for r in self.must if not re.search(r, answer, re.IGNORECASE)]
+        return missing + [say("must_not", r) for r in self.must_not if re.search(r, answer, re.IGNORECASE)]
+
+
+def _expectations(raw: object) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """A list of regexes, or an object {what it guards against: regex}."""
+    if isinstance(raw, dict):
+        return tuple(raw.values()), tuple((r, label) for label, r in raw.items())
+    if isinstance(raw, list) and all(isinstance(r, str) for r in raw):
+        return tuple(raw), ()
+    raise TypeError(f"must / must_not is a list of regexes or an object of named regexes, not {raw!r}")
 
 
 def load_golden(path: Path | None) -> list[GoldenCase]:
-    """The golden cases of ``path`` (JSON lines), or the shipped suite; raises BadGolden with the line."""
+    """The golden cases of ``path`` (JSON lines ``{"name"?, "prompt", "must"?, "must_not"?}``, each of must and
+    must_not a list of regexes or an object naming each regex's failure), or the shipped suite; raises
+    BadGolden with the line."""
     path = path or GOLDEN_DEFAULT
     try:
         lines = Path(path).read_text().splitlines()
@@ -57,10 +77,12 @@ def load_golden(path: Path | None) -> list[GoldenCase]:
             continue
         try:
             raw = json.loads(line)
-            case = GoldenCase(raw["prompt"], tuple(raw.get("must", ())), tuple(raw.get("must_not", ())))
+            must, must_labels = _expectations(raw.get("must", []))
+            must_not, not_labels = _expectations(raw.get("must_not", []))
+            case = GoldenCase(raw["prompt"], must, must_not, str(raw.get("name", "")), must_labels + not_labels)
             for r in case.must + case.must_not:
                 re.compile(r)
-        except (json.JSONDecodeError, KeyError, TypeError, re.error) as e:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, re.error) as e:
             raise BadGolden(f"{path}:{n}: {type(e).__name__}: {e}") from e
         cases.append(case)
     if not cases:
@@ -144,9 +166,11 @@ def decide(meas: Measurements, golden: list[GoldenCase], cfg: PromotionSettings,
     for case, ours, theirs in zip(golden, meas.golden_candidate, meas.golden_active, strict=True):
         broken = case.failures(ours)
         if broken:
-            regressed = not case.failures(theirs)
-            regressions += regressed
-            golden_failures.append({"prompt": case.prompt, "answer": ours, "failures": broken, "regression": regressed})
+            regressed = [f for f in broken if f not in case.failures(theirs)]
+            regressions += len(regressed)
+            golden_failures.append(
+                {"name": case.name, "prompt": case.prompt, "answer": ours, "failures": broken, "regressions": regressed}
+            )
     if meas.active_heldout_accuracy is None:
         acc_floor, acc_detail = cfg.min_heldout_accuracy, "no active reward model: the floor applies"
     else:
@@ -154,7 +178,7 @@ def decide(meas: Measurements, golden: list[GoldenCase], cfg: PromotionSettings,
         acc_detail = f"active {meas.active_heldout_accuracy:.3f} - tolerance {cfg.accuracy_tolerance}"
     cand_len = _mean([len(words(r)) for r in meas.candidate_responses])
     active_len = max(_mean([len(words(r)) for r in meas.active_responses]), 1.0)
-    golden_detail = f"{len(golden_failures)} of {len(golden)} golden cases fail"
+    golden_detail = f"{len(golden_failures)} of {len(golden)} golden cases break an expectation"
     length_detail = f"{cand_len:.1f} vs {active_len:.1f} words"
     checks = [
         _check("reward_win_rate", meas.win_rate, ">=", cfg.min_win_rate, f"vs {meas.active_id}"),

@@ -1,15 +1,14 @@
-"""Pure promotion logic: the state machine, the gate's checks, the canary's statistics, canary routing."""
+"""Pure promotion logic: the state machine, the gate's checks, canary routing (the canary's statistics are in
+test_canary_statistics)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 
 from rlhf_loop.settings import PromotionSettings
 from services.inference.engines.adapters import Routing, in_canary
-from services.promotion.canary import Arm, judge, p_worse
 from services.promotion.gate import BadGolden, GoldenCase, Measurements, decide, load_golden, repetition
 from services.promotion.states import TRANSITIONS, IllegalTransition, State, check_transition
 
@@ -117,13 +116,14 @@ def test_thresholds_fail_their_checks() -> None:
     assert result.summary() == "failed: reward_win_rate, kl_vs_base_nats, heldout_pair_accuracy"
 
 
-def test_golden_regressions_count_only_cases_the_active_adapter_passes() -> None:
+def test_golden_regressions_count_only_expectations_the_active_adapter_meets() -> None:
     both_fail = decide(_meas(["thanks"] * 8, golden_candidate=["x", "ugh"], golden_active=["y", "ugh"]), GOLDEN, CFG)
     regressed = decide(_meas(["thanks"] * 8, golden_candidate=["<|", "ok"]), GOLDEN, CFG)
     assert next(c for c in both_fail.checks if c.name == "golden_regressions").value == 0
     check = next(c for c in regressed.checks if c.name == "golden_regressions")
-    assert check.value == 1 and not check.passed
+    assert check.value == 2 and not check.passed  # both expectations of case "hi" the active adapter meets
     assert regressed.golden_failures[0]["failures"] == ["must: \\w{2,}", "must_not: <\\|"]
+    assert regressed.golden_failures[0]["regressions"] == regressed.golden_failures[0]["failures"]
 
 
 def test_without_an_active_reward_model_the_accuracy_floor_applies() -> None:
@@ -140,23 +140,6 @@ def test_the_shipped_golden_suite_loads_and_bad_files_say_where(tmp_path: Path) 
         load_golden(bad)
     with pytest.raises(BadGolden, match="cannot read"):
         load_golden(tmp_path / "missing.jsonl")
-
-
-def test_p_value_matches_a_hand_computed_z_test() -> None:
-    # canary 30/100 down, active 20/100: pooled 0.25, se = sqrt(.25*.75*(2/100)) = 0.061237, z = 1.63299
-    p = p_worse(Arm(100, 30), Arm(100, 20))
-    assert p == pytest.approx(0.5 * math.erfc(1.632993 / math.sqrt(2)), rel=1e-5)
-    assert p == pytest.approx(0.05124, abs=1e-4)
-    assert p_worse(Arm(100, 20), Arm(100, 30)) > 0.9  # better canary: far from significant
-    assert p_worse(Arm(0, 0), Arm(100, 30)) == 1.0 and p_worse(Arm(50, 0), Arm(50, 0)) == 1.0
-
-
-def test_the_canary_verdict_waits_rolls_back_or_promotes() -> None:
-    cfg = PromotionSettings(canary_min_samples=100, canary_promote_samples=400, canary_alpha=0.01)
-    assert judge(Arm(99, 90), Arm(500, 50), cfg).decision == "wait"  # too few ratings for anything
-    assert judge(Arm(150, 75), Arm(500, 100), cfg).decision == "rollback"  # 50% vs 20%
-    assert judge(Arm(150, 33), Arm(500, 100), cfg).decision == "wait"  # 22% vs 20%: not significant yet
-    assert judge(Arm(400, 70), Arm(500, 100), cfg).decision == "promote"
 
 
 def test_canary_routing_is_stable_and_takes_its_share() -> None:
@@ -179,3 +162,63 @@ def test_target_modules_match_as_peft_matches_them() -> None:
         check_compatible({"peft_type": "LORA", "target_modules": ["c_attn", "h.0.attn.q_proj"]}, names, None)
     with pytest.raises(AdapterIncompatible, match="target_modules"):
         check_compatible({"peft_type": "LORA", "target_modules": ["attn.c_att"]}, names, None)
+
+
+SHIPPED = load_golden(None)
+
+
+@pytest.mark.parametrize(
+    ("answer", "mode"),
+    [
+        ("Ugh, read the manual about order #1042.", "rude"),
+        ("Thanks for writing about #1042. Our summer sale has cheap hats for your order.", "off topic"),
+        ("Well, so, about order #1042, you know, anyway, the courier is on his way.", "rambling (two fillers)"),
+        ("Thanks for your message, I am sorry your order is late and the courier will come.", "mentions the ticket"),
+        ("order order order order #1042 thanks for waiting on the courier", "repetition (a word 4 times running)"),
+        ("", "not empty"),
+        ("Thanks for reaching out about #1042, I am happy to help you today.", "on topic"),
+    ],
+)
+def test_the_shipped_golden_suite_names_each_failure_mode(answer: str, mode: str) -> None:
+    case = next(c for c in SHIPPED if c.name == "delivery late")
+    assert any(f"({mode})" in f for f in case.failures(answer)), case.failures(answer)
+    good = "Thanks for reaching out about order #1042. I am sorry it is late: the courier delivers it tomorrow."
+    assert case.failures(good) == []
+
+
+def test_the_shipped_golden_suite_covers_every_topic_and_failure_mode() -> None:
+    from rlhf_loop.corpus import TOPICS
+    from rlhf_loop.simulator import features
+
+    assert len(SHIPPED) >= 20 and len({c.name for c in SHIPPED}) == len(SHIPPED)
+    for topic in TOPICS:  # every topic of the demo world has a case, judged on topic as the users judge it
+        case = next(c for c in SHIPPED if features(c.prompt, topic.fixes[0])["on_topic"])
+        assert not any("on topic" in f for f in case.failures(topic.fixes[0])), (topic.name, case.name)
+    modes = {label for c in SHIPPED for _, label in c.labels}
+    assert {"rude", "off topic", "mentions the ticket", "not empty"} <= modes
+    assert any(m.startswith("rambling") for m in modes) and any(m.startswith("repetition") for m in modes)
+
+
+def test_golden_regressions_are_listed_per_expectation(tmp_path: Path) -> None:
+    path = tmp_path / "golden.jsonl"
+    path.write_text(
+        '{"name": "refund", "prompt": "refund #7?", "must": {"ticket": "#7\\\\b"}, "must_not": {"rude": "ugh"}}\n'
+    )
+    golden = load_golden(path)
+    result = decide(
+        _meas(["thanks"] * 8, golden_candidate=["ugh, no"], golden_active=["refund #7 is on its way"]), golden, CFG
+    )
+    check = next(c for c in result.checks if c.name == "golden_regressions")
+    assert check.value == 2 and not check.passed
+    assert result.golden_failures == [
+        {
+            "name": "refund",
+            "prompt": "refund #7?",
+            "answer": "ugh, no",
+            "failures": ["must (ticket): #7\\b", "must_not (rude): ugh"],
+            "regressions": ["must (ticket): #7\\b", "must_not (rude): ugh"],
+        }
+    ]
+    with pytest.raises(BadGolden, match="golden.jsonl:1"):
+        path.write_text('{"prompt": "a", "must": "not a list"}\n')
+        load_golden(path)
