@@ -176,10 +176,18 @@ class PromotionSettings(_Group):
     """Gate thresholds, approval, canary rollout and automatic rollback."""
 
     min_win_rate: float = Field(0.5, ge=0, le=1)
-    """Gate: the candidate's responses must outscore the active adapter's (by the candidate's reward model) on at
-    least this share of held-out prompts."""
+    """Gate: the candidate's responses must outscore the active adapter's on more than this share of held-out
+    prompts, by the candidate's and by the incumbent's reward model: the lower end of each confidence interval
+    must reach it."""
+    gate_confidence: float = Field(0.9, gt=0, lt=1)
+    """Gate: two-sided confidence of the win-rate intervals (0.9: the lower end is a one-sided 95% bound)."""
     max_kl_nats: float = Field(12.0, gt=0)
     """Gate: largest mean sequence KL of the candidate's responses from the base model."""
+    max_kl_vs_active_nats: float = Field(12.0, gt=0)
+    """Gate: largest mean sequence KL of the candidate's responses from the active adapter (the step this
+    deployment takes)."""
+    min_thumbs_auc: float = Field(0.6, ge=0, le=1)
+    """Gate: floor for the candidate reward model's held-out thumbs ROC-AUC, when its training run measured one."""
     accuracy_tolerance: float = Field(0.05, ge=0, le=1)
     """Gate: held-out pair accuracy may be at most this much below the active adapter's reward model's."""
     min_heldout_accuracy: float = Field(0.6, ge=0, le=1)
@@ -195,8 +203,9 @@ class PromotionSettings(_Group):
     """Gate: largest share of empty responses."""
     max_length_ratio: float = Field(2.5, gt=1)
     """Gate: largest mean response length relative to the active adapter's."""
-    gate_prompts: int = Field(64, ge=8)
-    """Held-out prompts the gate samples both adapters on."""
+    gate_prompts: int = Field(128, ge=8)
+    """Prompts the gate samples both adapters on: the snapshot's held-out prompts, then the most recent logged
+    prompts no training step saw (held out by the run's split, or logged after its snapshot)."""
     required_approvals: int = Field(1, ge=1, le=2)
     """Approvals by different approvers needed before a candidate deploys."""
     auto_approve: bool = False

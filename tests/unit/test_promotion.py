@@ -3,13 +3,16 @@ test_canary_statistics)."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 
 from rlhf_loop.settings import PromotionSettings
 from services.inference.engines.adapters import Routing, in_canary
-from services.promotion.gate import BadGolden, GoldenCase, Measurements, decide, load_golden, repetition
+from services.promotion.gate import Measurements, decide, repetition, win_interval
+from services.promotion.golden import BadGolden, GoldenCase, load_golden
 from services.promotion.states import TRANSITIONS, IllegalTransition, State, check_transition
 
 CFG = PromotionSettings()
@@ -60,8 +63,10 @@ def _meas(candidate: list[str], active: list[str] | None = None, **overrides: ob
         prompts=[f"p{i}" for i in range(len(candidate))],
         candidate_responses=candidate,
         active_responses=active,
-        win_rate=0.7,
+        candidate_rm_wins=[1.0] * 100 + [0.0] * 30 + [0.5] * 10,
+        incumbent_rm_wins=[1.0] * 90 + [0.0] * 40 + [0.5] * 10,
         kl_vs_base=3.0,
+        kl_vs_active=2.0,
         heldout_accuracy=0.9,
         active_heldout_accuracy=0.88,
         golden_candidate=["fine answer", "ok then"],
@@ -76,8 +81,11 @@ def test_a_healthy_candidate_passes_every_check() -> None:
     assert result.passed, result.checks
     assert [c.name for c in result.checks] == [
         "reward_win_rate",
+        "incumbent_reward_win_rate",
         "kl_vs_base_nats",
+        "kl_vs_active_nats",
         "heldout_pair_accuracy",
+        "heldout_thumbs_auc",
         "golden_regressions",
         "repetition",
         "empty_share",
@@ -104,7 +112,12 @@ def test_degenerate_output_fails_its_check(responses: list[str], failing: str) -
 
 def test_thresholds_fail_their_checks() -> None:
     result = decide(
-        _meas(["thanks, the refund is on its way"] * 8, win_rate=0.3, kl_vs_base=50.0, heldout_accuracy=0.7),
+        _meas(
+            ["thanks, the refund is on its way"] * 8,
+            candidate_rm_wins=[0.0, 1.0, 0.0] * 40,
+            kl_vs_base=50.0,
+            heldout_accuracy=0.7,
+        ),
         GOLDEN,
         CFG,
     )
@@ -222,3 +235,49 @@ def test_golden_regressions_are_listed_per_expectation(tmp_path: Path) -> None:
     with pytest.raises(BadGolden, match="golden.jsonl:1"):
         path.write_text('{"prompt": "a", "must": "not a list"}\n')
         load_golden(path)
+
+
+def test_the_win_rate_interval_is_wilsons() -> None:
+    # 8.5 wins of 16 at 90%: z = 1.6449; the Wilson interval by hand
+    rate, lower, upper = win_interval([1.0] * 8 + [0.5] + [0.0] * 7, 0.9)
+    z, n, p = 1.6448536, 16, 8.5 / 16
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert rate == pytest.approx(p) and (lower, upper) == pytest.approx((centre - half, centre + half), rel=1e-6)
+    assert lower < 0.5 < upper  # the demo's 0.531 on 16 prompts is no evidence of a better candidate
+    assert win_interval([1.0] * 128, 0.9)[1] > 0.95 and win_interval([0.0] * 10, 0.9)[1] == 0.0
+    narrow, wide = win_interval([1.0, 0.0] * 100, 0.9), win_interval([1.0, 0.0] * 100, 0.99)
+    assert wide[1] < narrow[1] < 0.5 < narrow[2] < wide[2]
+    with pytest.raises(ValueError, match="no outcomes"):
+        win_interval([], 0.9)
+
+
+def test_a_win_rate_passes_only_when_its_lower_bound_clears_the_threshold() -> None:
+    lucky = decide(_meas(["thanks a lot"] * 8, candidate_rm_wins=[1.0] * 9 + [0.0] * 7), GOLDEN, CFG)
+    check = next(c for c in lucky.checks if c.name == "reward_win_rate")
+    assert check.value == pytest.approx(9 / 16) and not check.passed and check.interval[0] < 0.5
+    assert lucky.summary() == "failed: reward_win_rate"
+
+
+def test_the_incumbent_judge_can_fail_a_candidate_its_own_judge_likes() -> None:
+    result = decide(_meas(["thanks a lot"] * 8, incumbent_rm_wins=[0.0, 1.0] * 70), GOLDEN, CFG)
+    rows = {c.name: c for c in result.checks}
+    assert rows["reward_win_rate"].passed and not rows["incumbent_reward_win_rate"].passed
+    assert (
+        rows["incumbent_reward_win_rate"].interval is not None
+        and "incumbent" in rows["incumbent_reward_win_rate"].detail
+    )
+    assert not result.passed
+
+
+def test_checks_without_a_measurement_are_reported_and_do_not_block() -> None:
+    result = decide(_meas(["thanks a lot"] * 8, incumbent_rm_wins=None, thumbs_auc=None), GOLDEN, CFG)
+    rows = {c.name: c for c in result.checks}
+    for name in ("incumbent_reward_win_rate", "heldout_thumbs_auc"):
+        assert not rows[name].measured and rows[name].value is None and "not measured" in rows[name].detail
+    assert result.passed
+    low_auc = decide(_meas(["thanks a lot"] * 8, thumbs_auc=0.55), GOLDEN, CFG)
+    assert low_auc.summary() == "failed: heldout_thumbs_auc"
+    far = decide(_meas(["thanks a lot"] * 8, kl_vs_active=40.0), GOLDEN, CFG)
+    assert far.summary() == "failed: kl_vs_active_nats"
+    assert json.loads(json.dumps(result.to_dict()))["checks"][1]["measured"] is False
