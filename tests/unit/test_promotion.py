@@ -281,3 +281,22 @@ def test_checks_without_a_measurement_are_reported_and_do_not_block() -> None:
     far = decide(_meas(["thanks a lot"] * 8, kl_vs_active=40.0), GOLDEN, CFG)
     assert far.summary() == "failed: kl_vs_active_nats"
     assert json.loads(json.dumps(result.to_dict()))["checks"][1]["measured"] is False
+
+
+def test_adapters_show_prints_every_check_with_its_interval_and_each_regression() -> None:
+    from rlhf_loop.cli.adapters import gate_report
+
+    result = decide(
+        _meas(["thanks a lot"] * 8, incumbent_rm_wins=None, golden_candidate=["<|", "ok"]), GOLDEN, CFG
+    ).to_dict()
+    lines = gate_report(json.loads(json.dumps(result)))
+    assert lines[0] == "gate: failed"
+    win = next(line for line in lines if "reward_win_rate" in line and "incumbent" not in line)
+    low, high = result["checks"][0]["interval"]
+    assert f"[{low:.3f}, {high:.3f}]" in win and "pass" in win
+    assert "not measured" in next(line for line in lines if "incumbent_reward_win_rate" in line)
+    assert "FAIL" in next(line for line in lines if "golden_regressions" in line)
+    assert [line for line in lines if "golden regression:" in line] == [
+        "  golden regression: hi: must: \\w{2,}",
+        "  golden regression: hi: must_not: <\\|",
+    ]
