@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
             name,
             ("sequential", "fixed z")[test],
             len(out.decision),
-            out.share(test, ROLLBACK),
-            out.share(test, PROMOTE),
+            f"{out.share(test, ROLLBACK):.3f}",
+            f"{out.share(test, PROMOTE):.3f}",
             hours(out.median_s(test, ROLLBACK)),
             hours(out.median_s(test, PROMOTE)),
         ]
