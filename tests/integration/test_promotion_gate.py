@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.preferences.dataset import PairRecord
 from rlhf_loop.settings import DatabaseSettings, PromotionSettings, Settings
 from rlhf_loop.simulator import Simulator
 from schemas.events import prompt_hash
@@ -125,12 +126,12 @@ def test_a_trained_candidate_passes_the_gate_and_waits_for_approval(
     settings, promotions = _fresh(trained, tmp_path)
     state = gate_candidate(settings, promotions.sessions, trained.candidate, str(demo_model_dir))
 
-    assert state == "awaiting_approval"
     with promotions.sessions() as session:
         adapter = session.get(Adapter, trained.candidate)
         gate = adapter.metrics["gate"]
         checks = {c["name"]: c for c in gate["checks"]}
-        assert gate["passed"], gate["checks"]
+        assert gate["passed"], (gate["checks"], gate["golden_failures"])
+        assert state == "awaiting_approval"
         win = checks["reward_win_rate"]
         assert win["interval"][0] >= settings.promotion.min_win_rate and win["value"] > win["interval"][0]
         assert f"{settings.promotion.gate_prompts} prompts vs base" in win["detail"]
@@ -217,3 +218,27 @@ def test_auto_approve_deploys_a_passing_candidate_and_says_so(
         assert session.get(DeploymentPointer, "active").adapter_id == trained.candidate
         approval = session.scalars(select(PromotionAudit).where(PromotionAudit.to_state == "approved")).one()
         assert approval.actor == "auto-approve" and "auto_approve" in approval.reason
+
+
+def test_gate_prompts_are_held_out_or_recent_traffic_no_training_step_used(sqlite_url: str) -> None:
+    from workers.training.dataset import Dataset
+    from workers.training.model.gate_measurements import gate_prompts
+
+    upgrade(sqlite_url)
+    sessions = make_sessionmaker(make_engine(DatabaseSettings(url=sqlite_url)))
+    trained_on = [f"where is order #{i}?" for i in range(5)]
+    dataset = Dataset(
+        train=[PairRecord(p, "thanks", "ugh") for p in trained_on],
+        heldout=[PairRecord("refund #900?", "thanks", "ugh")],
+        prompts=[*trained_on, "ppo only #77"],
+        heldout_prompts=["refund #900?"],
+    )
+    fresh = recent_prompts(12)
+    with sessions.begin() as session:
+        log_traffic(session, [*trained_on, "ppo only #77", "  Where is order #3?  ", *fresh, fresh[0]])
+    with sessions() as session:
+        prompts = gate_prompts(session, dataset, limit=10)
+        everything = gate_prompts(session, dataset, limit=100)
+    assert prompts[0] == "refund #900?" and len(prompts) == 10 and set(prompts) < set(everything)
+    # each once, nothing a training step used (pairs or PPO, a normalized repeat included)
+    assert sorted(everything) == sorted(["refund #900?", *fresh])
