@@ -13,6 +13,11 @@ narrows the true interval) clears ``min_win_rate``: a handful of prompts cannot 
 whose input was not measured (no incumbent reward model; no thumbs AUC from the training run) is
 reported as not measured and does not block.
 
+The golden suite counts, per failure mode (a named pattern, e.g. "rude"; an unnamed pattern is its own
+mode), the cases the candidate breaks and the active adapter's answer does not, minus the reverse:
+``golden_regressions`` sums the modes that got worse on net, so one lucky answer of the active adapter
+does not fail a candidate that fixes that mode elsewhere, while every regression is still listed.
+
 Degeneration is judged on words (lower-cased ``\\w+`` runs), so it does not depend on the tokenizer:
 - repetition: share of a response's word 3-grams that repeat an earlier 3-gram, averaged;
 - empty: share of responses with no word at all;
@@ -143,15 +148,27 @@ def decide(meas: Measurements, golden: list[GoldenCase], cfg: PromotionSettings,
         raise ValueError("golden answers do not match the golden cases")
     if not meas.candidate_rm_wins:
         raise ValueError("no held-out prompt was compared")
-    regressions, golden_failures = 0, []
+    net: dict[str, int] = {}  # per failure mode: cases the candidate breaks and the active does not, minus the reverse
+    golden_failures = []
     for case, ours, theirs in zip(golden, meas.golden_candidate, meas.golden_active, strict=True):
-        broken = case.failures(ours)
+        broken, theirs_broken = case.broken(ours), case.broken(theirs)
+        regressed = [b for b in broken if b not in theirs_broken]
+        for mode, _ in regressed:
+            net[mode] = net.get(mode, 0) + 1
+        for mode, _ in (b for b in theirs_broken if b not in broken):
+            net[mode] = net.get(mode, 0) - 1
         if broken:
-            regressed = [f for f in broken if f not in case.failures(theirs)]
-            regressions += len(regressed)
             golden_failures.append(
-                {"name": case.name, "prompt": case.prompt, "answer": ours, "failures": broken, "regressions": regressed}
+                {
+                    "name": case.name,
+                    "prompt": case.prompt,
+                    "answer": ours,
+                    "failures": [d for _, d in broken],
+                    "regressions": [d for _, d in regressed],
+                }
             )
+    worse = {mode: n for mode, n in net.items() if n > 0}
+    regressions = sum(worse.values())
     if meas.active_heldout_accuracy is None:
         acc_floor, acc_detail = cfg.min_heldout_accuracy, "no active reward model: the floor applies"
     else:
@@ -159,7 +176,11 @@ def decide(meas: Measurements, golden: list[GoldenCase], cfg: PromotionSettings,
         acc_detail = f"active {meas.active_heldout_accuracy:.3f} - tolerance {cfg.accuracy_tolerance}"
     cand_len = _mean([len(words(r)) for r in meas.candidate_responses])
     active_len = max(_mean([len(words(r)) for r in meas.active_responses]), 1.0)
-    golden_detail = f"{len(golden_failures)} of {len(golden)} golden cases break an expectation"
+    golden_detail = f"{len(golden_failures)} of {len(golden)} golden cases break an expectation; " + (
+        "worse on net: " + ", ".join(f"{mode} +{n}" for mode, n in sorted(worse.items()))
+        if worse
+        else "no failure mode worse than the active adapter's"
+    )
     length_detail = f"{cand_len:.1f} vs {active_len:.1f} words"
     if meas.thumbs_auc is None:
         auc = Check("heldout_thumbs_auc", None, cfg.min_thumbs_auc, ">=", True, "not measured", measured=False)

@@ -32,16 +32,23 @@ class GoldenCase:
     labels: tuple[tuple[str, str], ...] = ()
     """(regex, the failure it guards against) for the expectations the file names."""
 
-    def failures(self, answer: str) -> list[str]:
-        """What the answer breaks: 'must (LABEL): R' / 'must_not (LABEL): R' per failed expectation
-        ('must: R' for an unnamed one), must before must_not, each in file order."""
+    def broken(self, answer: str) -> list[tuple[str, str]]:
+        """(failure mode, description) per expectation the answer breaks, must before must_not, each in file
+        order. The description is 'must (LABEL): R' / 'must_not (LABEL): R' ('must: R' for an unnamed one);
+        the mode is the label, or the description of an unnamed expectation."""
         named = dict(self.labels)
 
-        def say(kind: str, regex: str) -> str:
-            return f"{kind} ({named[regex]}): {regex}" if regex in named else f"{kind}: {regex}"
+        def say(kind: str, regex: str) -> tuple[str, str]:
+            if regex in named:
+                return named[regex], f"{kind} ({named[regex]}): {regex}"
+            return f"{kind}: {regex}", f"{kind}: {regex}"
 
         missing = [say("must", r) for r in self.must if not re.search(r, answer, re.IGNORECASE)]
         return missing + [say("must_not", r) for r in self.must_not if re.search(r, answer, re.IGNORECASE)]
+
+    def failures(self, answer: str) -> list[str]:
+        """The descriptions of :meth:`broken`."""
+        return [description for _, description in self.broken(answer)]
 
 
 def _expectations(raw: object) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:

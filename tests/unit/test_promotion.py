@@ -300,3 +300,27 @@ def test_adapters_show_prints_every_check_with_its_interval_and_each_regression(
         "  golden regression: hi: must: \\w{2,}",
         "  golden regression: hi: must_not: <\\|",
     ]
+
+
+def test_golden_regressions_are_net_per_failure_mode(tmp_path: Path) -> None:
+    path = tmp_path / "golden.jsonl"
+    path.write_text(
+        "".join(
+            f'{{"name": "c{t}", "prompt": "refund #{t}?", "must": {{"ticket": "#{t}\\\\b"}}, '
+            f'"must_not": {{"rude": "ugh"}}}}\n'
+            for t in (1, 2, 3)
+        )
+    )
+    golden = load_golden(path)
+    active = ["about #1, sorry", "sorry about that", "sorry about that"]  # meets the ticket only in c1
+    better = decide(
+        _meas(["thanks"] * 8, golden_candidate=["about #7", "#2 ok", "#3 ok"], golden_active=active), golden, CFG
+    )
+    check = next(c for c in better.checks if c.name == "golden_regressions")
+    assert check.value == 0 and check.passed, check  # c1 lost the ticket, c2 and c3 gained it
+    assert better.golden_failures[0]["regressions"] == ["must (ticket): #1\\b"]  # still listed
+    rude = decide(
+        _meas(["thanks"] * 8, golden_candidate=["#1 ugh", "#2 ok", "#3 ok"], golden_active=active), golden, CFG
+    )
+    check = next(c for c in rude.checks if c.name == "golden_regressions")
+    assert check.value == 1 and not check.passed and "rude +1" in check.detail  # no trade across modes
