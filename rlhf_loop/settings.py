@@ -195,8 +195,8 @@ class PromotionSettings(_Group):
     golden_path: Path | None = None
     """Golden-prompt suite (JSON lines: prompt, must, must_not regexes); empty: the one shipped with rlhf-loop."""
     max_golden_regressions: int = Field(0, ge=0)
-    """Gate: golden expectations (case x must / must-not pattern) the active adapter meets and the candidate may
-    break."""
+    """Gate: golden cases by which the candidate may be worse than the active adapter, summed over the failure
+    modes (named patterns) where it breaks more cases than the active adapter does."""
     max_repetition: float = Field(0.5, ge=0, le=1)
     """Gate: largest mean share of repeated word 3-grams in the candidate's responses."""
     max_empty_share: float = Field(0.1, ge=0, le=1)
