@@ -196,7 +196,10 @@ class PromotionSettings(_Group):
     """Golden-prompt suite (JSON lines: prompt, must, must_not regexes); empty: the one shipped with rlhf-loop."""
     max_golden_regressions: int = Field(0, ge=0)
     """Gate: golden cases by which the candidate may be worse than the active adapter, summed over the failure
-    modes (named patterns) where it breaks more cases than the active adapter does."""
+    modes (named patterns) its sign test finds worse."""
+    golden_alpha: float = Field(0.2, gt=0, le=1)
+    """Gate: a golden failure mode is worse when the one-sided sign test of the cases the candidate lost against
+    those it won has p below this (lenient toward failing; 1 fails any mode that lost a case)."""
     max_repetition: float = Field(0.5, ge=0, le=1)
     """Gate: largest mean share of repeated word 3-grams in the candidate's responses."""
     max_empty_share: float = Field(0.1, ge=0, le=1)

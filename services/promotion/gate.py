@@ -14,9 +14,11 @@ whose input was not measured (no incumbent reward model; no thumbs AUC from the 
 reported as not measured and does not block.
 
 The golden suite counts, per failure mode (a named pattern, e.g. "rude"; an unnamed pattern is its own
-mode), the cases the candidate breaks and the active adapter's answer does not, minus the reverse:
-``golden_regressions`` sums the modes that got worse on net, so one lucky answer of the active adapter
-does not fail a candidate that fixes that mode elsewhere, while every regression is still listed.
+mode), the cases the candidate breaks and the active adapter's answer does not (lost) and the reverse
+(won). A mode is worse when an exact one-sided sign test of lost against won has p < ``golden_alpha``;
+``golden_regressions`` sums the cases lost in the worse modes. So one lucky greedy answer of the active
+adapter does not fail a candidate, while every regression is still listed for the approver;
+``golden_alpha = 1`` fails any mode that lost a case.
 
 Degeneration is judged on words (lower-cased ``\\w+`` runs), so it does not depend on the tokenizer:
 - repetition: share of a response's word 3-grams that repeat an earlier 3-gram, averaged;
@@ -92,6 +94,13 @@ def win_interval(outcomes: Sequence[float], confidence: float) -> tuple[float, f
     return rate, max(0.0, centre - half), min(1.0, centre + half)
 
 
+def sign_test(lost: int, won: int) -> float:
+    """One-sided exact sign (McNemar) test of "the candidate is no worse": P(X >= lost) for X ~ Binomial(lost +
+    won, 1/2), the chance of losing at least ``lost`` of the discordant cases by luck; 1.0 without any."""
+    n = lost + won
+    return sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n if lost else 1.0
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -148,15 +157,15 @@ def decide(meas: Measurements, golden: list[GoldenCase], cfg: PromotionSettings,
         raise ValueError("golden answers do not match the golden cases")
     if not meas.candidate_rm_wins:
         raise ValueError("no held-out prompt was compared")
-    net: dict[str, int] = {}  # per failure mode: cases the candidate breaks and the active does not, minus the reverse
+    counts: dict[str, list[int]] = {}  # per failure mode: [cases only the candidate breaks, only the active breaks]
     golden_failures = []
     for case, ours, theirs in zip(golden, meas.golden_candidate, meas.golden_active, strict=True):
         broken, theirs_broken = case.broken(ours), case.broken(theirs)
         regressed = [b for b in broken if b not in theirs_broken]
         for mode, _ in regressed:
-            net[mode] = net.get(mode, 0) + 1
+            counts.setdefault(mode, [0, 0])[0] += 1
         for mode, _ in (b for b in theirs_broken if b not in broken):
-            net[mode] = net.get(mode, 0) - 1
+            counts.setdefault(mode, [0, 0])[1] += 1
         if broken:
             golden_failures.append(
                 {
@@ -167,7 +176,7 @@ def decide(meas: Measurements, golden: list[GoldenCase], cfg: PromotionSettings,
                     "regressions": [d for _, d in regressed],
                 }
             )
-    worse = {mode: n for mode, n in net.items() if n > 0}
+    worse = {mode: lost for mode, (lost, won) in counts.items() if sign_test(lost, won) < cfg.golden_alpha}
     regressions = sum(worse.values())
     if meas.active_heldout_accuracy is None:
         acc_floor, acc_detail = cfg.min_heldout_accuracy, "no active reward model: the floor applies"
@@ -177,9 +186,9 @@ def decide(meas: Measurements, golden: list[GoldenCase], cfg: PromotionSettings,
     cand_len = _mean([len(words(r)) for r in meas.candidate_responses])
     active_len = max(_mean([len(words(r)) for r in meas.active_responses]), 1.0)
     golden_detail = f"{len(golden_failures)} of {len(golden)} golden cases break an expectation; " + (
-        "worse on net: " + ", ".join(f"{mode} +{n}" for mode, n in sorted(worse.items()))
+        "worse: " + ", ".join(f"{mode} +{n}" for mode, n in sorted(worse.items()))
         if worse
-        else "no failure mode worse than the active adapter's"
+        else f"no failure mode significantly worse (sign test, alpha {cfg.golden_alpha})"
     )
     length_detail = f"{cand_len:.1f} vs {active_len:.1f} words"
     if meas.thumbs_auc is None:

@@ -11,11 +11,13 @@ import pytest
 
 from rlhf_loop.settings import PromotionSettings
 from services.inference.engines.adapters import Routing, in_canary
-from services.promotion.gate import Measurements, decide, repetition, win_interval
+from services.promotion.gate import Check, Measurements, decide, repetition, sign_test, win_interval
 from services.promotion.golden import BadGolden, GoldenCase, load_golden
 from services.promotion.states import TRANSITIONS, IllegalTransition, State, check_transition
 
 CFG = PromotionSettings()
+STRICT = PromotionSettings(golden_alpha=1.0)
+"""Any golden case lost fails its mode."""
 GOLDEN = [GoldenCase("hi", must=(r"\w{2,}",), must_not=(r"<\|",)), GoldenCase("bye", must_not=(r"\bugh\b",))]
 
 
@@ -130,8 +132,8 @@ def test_thresholds_fail_their_checks() -> None:
 
 
 def test_golden_regressions_count_only_expectations_the_active_adapter_meets() -> None:
-    both_fail = decide(_meas(["thanks"] * 8, golden_candidate=["x", "ugh"], golden_active=["y", "ugh"]), GOLDEN, CFG)
-    regressed = decide(_meas(["thanks"] * 8, golden_candidate=["<|", "ok"]), GOLDEN, CFG)
+    both_fail = decide(_meas(["thanks"] * 8, golden_candidate=["x", "ugh"], golden_active=["y", "ugh"]), GOLDEN, STRICT)
+    regressed = decide(_meas(["thanks"] * 8, golden_candidate=["<|", "ok"]), GOLDEN, STRICT)
     assert next(c for c in both_fail.checks if c.name == "golden_regressions").value == 0
     check = next(c for c in regressed.checks if c.name == "golden_regressions")
     assert check.value == 2 and not check.passed  # both expectations of case "hi" the active adapter meets
@@ -219,7 +221,7 @@ def test_golden_regressions_are_listed_per_expectation(tmp_path: Path) -> None:
     )
     golden = load_golden(path)
     result = decide(
-        _meas(["thanks"] * 8, golden_candidate=["ugh, no"], golden_active=["refund #7 is on its way"]), golden, CFG
+        _meas(["thanks"] * 8, golden_candidate=["ugh, no"], golden_active=["refund #7 is on its way"]), golden, STRICT
     )
     check = next(c for c in result.checks if c.name == "golden_regressions")
     assert check.value == 2 and not check.passed
@@ -287,7 +289,7 @@ def test_adapters_show_prints_every_check_with_its_interval_and_each_regression(
     from rlhf_loop.cli.adapters import gate_report
 
     result = decide(
-        _meas(["thanks a lot"] * 8, incumbent_rm_wins=None, golden_candidate=["<|", "ok"]), GOLDEN, CFG
+        _meas(["thanks a lot"] * 8, incumbent_rm_wins=None, golden_candidate=["<|", "ok"]), GOLDEN, STRICT
     ).to_dict()
     lines = gate_report(json.loads(json.dumps(result)))
     assert lines[0] == "gate: failed"
@@ -302,25 +304,26 @@ def test_adapters_show_prints_every_check_with_its_interval_and_each_regression(
     ]
 
 
-def test_golden_regressions_are_net_per_failure_mode(tmp_path: Path) -> None:
+def test_golden_regressions_are_judged_per_failure_mode_by_a_sign_test(tmp_path: Path) -> None:
     path = tmp_path / "golden.jsonl"
     path.write_text(
         "".join(
             f'{{"name": "c{t}", "prompt": "refund #{t}?", "must": {{"ticket": "#{t}\\\\b"}}, '
             f'"must_not": {{"rude": "ugh"}}}}\n'
-            for t in (1, 2, 3)
+            for t in range(1, 6)
         )
     )
     golden = load_golden(path)
-    active = ["about #1, sorry", "sorry about that", "sorry about that"]  # meets the ticket only in c1
-    better = decide(
-        _meas(["thanks"] * 8, golden_candidate=["about #7", "#2 ok", "#3 ok"], golden_active=active), golden, CFG
-    )
-    check = next(c for c in better.checks if c.name == "golden_regressions")
-    assert check.value == 0 and check.passed, check  # c1 lost the ticket, c2 and c3 gained it
-    assert better.golden_failures[0]["regressions"] == ["must (ticket): #1\\b"]  # still listed
-    rude = decide(
-        _meas(["thanks"] * 8, golden_candidate=["#1 ugh", "#2 ok", "#3 ok"], golden_active=active), golden, CFG
-    )
-    check = next(c for c in rude.checks if c.name == "golden_regressions")
-    assert check.value == 1 and not check.passed and "rude +1" in check.detail  # no trade across modes
+    active = ["about #1, sorry", "about #2, sorry"] + ["sorry about that"] * 3  # the ticket in c1 and c2 only
+
+    def gate(candidate: list[str], cfg: PromotionSettings = CFG) -> Check:
+        result = decide(_meas(["thanks"] * 8, golden_candidate=candidate, golden_active=active), golden, cfg)
+        return next(c for c in result.checks if c.name == "golden_regressions")
+
+    one_slip = gate(["about #7", "#2 ok", "#3 ok", "#4 ok", "#5 ok"])  # lost c1's ticket, won three
+    assert one_slip.value == 0 and one_slip.passed, one_slip
+    assert not gate(["about #7", "#2 ok", "#3 ok", "#4 ok", "#5 ok"], STRICT).passed  # strict: any loss fails
+    rude = gate(["#1 ugh", "#2 ugh", "#3 ugh", "sorry", "sorry"])  # rude three times: no trade across modes
+    assert rude.value == 3 and not rude.passed and "rude +3" in rude.detail, rude
+    assert sign_test(3, 0) == 0.125 and sign_test(1, 0) == 0.5 and sign_test(0, 4) == 1.0
+    assert sign_test(2, 1) == 0.5  # P(X >= 2), X ~ Binomial(3, 1/2)
