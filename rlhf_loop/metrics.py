@@ -178,12 +178,29 @@ CANARY_NEGATIVE_RATE = Gauge(
     "Negative-feedback rate since the canary started, canary vs active arm.",
     ["arm"],
     multiprocess_mode="mostrecent",
-)  # services/promotion/canary.py
+)  # services/promotion/canary_monitor.py
 CANARY_P_VALUE = Gauge(
     "rlhf_canary_p_value",
-    "One-sided p-value that the canary's negative-feedback rate is worse than active's.",
+    "Always-valid p-value (sequential harm test) that the canary's negative-feedback rate is worse than active's.",
     multiprocess_mode="mostrecent",
-)  # services/promotion/canary.py
+)  # services/promotion/canary_monitor.py
+CANARY_NONINFERIORITY_P_VALUE = Gauge(
+    "rlhf_canary_noninferiority_p_value",
+    "Always-valid p-value that the canary is worse than active's by the non-inferiority margin or more.",
+    multiprocess_mode="mostrecent",
+)  # services/promotion/canary_monitor.py
+CANARY_DIFFERENCE = Gauge(
+    "rlhf_canary_negative_rate_difference",
+    "Canary negative-feedback rate minus the active arm's, since the canary started.",
+    multiprocess_mode="mostrecent",
+)  # services/promotion/canary_monitor.py
+CANARY_DECISIONS = Counter(
+    "rlhf_canary_decisions_total",
+    "Canary monitor looks, by decision (wait, rollback, promote, none).",
+    ["decision"],
+)  # services/promotion/canary_monitor.py
+for _decision in ("wait", "rollback", "promote", "none"):
+    CANARY_DECISIONS.labels(_decision)
 SERVING_ADAPTER = Gauge(
     "rlhf_serving_adapter_info",
     "1 for the adapter this API process serves in each role (active, canary).",

@@ -177,10 +177,18 @@ class PromotionSettings(_Group):
     """Gate thresholds, approval, canary rollout and automatic rollback."""
 
     min_win_rate: float = Field(0.5, ge=0, le=1)
-    """Gate: the candidate's responses must outscore the active adapter's (by the candidate's reward model) on at
-    least this share of held-out prompts."""
+    """Gate: the candidate's responses must outscore the active adapter's on more than this share of held-out
+    prompts, by the candidate's and by the incumbent's reward model: the lower end of each confidence interval
+    must reach it."""
+    gate_confidence: float = Field(0.9, gt=0, lt=1)
+    """Gate: two-sided confidence of the win-rate intervals (0.9: the lower end is a one-sided 95% bound)."""
     max_kl_nats: float = Field(12.0, gt=0)
     """Gate: largest mean sequence KL of the candidate's responses from the base model."""
+    max_kl_vs_active_nats: float = Field(12.0, gt=0)
+    """Gate: largest mean sequence KL of the candidate's responses from the active adapter (the step this
+    deployment takes)."""
+    min_thumbs_auc: float = Field(0.6, ge=0, le=1)
+    """Gate: floor for the candidate reward model's held-out thumbs ROC-AUC, when its training run measured one."""
     accuracy_tolerance: float = Field(0.05, ge=0, le=1)
     """Gate: held-out pair accuracy may be at most this much below the active adapter's reward model's."""
     min_heldout_accuracy: float = Field(0.6, ge=0, le=1)
@@ -188,27 +196,40 @@ class PromotionSettings(_Group):
     golden_path: Path | None = None
     """Golden-prompt suite (JSON lines: prompt, must, must_not regexes); empty: the one shipped with rlhf-loop."""
     max_golden_regressions: int = Field(0, ge=0)
-    """Gate: golden cases the active adapter passes and the candidate may fail."""
+    """Gate: golden cases by which the candidate may be worse than the active adapter, summed over the failure
+    modes (named patterns) its sign test finds worse."""
+    golden_alpha: float = Field(0.2, gt=0, le=1)
+    """Gate: a golden failure mode is worse when the one-sided sign test of the cases the candidate lost against
+    those it won has p below this (lenient toward failing; 1 fails any mode that lost a case)."""
     max_repetition: float = Field(0.5, ge=0, le=1)
     """Gate: largest mean share of repeated word 3-grams in the candidate's responses."""
     max_empty_share: float = Field(0.1, ge=0, le=1)
     """Gate: largest share of empty responses."""
     max_length_ratio: float = Field(2.5, gt=1)
     """Gate: largest mean response length relative to the active adapter's."""
-    gate_prompts: int = Field(64, ge=8)
-    """Held-out prompts the gate samples both adapters on."""
+    gate_prompts: int = Field(128, ge=8)
+    """Prompts the gate samples both adapters on: the snapshot's held-out prompts, then the most recent logged
+    prompts no training step saw (held out by the run's split, or logged after its snapshot)."""
     required_approvals: int = Field(1, ge=1, le=2)
     """Approvals by different approvers needed before a candidate deploys."""
     auto_approve: bool = False
     """Approve every candidate that passes the gate without a person (the demo; refused when env is prod)."""
     canary_share: float = Field(0.1, ge=0, le=1)
-    """Share of users (by a stable hash of user_ref) routed to a newly approved adapter; 0 deploys it at once."""
+    """Share of users (by a hash of user_ref salted per deployment) routed to a newly approved adapter; 0 deploys it
+    at once."""
     canary_min_samples: int = Field(200, ge=10)
-    """Ratings each arm needs before the canary can be judged."""
-    canary_promote_samples: int = Field(1000, ge=10)
-    """Ratings of the canary after which, if not significantly worse, it becomes active."""
+    """Ratings each arm needs before the canary can be judged (the sequential test's normal approximation)."""
+    canary_min_users: int = Field(50, ge=2)
+    """Distinct raters each arm needs before the canary can be judged (users are the test's units)."""
     canary_alpha: float = Field(0.01, gt=0, lt=0.5)
-    """Significance level of the one-sided two-proportion z-test that rolls a canary back."""
+    """Error rate of each sequential canary test, however often it is checked: the chance that a canary no worse
+    than the active adapter is ever rolled back, and that one worse by ``canary_margin`` or more is promoted."""
+    canary_margin: float = Field(0.02, gt=0, lt=1)
+    """Non-inferiority margin: a canary is promoted once its thumbs-down rate is shown to be less than this much
+    above the active adapter's (an absolute difference of rates)."""
+    canary_mixture_sd: float = Field(0.05, gt=0, lt=1)
+    """Spread of the rate differences the sequential tests weigh (the sd of their normal mixture): differences near
+    it are decided soonest; any value keeps the error rate."""
     canary_check_interval_s: float = Field(30.0, gt=0)
     """How often Celery beat judges the canary."""
     poll_interval_s: float = Field(5.0, gt=0)

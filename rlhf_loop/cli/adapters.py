@@ -47,11 +47,40 @@ def adapters_list(
 
 
 @app.command("show")
-def adapters_show(adapter_id: str, key: ApiKeyOpt = "", api: ApiUrl = None) -> None:
-    """One adapter as JSON: metrics, gate verdict, lineage, audit log."""
+def adapters_show(
+    adapter_id: str,
+    key: ApiKeyOpt = "",
+    api: ApiUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Only the JSON (metrics, gate, lineage, audit).")] = False,
+) -> None:
+    """One adapter: the gate report (every check, its value, interval and threshold, and the golden
+    regressions), then the whole record as JSON: metrics, gate verdict, lineage, audit log."""
     import json
 
-    typer.echo(json.dumps(_api(api, key, "GET", f"/v1/adapters/{adapter_id}"), indent=2))
+    detail = _api(api, key, "GET", f"/v1/adapters/{adapter_id}")
+    if not as_json:
+        for line in gate_report(detail.get("metrics", {}).get("gate")):
+            typer.echo(line)
+    typer.echo(json.dumps(detail, indent=2))
+
+
+def gate_report(gate: dict | None) -> list[str]:
+    """The gate's verdict as text lines: one per check, then each golden regression."""
+    if not gate:
+        return ["gate: not run yet"]
+    lines = [f"gate: {'passed' if gate['passed'] else 'failed'}"]
+    for c in gate["checks"]:
+        interval = c.get("interval")
+        span = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        result = ("pass" if c["passed"] else "FAIL") if c.get("measured", True) else "not measured"
+        value = "-" if c["value"] is None else f"{c['value']:g}"
+        lines.append(
+            f"  {c['name']:<26} {value:>10}{span:<17} {c['op']} {c['threshold']:<8g} {result:<12} {c['detail']}"
+        )
+    for f in gate.get("golden_failures") or []:
+        for r in f.get("regressions") or []:
+            lines.append(f"  golden regression: {f.get('name') or f['prompt']}: {r}")
+    return lines
 
 
 def _deployed(result: dict) -> str:

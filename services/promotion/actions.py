@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from rlhf_loop.generation import BASE
 from rlhf_loop.settings import PromotionSettings
 from services.promotion import registry
-from services.promotion.canary import Verdict, assess
+from services.promotion.canary import Verdict
+from services.promotion.canary_monitor import assess
 from services.promotion.gate import GateResult
 from services.promotion.registry import Actor
 
@@ -83,14 +84,17 @@ class Promotions:
         return self._write(lambda s: registry.rollback(s, actor, reason, trigger))
 
     def watch_canary(self) -> Verdict:
-        """Judge the running canary and act on the verdict (rollback or promote)."""
+        """Judge the running canary and act on the verdict (rollback or promote); the audit row of the action
+        keeps the test's statistics."""
 
         def act(session: Session) -> Verdict:
             verdict = assess(session, self.cfg, BASE)
             if verdict.decision == "rollback":
-                registry.rollback(session, CANARY_MONITOR, verdict.reason, "auto")
+                registry.rollback(
+                    session, CANARY_MONITOR, verdict.reason, "auto", {"canary_test": verdict.statistics()}
+                )
             elif verdict.decision == "promote":
-                registry.promote_canary(session, CANARY_MONITOR, verdict.reason)
+                registry.promote_canary(session, CANARY_MONITOR, verdict.reason, {"canary_test": verdict.statistics()})
             return verdict
 
         verdict = self._write(act, notify=False)

@@ -163,17 +163,21 @@ def reject(session: Session, adapter_id: str, actor: Actor, reason: str) -> Adap
 def deploy(session: Session, adapter: Adapter, actor: Actor, cfg: PromotionSettings) -> None:
     """An approved adapter goes to the canary pointer (``canary_share`` of users), or straight to active."""
     if cfg.canary_share > 0:
-        transition(session, adapter, State.CANARY, actor, f"canary for {cfg.canary_share:.0%} of users")
+        salt = {"canary_hash_salt": adapter.id, "share": cfg.canary_share}  # services.inference routing's salt
+        transition(session, adapter, State.CANARY, actor, f"canary for {cfg.canary_share:.0%} of users", salt)
         session.merge(DeploymentPointer(role=CANARY, adapter_id=adapter.id, share=cfg.canary_share, updated_at=now()))
     else:
         activate(session, adapter, actor, "deployed to every user (canary_share is 0)")
 
 
-def activate(session: Session, adapter: Adapter, actor: Actor, reason: str) -> None:
+def activate(
+    session: Session, adapter: Adapter, actor: Actor, reason: str, details: dict[str, Any] | None = None
+) -> None:
     """Point ``active`` at ``adapter``; the adapter it replaces is retired (a rollback restores it)."""
     current = pointer(session, ACTIVE, lock=True)
     previous = get(session, current.adapter_id, lock=True) if current and current.adapter_id != adapter.id else None
-    transition(session, adapter, State.ACTIVE, actor, reason, {"previous_active": previous.id if previous else None})
+    audit = {"previous_active": previous.id if previous else None, **(details or {})}
+    transition(session, adapter, State.ACTIVE, actor, reason, audit)
     if previous is not None and previous.state == State.ACTIVE:
         transition(session, previous, State.RETIRED, actor, f"replaced by {adapter.id}", {"replaced_by": adapter.id})
     session.merge(DeploymentPointer(role=ACTIVE, adapter_id=adapter.id, share=1.0, updated_at=now()))
@@ -182,23 +186,31 @@ def activate(session: Session, adapter: Adapter, actor: Actor, reason: str) -> N
         session.delete(canary)
 
 
-def promote_canary(session: Session, actor: Actor, reason: str) -> Adapter:
-    """The canary becomes active for every user."""
+def promote_canary(session: Session, actor: Actor, reason: str, details: dict[str, Any] | None = None) -> Adapter:
+    """The canary becomes active for every user (``details`` go into the audit row)."""
     canary = pointer(session, CANARY, lock=True)
     if canary is None:
         raise Conflict("there is no canary to promote")
     adapter = get(session, canary.adapter_id, lock=True)
-    activate(session, adapter, actor, reason)
+    activate(session, adapter, actor, reason, details)
     return adapter
 
 
-def rollback(session: Session, actor: Actor, reason: str, trigger: Literal["auto", "manual"]) -> dict[str, Any]:
+def rollback(
+    session: Session,
+    actor: Actor,
+    reason: str,
+    trigger: Literal["auto", "manual"],
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Undo the newest deployment: a running canary is withdrawn; otherwise the active adapter is rolled
-    back and the one it replaced becomes active again (or the bare base model, if there was none)."""
+    back and the one it replaced becomes active again (or the bare base model, if there was none).
+    ``details`` (the canary test's statistics) go into the audit row."""
+    extra = details or {}
     canary = pointer(session, CANARY, lock=True)
     if canary is not None:
         adapter = get(session, canary.adapter_id, lock=True)
-        transition(session, adapter, State.ROLLED_BACK, actor, reason, {"trigger": trigger, "role": CANARY})
+        transition(session, adapter, State.ROLLED_BACK, actor, reason, {"trigger": trigger, "role": CANARY, **extra})
         session.delete(canary)
         outcome = {"rolled_back": adapter.id, "role": CANARY, "active": _active_id(session)}
     else:
@@ -207,7 +219,7 @@ def rollback(session: Session, actor: Actor, reason: str, trigger: Literal["auto
             raise Conflict("nothing to roll back: no canary and no active adapter")
         adapter = get(session, current.adapter_id, lock=True)
         restore_id = _previous_active(session, adapter.id)
-        transition(session, adapter, State.ROLLED_BACK, actor, reason, {"trigger": trigger, "role": ACTIVE})
+        transition(session, adapter, State.ROLLED_BACK, actor, reason, {"trigger": trigger, "role": ACTIVE, **extra})
         restore = session.get(Adapter, restore_id, with_for_update=True) if restore_id else None
         if restore is not None and restore.state == State.RETIRED:
             transition(session, restore, State.ACTIVE, actor, f"restored by the rollback of {adapter.id}")

@@ -22,6 +22,7 @@ from rlhf_loop.settings import KafkaSettings, PromotionSettings
 from rlhf_loop.simulator import Simulator
 from schemas.tables import Adapter, DeploymentPointer, Feedback, PromotionAudit
 from services.promotion.actions import Promotions
+from services.promotion.canary import Verdict
 from tests.conftest import REDIS_URL
 from tests.integration.test_aggregator import aggregator_process, wait_for
 from tests.support.adapters import register, taught_adapter
@@ -29,9 +30,14 @@ from tests.support.api import Api, start_api
 from workers.training.model.synthetic import distinct_prompts
 
 pytestmark = pytest.mark.integration
-CANARY = PromotionSettings(canary_share=0.5, canary_min_samples=60, canary_promote_samples=100, canary_alpha=0.01)
+CANARY = PromotionSettings(
+    canary_share=0.5, canary_min_samples=60, canary_min_users=40, canary_alpha=0.01, canary_mixture_sd=0.15
+)
+"""These adapters differ from the base model by tens of points: a wider mixture decides such differences with
+fewer ratings (the sequential test's error rate holds for any mixture)."""
 RATINGS = 260
-"""Simulated users per scenario: enough for each arm to pass canary_min_samples at a 50% share."""
+"""Simulated users per round of traffic: enough for each arm to pass canary_min_samples and canary_min_users at
+a 50% share."""
 
 
 @dataclass
@@ -119,21 +125,33 @@ def _stored(world: World, adapter_id: str) -> int:
         return session.scalar(select(func.count()).select_from(Feedback).where(Feedback.adapter_id == adapter_id))
 
 
+def judge_until_decided(world: World, adapter_id: str, seed: int, rounds: int = 4) -> Verdict:
+    """Rounds of RATINGS simulated users, the canary monitor looking after each one as beat does, until it
+    rolls the canary back or promotes it; returns that verdict (or the last 'wait')."""
+    stored = 0
+    for r in range(rounds):
+        served = simulate_users(world, RATINGS, seed=seed + r)
+        stored += served.get(adapter_id, 0)
+        assert wait_for(lambda n=stored: _stored(world, adapter_id) == n, timeout_s=240), (stored, served)
+        verdict = world.promotions.watch_canary()
+        assert verdict.canary.ratings == stored, verdict
+        if verdict.decision != "wait":
+            return verdict
+    return verdict
+
+
 def test_a_canary_the_users_dislike_is_rolled_back_automatically(world: World) -> None:
     _start_canary(world, "ad-rude")
-    served = simulate_users(world, RATINGS, seed=1)
-    assert served["ad-rude"] >= CANARY.canary_min_samples and served["base"] >= CANARY.canary_min_samples, served
-    assert wait_for(lambda: _stored(world, "ad-rude") == served["ad-rude"], timeout_s=240), (
-        _stored(world, "ad-rude"),
-        served,
-    )
     rollbacks_before = m.ROLLBACKS.labels("auto")._value.get()
+    decisions_before = m.CANARY_DECISIONS.labels("rollback")._value.get()
 
-    verdict = world.promotions.watch_canary()
+    verdict = judge_until_decided(world, "ad-rude", seed=100)
 
     assert verdict.decision == "rollback", verdict
     assert verdict.canary.rate > verdict.active.rate and verdict.p_value < CANARY.canary_alpha
     assert m.ROLLBACKS.labels("auto")._value.get() == rollbacks_before + 1
+    assert m.CANARY_DECISIONS.labels("rollback")._value.get() == decisions_before + 1
+    assert m.CANARY_P_VALUE._value.get() == verdict.p_value
     with world.sessions() as session:
         assert session.get(Adapter, "ad-rude").state == "rolled_back"
         assert session.get(DeploymentPointer, "canary") is None
@@ -141,24 +159,25 @@ def test_a_canary_the_users_dislike_is_rolled_back_automatically(world: World) -
             select(PromotionAudit).where(PromotionAudit.adapter_id == "ad-rude").order_by(PromotionAudit.id.desc())
         ).first()
         assert (audit.to_state, audit.actor, audit.details["trigger"]) == ("rolled_back", "canary-monitor", "auto")
-        assert "one-sided p" in audit.reason
+        assert "harm p" in audit.reason
+        test = audit.details["canary_test"]
+        assert test["p_harm"] < CANARY.canary_alpha and test["canary_users"] == verdict.canary.users
+        assert test["difference"] == pytest.approx(verdict.difference, abs=1e-6)
     assert wait_for(lambda: simulate_users(world, 24, seed=2).keys() == {"base"}, timeout_s=5, poll=lambda: None)
 
 
 def test_a_canary_the_users_like_is_promoted_not_rolled_back(world: World) -> None:
     _start_canary(world, "ad-polite")
-    served = simulate_users(world, RATINGS, seed=3)
-    assert served["ad-polite"] >= CANARY.canary_promote_samples, served
-    assert wait_for(lambda: _stored(world, "ad-polite") == served["ad-polite"], timeout_s=240), (
-        _stored(world, "ad-polite"),
-        served,
-    )
 
-    verdict = world.promotions.watch_canary()
+    verdict = judge_until_decided(world, "ad-polite", seed=200)
 
     assert verdict.decision == "promote", verdict
-    assert verdict.canary.rate < verdict.active.rate
+    assert verdict.canary.rate < verdict.active.rate and verdict.p_noninferior < CANARY.canary_alpha
     with world.sessions() as session:
         assert session.get(Adapter, "ad-polite").state == "active"
+        audit = session.scalars(
+            select(PromotionAudit).where(PromotionAudit.adapter_id == "ad-polite").order_by(PromotionAudit.id.desc())
+        ).first()
+        assert audit.to_state == "active" and audit.details["canary_test"]["p_noninferior"] < CANARY.canary_alpha
         assert session.get(DeploymentPointer, "active").adapter_id == "ad-polite"
         assert session.get(DeploymentPointer, "canary") is None

@@ -1,21 +1,30 @@
 """The gate on real adapters (demo model, CPU, SQLite): a PPO-trained candidate passes against the base
-model and waits for approval; an adapter that repeats itself fails on degeneration and is not
-deployable; with auto-approve (the demo setting) a passing candidate goes live at once, loudly."""
+model on 128 prompts of recent traffic it never trained on, with its win rate's interval above the
+threshold, and waits for approval; an adapter that repeats itself fails on degeneration, and one that
+rambles fails the win rate by both reward models (its own run's and the incumbent's) and the golden
+suite's rambling patterns; neither is deployable; with auto-approve (the demo setting) a passing
+candidate goes live at once, loudly."""
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+from rlhf_loop.preferences.dataset import PairRecord
 from rlhf_loop.settings import DatabaseSettings, PromotionSettings, Settings
 from rlhf_loop.simulator import Simulator
-from schemas.tables import Adapter, DeploymentPointer, PromotionAudit
+from schemas.events import prompt_hash
+from schemas.tables import Adapter, DeploymentPointer, PromotionAudit, Response
 from services.promotion.actions import Promotions
 from services.promotion.registry import Actor, Conflict
 from tests.support.adapters import register, taught_adapter
@@ -73,9 +82,42 @@ def _fresh(trained: Trained, tmp_path: Path, **promotion: object) -> tuple[Setti
             "promotion": PromotionSettings(**promotion),
         }
     )
-    return settings, Promotions(
-        make_sessionmaker(make_engine(settings.database)), settings.promotion, settings.redis.url
-    )
+    promotions = Promotions(make_sessionmaker(make_engine(settings.database)), settings.promotion, settings.redis.url)
+    with promotions.sessions.begin() as session:
+        log_traffic(session, recent_prompts(160))
+    return settings, promotions
+
+
+def recent_prompts(n: int) -> list[str]:
+    """Prompts of the demo world as live traffic brings them: catalogue templates with new ticket numbers,
+    so none is a prompt the run trained on."""
+    catalogue = distinct_prompts(Simulator(7), 300, seed=3)
+    return [re.sub(r"#\d+", f"#{70_000 + i}", catalogue[i % len(catalogue)]) for i in range(n)]
+
+
+def log_traffic(session: Session, prompts: list[str]) -> None:
+    """One logged response per prompt, as the aggregator writes them."""
+    for prompt in prompts:
+        rid = f"r-{uuid.uuid4().hex[:16]}"
+        session.add(
+            Response(
+                event_id=uuid.uuid4(),
+                response_id=rid,
+                request_id=rid,
+                app_id="test",
+                user_ref="u-live",
+                prompt=prompt,
+                prompt_hash=prompt_hash(prompt),
+                response="ok",
+                adapter_id="base",
+                base_model="demo",
+                sampling={},
+                prompt_tokens=0,
+                completion_tokens=0,
+                latency_ms=0.0,
+                created_at=datetime.now(UTC),
+            )
+        )
 
 
 def test_a_trained_candidate_passes_the_gate_and_waits_for_approval(
@@ -84,14 +126,18 @@ def test_a_trained_candidate_passes_the_gate_and_waits_for_approval(
     settings, promotions = _fresh(trained, tmp_path)
     state = gate_candidate(settings, promotions.sessions, trained.candidate, str(demo_model_dir))
 
-    assert state == "awaiting_approval"
     with promotions.sessions() as session:
         adapter = session.get(Adapter, trained.candidate)
         gate = adapter.metrics["gate"]
         checks = {c["name"]: c for c in gate["checks"]}
-        assert gate["passed"], gate["checks"]
-        assert checks["reward_win_rate"]["value"] > 0.5 and checks["reward_win_rate"]["detail"] == "vs base"
-        assert all({"value", "threshold", "op", "passed"} <= set(c) for c in gate["checks"])
+        assert gate["passed"], (gate["checks"], gate["golden_failures"])
+        assert state == "awaiting_approval"
+        win = checks["reward_win_rate"]
+        assert win["interval"][0] >= settings.promotion.min_win_rate and win["value"] > win["interval"][0]
+        assert f"{settings.promotion.gate_prompts} prompts vs base" in win["detail"]
+        assert not checks["incumbent_reward_win_rate"]["measured"]  # the base model has no reward model
+        assert checks["kl_vs_active_nats"]["value"] == pytest.approx(checks["kl_vs_base_nats"]["value"], rel=1e-4)
+        assert all({"value", "interval", "threshold", "op", "passed", "measured"} <= set(c) for c in gate["checks"])
         assert len(gate["samples"]) == 8 and gate["samples"][0]["candidate"] != gate["samples"][0]["active"]
         audit = session.scalars(
             select(PromotionAudit).where(PromotionAudit.adapter_id == trained.candidate).order_by(PromotionAudit.id)
@@ -124,6 +170,42 @@ def test_the_gate_fails_an_adapter_that_repeats_itself(trained: Trained, tmp_pat
         promotions.approve("ad-loop", Actor("ml-team", 2), "looks fine to me")
 
 
+def test_the_gate_fails_a_rambling_adapter_by_both_judges_and_the_golden_suite(
+    trained: Trained, tmp_path: Path, demo_model_dir: Path
+) -> None:
+    settings, promotions = _fresh(trained, tmp_path)
+    path = taught_adapter(
+        demo_model_dir,
+        tmp_path / "rambling",
+        "Well, so, about your ticket, you know, as I was saying, anyway, in a way, if you think about it, "
+        "basically it is what it is, you know, anyway.",
+        distinct_prompts(Simulator(7), 32, seed=1),
+    )
+    with promotions.sessions.begin() as session:
+        # the trained candidate is the incumbent: its run's reward model is the second judge
+        register(
+            session,
+            "ad-incumbent",
+            Path(session.get(Adapter, trained.candidate).path),
+            "active",
+            run_id=trained.run_id,
+            base_model=str(demo_model_dir),
+            active=True,
+        )
+        register(session, "ad-rambling", path, run_id=trained.run_id, base_model=str(demo_model_dir))
+
+    assert gate_candidate(settings, promotions.sessions, "ad-rambling", str(demo_model_dir)) == "gated"
+    with promotions.sessions() as session:
+        gate = session.get(Adapter, "ad-rambling").metrics["gate"]
+    checks = {c["name"]: c for c in gate["checks"]}
+    failed = {name for name, c in checks.items() if not c["passed"]}
+    assert {"reward_win_rate", "incumbent_reward_win_rate", "golden_regressions"} <= failed, gate["checks"]
+    assert checks["incumbent_reward_win_rate"]["measured"] and "vs ad-incumbent" in checks["reward_win_rate"]["detail"]
+    regressions = [r for f in gate["golden_failures"] for r in f["regressions"]]
+    assert any("rambling" in r for r in regressions), gate["golden_failures"]
+    assert gate_candidate(settings, promotions.sessions, "ad-rambling", str(demo_model_dir)) == "gated"
+
+
 @pytest.mark.usefixtures("redis_url")
 def test_auto_approve_deploys_a_passing_candidate_and_says_so(
     trained: Trained, tmp_path: Path, demo_model_dir: Path, caplog: pytest.LogCaptureFixture
@@ -136,3 +218,27 @@ def test_auto_approve_deploys_a_passing_candidate_and_says_so(
         assert session.get(DeploymentPointer, "active").adapter_id == trained.candidate
         approval = session.scalars(select(PromotionAudit).where(PromotionAudit.to_state == "approved")).one()
         assert approval.actor == "auto-approve" and "auto_approve" in approval.reason
+
+
+def test_gate_prompts_are_held_out_or_recent_traffic_no_training_step_used(sqlite_url: str) -> None:
+    from workers.training.dataset import Dataset
+    from workers.training.model.gate_measurements import gate_prompts
+
+    upgrade(sqlite_url)
+    sessions = make_sessionmaker(make_engine(DatabaseSettings(url=sqlite_url)))
+    trained_on = [f"where is order #{i}?" for i in range(5)]
+    dataset = Dataset(
+        train=[PairRecord(p, "thanks", "ugh") for p in trained_on],
+        heldout=[PairRecord("refund #900?", "thanks", "ugh")],
+        prompts=[*trained_on, "ppo only #77"],
+        heldout_prompts=["refund #900?"],
+    )
+    fresh = recent_prompts(12)
+    with sessions.begin() as session:
+        log_traffic(session, [*trained_on, "ppo only #77", "  Where is order #3?  ", *fresh, fresh[0]])
+    with sessions() as session:
+        prompts = gate_prompts(session, dataset, limit=10)
+        everything = gate_prompts(session, dataset, limit=100)
+    assert prompts[0] == "refund #900?" and len(prompts) == 10 and set(prompts) < set(everything)
+    # each once, nothing a training step used (pairs or PPO, a normalized repeat included)
+    assert sorted(everything) == sorted(["refund #900?", *fresh])

@@ -65,22 +65,31 @@ def _norm(value: object) -> object:
     return sorted(value) if isinstance(value, list | set | tuple) else value
 
 
-def in_canary(user_ref: str, share: float) -> bool:
-    """Whether ``user_ref`` falls in the first ``share`` of users by a stable hash (same answer in every replica)."""
-    bucket = int.from_bytes(hashlib.sha256(user_ref.encode()).digest()[:8], "big") / 2**64  # uniform in [0, 1)
-    return bucket < share
+def in_canary(user_ref: str, share: float, salt: str = "") -> bool:
+    """Whether ``user_ref`` falls in the first ``share`` of users by a hash salted with ``salt`` (the same
+    answer in every replica; a new salt draws a new, independent set of users)."""
+    digest = hashlib.sha256(f"{salt}\x00{user_ref}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share  # bucket uniform in [0, 1)
 
 
 @dataclass(frozen=True)
 class Routing:
-    """Which adapter serves whom: ``share`` of users (by hash of user_ref) get ``canary``, the rest ``active``."""
+    """Which adapter serves whom: ``share`` of users (by a hash of user_ref) get ``canary``, the rest ``active``.
+
+    The hash is salted with the canary's adapter id: an adapter is a canary at most once (the registry's
+    states), so every deployment puts a fresh, independent share of users in the canary (no user is
+    always the guinea pig, and one deployment's effects on its users do not carry into the next
+    comparison), while every replica still routes a user the same way for the whole canary.
+    """
 
     active: str
     canary: str | None = None
     share: float = 0.0
 
     def route(self, user_ref: str) -> str:
-        return self.canary if self.canary is not None and in_canary(user_ref, self.share) else self.active
+        if self.canary is not None and in_canary(user_ref, self.share, salt=self.canary):
+            return self.canary
+        return self.active
 
 
 class AdapterManager:

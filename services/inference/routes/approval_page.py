@@ -177,13 +177,35 @@ def _gate_table(this: AdapterDetail) -> str:
     if not gate:
         return "<h2>Gate</h2><p>not run yet</p>"
     rows = "".join(
-        f"<tr><td>{_e(c['name'])}</td><td>{_e(c['value'])}</td><td>{_e(c['op'])} {_e(c['threshold'])}</td>"
-        f"<td>{_gate_word(c['passed'])}</td><td>{_e(c.get('detail'))}</td></tr>"
+        f"<tr><td>{_e(c['name'])}</td><td>{_e(c['value'])}</td><td>{_interval(c.get('interval'))}</td>"
+        f"<td>{_e(c['op'])} {_e(c['threshold'])}</td>"
+        f"<td>{_gate_word(c['passed']) if c.get('measured', True) else 'not measured'}</td>"
+        f"<td>{_e(c.get('detail'))}</td></tr>"
         for c in gate["checks"]
     )
     return (
         f"<h2>Gate: {_gate_word(gate['passed'])}</h2><table id='gate'><tr><th>check</th><th>value</th>"
-        f"<th>threshold</th><th>result</th><th></th></tr>{rows}</table>"
+        f"<th>interval</th><th>threshold</th><th>result</th><th></th></tr>{rows}</table>" + _golden(gate)
+    )
+
+
+def _interval(interval: list[float] | None) -> str:
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+
+
+def _golden(gate: dict) -> str:
+    """The golden cases the candidate breaks, with the regressions (what the active adapter got right)."""
+    failures = gate.get("golden_failures") or []
+    if not failures:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(f.get('name') or f['prompt'])}</td><td>{_e(f['answer'])}</td>"
+        f"<td>{_e('; '.join(f.get('regressions') or []))}</td><td>{_e('; '.join(f['failures']))}</td></tr>"
+        for f in failures
+    )
+    return (
+        "<h3>Golden cases the candidate breaks</h3><table id='golden'><tr><th>case</th><th>answer</th>"
+        f"<th>regressions</th><th>all failures</th></tr>{rows}</table>"
     )
 
 
