@@ -1,7 +1,7 @@
 """``rlhf-loop demo`` end to end, as a user runs it (a short loop: two rounds of realistic traffic): the
 embedded broker, the API, the aggregator and a Celery worker start as child processes; the
-negative-feedback rate falls after one retrain; a report and a plot are written; the same seed gives the same table; afterwards no process
-of the run is left, also after Ctrl-C."""
+negative-feedback rate falls after one retrain; a report and a plot are written; the same seed gives
+the same table; afterwards no process of the run is left, also after Ctrl-C."""
 
 from __future__ import annotations
 
