@@ -23,7 +23,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from rlhf_loop import metrics as m
-from rlhf_loop.preferences.dataset import PAIRS_FILE, read_pairs
+from rlhf_loop.preferences.dataset import EXAMPLES_FILE, PAIRS_FILE, read_examples, read_pairs
 from rlhf_loop.settings import MonitoringSettings
 from schemas.tables import Adapter, DatasetSnapshot, DeploymentPointer, Feedback, Response
 from workers.monitoring.features import FEATURES, histograms, psi
@@ -50,8 +50,11 @@ def active_adapter(session: Session) -> Adapter | None:
 
 @lru_cache(maxsize=4)
 def _reference(snapshot_path: str, content_sha256: str, buckets: int) -> dict[str, list[int]]:
-    """Feature histograms of a snapshot's prompts, one per pair (cached: snapshots are immutable)."""
-    return histograms([p.prompt for p in read_pairs(Path(snapshot_path) / PAIRS_FILE)], buckets)
+    """Feature histograms of a snapshot's prompts, one per rating (the traffic its reward model learned
+    from), or one per pair for a snapshot without ratings (cached: snapshots are immutable)."""
+    examples = Path(snapshot_path) / EXAMPLES_FILE
+    prompts = [e.prompt for e in read_examples(examples)] if examples.exists() else []
+    return histograms(prompts or [p.prompt for p in read_pairs(Path(snapshot_path) / PAIRS_FILE)], buckets)
 
 
 def prompt_drift(session: Session, cfg: MonitoringSettings, now: datetime) -> PromptDrift | None:
