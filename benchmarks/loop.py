@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     again = ablation = None
     if not args.once:
         again = run_demo(settings, cfg, Console(stderr=True))
-        pairs_only = dataclasses.replace(cfg, hyperparameters={"reward": {"mode": "bt"}})
+        pairs_only = dataclasses.replace(cfg, hyperparameters={"reward": {"mode": "bt"}}, report_name="demo-pairs-only")
         ablation = run_demo(settings, pairs_only, Console(stderr=True))
     rows = [[r.round, r.served_by, f"{r.negative_rate:.1%}", *[r.seconds.get(s, 0.0) for s in STAGES]] for r in rounds]
     stage_totals = {f"{s}_s": round(sum(r.seconds.get(s, 0.0) for r in rounds), 1) for s in STAGES}

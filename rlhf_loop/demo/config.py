@@ -26,3 +26,5 @@ class DemoConfig:
     hyperparameters: dict = field(default_factory=dict)
     """Training overrides for every retrain (TrainConfig as nested dict)."""
     stage_timeout_s: float = 900.0
+    report_name: str = "demo"
+    """The report's file name before ``-seed<seed>`` (under ``var/reports``)."""

@@ -90,7 +90,7 @@ def write_report(reports: Path, cfg: DemoConfig, rounds: list[Round], wall_s: fl
     import matplotlib.pyplot as plt
 
     reports.mkdir(parents=True, exist_ok=True)
-    stem = reports / f"demo-seed{cfg.seed}"
+    stem = reports / f"{cfg.report_name}-seed{cfg.seed}"
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot([r.round for r in rounds], [r.negative_rate for r in rounds], marker="o")
     ax.set(
