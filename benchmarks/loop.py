@@ -2,8 +2,9 @@
 
     python -m benchmarks.loop [--quick] [--rounds N] [--users N] [--seed S] [--traffic KIND] [--once]
 
-Full run: 4 rounds of 400 simulated users (the demo's defaults); --quick: 2 rounds of 200 (a few
-minutes each loop). The traffic is the simulator's (realistic by default: fresh prompts, a third of the
+Full run: 4 rounds of 400 simulated users (the demo's defaults); --quick: 2 rounds of 400 (one
+retrain; a few minutes each loop). Fewer users than that give the first retrain too few ratings on
+realistic traffic (about a third of the users rate). The traffic is the simulator's (realistic by default: fresh prompts, a third of the
 users rate, regenerations and side-by-side choices). The baseline is the same run's round 0, served by
 the base model: ``neg_rate_ratio`` is the final round's negative-feedback rate over round 0's (target
 <= 0.5). ``ratings_used_share`` is the share of the ratings given before the last retrain that are in
@@ -41,7 +42,7 @@ def rates(rounds: list[Round]) -> list[float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 200 users")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 400 users")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--users", type=int)
     parser.add_argument("--seed", type=int, default=7)
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = DemoConfig(
         seed=args.seed,
         rounds=args.rounds or (2 if args.quick else 4),
-        users=args.users or (200 if args.quick else 400),
+        users=args.users or 400,
         traffic=traffic,
     )
     started = time.monotonic()
