@@ -4,7 +4,7 @@
 
 Full run: 4 rounds of 400 simulated users (the demo's defaults); --quick: 2 rounds of 400 (one
 retrain; a few minutes each loop). Fewer users than that give the first retrain too few ratings on
-realistic traffic (about a third of the users rate). The traffic is the simulator's (realistic by default: fresh prompts, a third of the
+realistic traffic. The traffic is the simulator's (realistic by default: fresh prompts, a third of the
 users rate, regenerations and side-by-side choices). The baseline is the same run's round 0, served by
 the base model: ``neg_rate_ratio`` is the final round's negative-feedback rate over round 0's (target
 <= 0.5). ``ratings_used_share`` is the share of the ratings given before the last retrain that are in
