@@ -167,13 +167,13 @@ def decide(meas: Measurements, golden: list[GoldenCase], cfg: PromotionSettings,
             counts.setdefault(mode, [0, 0])[0] += 1
         for mode, _ in (b for b in theirs_broken if b not in broken):
             counts.setdefault(mode, [0, 0])[1] += 1
-        if broken:
+        if broken or case.advisories(ours):
             golden_failures.append(
                 {
                     "name": case.name,
                     "prompt": case.prompt,
                     "answer": ours,
-                    "failures": [d for _, d in broken],
+                    "failures": case.failures(ours),
                     "regressions": [d for _, d in regressed],
                 }
             )

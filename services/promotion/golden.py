@@ -1,10 +1,14 @@
 """The golden-prompt suite: fixed prompts with patterns every answer must and must not match.
 
-JSON lines ``{"name"?, "prompt", "must"?, "must_not"?}``; each of must and must_not is a list of
-regexes or an object naming the failure each regex guards against (``{"rude": "\\bugh\\b"}``), so a
-regression in the gate report says what went wrong. Patterns are ``re.search``ed case-insensitively.
-The suite shipped with rlhf-loop (``golden_prompts.jsonl``) covers the demo world's failure modes;
-``promotion.golden_path`` points at an operator's own.
+JSON lines ``{"name"?, "prompt", "must"?, "must_not"?, "should"?}``; each is a list of regexes or an
+object naming the failure each regex guards against (``{"rude": "\\bugh\\b"}``), so a regression in
+the gate report says what went wrong. ``must`` and ``must_not`` gate; ``should`` is advisory: a miss is
+listed for the approver and never fails the gate (for what the users themselves do not punish).
+Patterns are ``re.search``ed case-insensitively. The suite shipped with rlhf-loop
+(``golden_prompts.jsonl``) covers the demo world's failure modes; ``promotion.golden_path`` points at
+an operator's own. Its "mentions the ticket" expectations are advisory: the demo world's users like a
+polite, on-topic answer without the ticket as much, so thumbs alone do not keep a policy citing it, and
+a gate on it would refuse candidates the users prefer.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class GoldenCase:
     name: str = ""
     labels: tuple[tuple[str, str], ...] = ()
     """(regex, the failure it guards against) for the expectations the file names."""
+    should: tuple[str, ...] = ()
+    """Advisory regexes the answer should match: listed when missed, never gating."""
 
     def broken(self, answer: str) -> list[tuple[str, str]]:
         """(failure mode, description) per expectation the answer breaks, must before must_not, each in file
@@ -46,9 +52,18 @@ class GoldenCase:
         missing = [say("must", r) for r in self.must if not re.search(r, answer, re.IGNORECASE)]
         return missing + [say("must_not", r) for r in self.must_not if re.search(r, answer, re.IGNORECASE)]
 
+    def advisories(self, answer: str) -> list[str]:
+        """'should (LABEL): R' per advisory expectation the answer misses, in file order."""
+        named = dict(self.labels)
+        return [
+            f"should ({named[r]}): {r}" if r in named else f"should: {r}"
+            for r in self.should
+            if not re.search(r, answer, re.IGNORECASE)
+        ]
+
     def failures(self, answer: str) -> list[str]:
-        """The descriptions of :meth:`broken`."""
-        return [description for _, description in self.broken(answer)]
+        """The descriptions of :meth:`broken`, then the advisories missed."""
+        return [description for _, description in self.broken(answer)] + self.advisories(answer)
 
 
 def _expectations(raw: object) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -61,9 +76,9 @@ def _expectations(raw: object) -> tuple[tuple[str, ...], tuple[tuple[str, str], 
 
 
 def load_golden(path: Path | None) -> list[GoldenCase]:
-    """The golden cases of ``path`` (JSON lines ``{"name"?, "prompt", "must"?, "must_not"?}``, each of must and
-    must_not a list of regexes or an object naming each regex's failure), or the shipped suite; raises
-    BadGolden with the line."""
+    """The golden cases of ``path`` (JSON lines ``{"name"?, "prompt", "must"?, "must_not"?, "should"?}``, each
+    a list of regexes or an object naming each regex's failure), or the shipped suite; raises BadGolden
+    with the line."""
     path = path or GOLDEN_DEFAULT
     try:
         lines = Path(path).read_text().splitlines()
@@ -77,8 +92,10 @@ def load_golden(path: Path | None) -> list[GoldenCase]:
             raw = json.loads(line)
             must, must_labels = _expectations(raw.get("must", []))
             must_not, not_labels = _expectations(raw.get("must_not", []))
-            case = GoldenCase(raw["prompt"], must, must_not, str(raw.get("name", "")), must_labels + not_labels)
-            for r in case.must + case.must_not:
+            should, should_labels = _expectations(raw.get("should", []))
+            labels = must_labels + not_labels + should_labels
+            case = GoldenCase(raw["prompt"], must, must_not, str(raw.get("name", "")), labels, should)
+            for r in case.must + case.must_not + case.should:
                 re.compile(r)
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, re.error) as e:
             raise BadGolden(f"{path}:{n}: {type(e).__name__}: {e}") from e

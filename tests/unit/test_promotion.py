@@ -327,3 +327,19 @@ def test_golden_regressions_are_judged_per_failure_mode_by_a_sign_test(tmp_path:
     assert rude.value == 3 and not rude.passed and "rude +3" in rude.detail, rude
     assert sign_test(3, 0) == 0.125 and sign_test(1, 0) == 0.5 and sign_test(0, 4) == 1.0
     assert sign_test(2, 1) == 0.5  # P(X >= 2), X ~ Binomial(3, 1/2)
+
+
+def test_advisory_expectations_are_listed_and_never_gate() -> None:
+    path_text = (
+        '{"name": "refund", "prompt": "refund #7?", "must": {"on topic": "refund"}, "should": {"ticket": "#7\\\\b"}}\n'
+    )
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.write(path_text)
+    (case,) = load_golden(Path(f.name))
+    assert case.broken("your refund is on its way") == []
+    assert case.advisories("your refund is on its way") == ["should (ticket): #7\\b"]
+    assert case.failures("your refund is on its way") == ["should (ticket): #7\\b"]
+    assert case.failures("refund #7 is on its way") == []
+    assert case.failures("sorry") == ["must (on topic): refund", "should (ticket): #7\\b"]
