@@ -113,7 +113,8 @@ def write_report(reports: Path, cfg: DemoConfig, rounds: list[Round], wall_s: fl
         _md_row(["---"] * len(COLUMNS)),
     ]
     lines += [_md_row(r.cells()) for r in rounds]
-    lines += ["", "Adapters: " + ", ".join(f"{r.served_by} = {r.adapter}" for r in rounds if r.adapter != "base")]
+    served = dict.fromkeys((r.served_by, r.adapter) for r in rounds if r.adapter != "base")
+    lines += ["", "Adapters: " + ", ".join(f"{name} = {adapter}" for name, adapter in served)]
     lines += ["", f"![negative-feedback rate per round]({stem.with_suffix('.png').name})", "", "Seconds per stage:", ""]
     lines += [f"- round {r.round}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.seconds.items()) for r in rounds]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
