@@ -55,21 +55,7 @@ def test_each_event_gets_a_unique_id_and_utc_time() -> None:
 
 
 def test_response_logged_json_round_trip() -> None:
-    event = ResponseLogged(
-        response_id="r1",
-        request_id="q1",
-        app_id="app",
-        user_ref="u1",
-        prompt="Hi",
-        prompt_hash=prompt_hash("Hi"),
-        response="Hello",
-        adapter_id="base",
-        base_model="demo",
-        sampling=SamplingParams(temperature=0.7),
-        prompt_tokens=2,
-        completion_tokens=1,
-        latency_ms=3.5,
-    )
+    event = _logged(sampling=SamplingParams(temperature=0.7))
     assert ResponseLogged.model_validate_json(event.model_dump_json()) == event
 
 
