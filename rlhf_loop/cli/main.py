@@ -5,6 +5,11 @@ from __future__ import annotations
 import click
 import typer
 
+try:  # typer 0.29 and later carry their own copy of click, with its own usage-error classes
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # older typer raises click's own
+    _TyperClickException = click.ClickException
+
 from rlhf_loop.cli import adapters, admin, demo, maintenance, model, serving, training
 
 app = typer.Typer(
@@ -34,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     try:
         result = app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Exit, typer.Exit) as e:
         return e.exit_code
-    except click.ClickException as e:
+    except (click.ClickException, _TyperClickException) as e:
         e.show()
         return e.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         return 130
     return result if isinstance(result, int) else 0
