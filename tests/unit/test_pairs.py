@@ -92,3 +92,62 @@ def test_pair_properties(votes: list[Vote], per_rater: int, per_group: int, rnd:
     shuffled = list(votes)
     rnd.shuffle(shuffled)
     assert build_pairs(PH, shuffled, rules) == (pairs, group_labels)
+
+
+def brute_force_top(prompt_hash: str, votes: list[Vote], rules: PairRules) -> list[tuple[str, str, float, int]]:
+    """The rule as first written: rank every (up, down) candidate, keep the first k."""
+    group_labels = labels(votes, rules)
+    ups = [lb for lb in group_labels if lb.label > 0]
+    downs = [lb for lb in group_labels if lb.label < 0]
+    cap = rules.margin_cap
+    ranked = sorted(
+        (-min(u.margin, d.margin, cap), u.text_key, d.text_key, u.response_id, d.response_id, u.margin, d.margin)
+        for u in ups
+        for d in downs
+    )[: rules.max_pairs_per_group]
+    return [(c, r, -w / cap, min(mu, md)) for w, _, _, c, r, mu, md in ranked]
+
+
+ranked_votes_strategy = st.lists(
+    st.builds(
+        lambda r, u, rating, minute: Vote(f"r{r}", u, rating, T0 + timedelta(minutes=minute), "abc"[r % 3]),
+        st.integers(0, 13),
+        st.sampled_from([f"u{i}" for i in range(9)]),
+        st.sampled_from([1, -1]),
+        st.integers(0, 30),
+    ),
+    max_size=90,
+).map(lambda vs: list({(v.response_id, v.user_ref): v for v in vs}.values()))
+"""One vote per (response, user); three texts over 14 responses, so text ties are common."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(ranked_votes_strategy, st.integers(1, 4), st.integers(1, 30), st.integers(1, 5), st.integers(1, 90))
+def test_top_k_equals_the_brute_force_ranking(
+    votes: list[Vote], per_rater: int, per_group: int, cap: int, votes_per_group: int
+) -> None:
+    """The lazy top-k keeps exactly the pairs, in the same order, that sorting every candidate kept."""
+    rules = PairRules(per_rater, per_group, cap, votes_per_group)
+    pairs, _ = build_pairs(PH, votes, rules)
+    expected = brute_force_top(PH, votes, rules)
+    assert sorted((p.chosen_response_id, p.rejected_response_id, p.weight, p.margin) for p in pairs) == sorted(expected)
+
+
+def test_a_group_counts_its_earliest_votes_only() -> None:
+    """Rule 0: past max_votes_per_group, later votes (a flood) change nothing."""
+    early = [vote("good", f"u{i}", 1, minute=i) for i in range(3)] + [vote("bad", "u9", -1, minute=3)]
+    flood = [vote("bad", f"f{i}", 1, minute=10 + i) for i in range(50)]
+    rules = PairRules(max_votes_per_group=4)
+    assert build_pairs(PH, early + flood, rules) == build_pairs(PH, early, rules)
+    assert [(p.chosen_response_id, p.rejected_response_id) for p in build_pairs(PH, early + flood, rules)[0]] == [
+        ("good", "bad")
+    ]
+
+
+def test_a_large_group_is_ranked_without_the_cross_product() -> None:
+    """5,000 ups x 5,000 downs: the top k without building the 25 million candidates."""
+    votes = [Vote(f"r{i:05d}", f"u{i}", 1 if i % 2 else -1, T0, text_key(str(i % 97))) for i in range(10_000)]
+    rules = PairRules(max_pairs_per_group=50, max_votes_per_group=10_000)
+    pairs, group_labels = build_pairs(PH, votes, rules)
+    assert len(group_labels) == 10_000 and len(pairs) == 50
+    assert pairs == build_pairs(PH, list(reversed(votes)), rules)[0]
