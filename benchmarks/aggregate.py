@@ -13,6 +13,7 @@ PostgreSQL schema. Consumer-group join time is excluded from both.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import uuid
 
@@ -70,7 +71,7 @@ def raw_consume(bootstrap: str, prefix: str, total: int) -> float:
 def aggregate(bootstrap: str, kafka: KafkaSettings, db_url: str, total: int) -> tuple[float, int]:
     settings = Settings(
         database=DatabaseSettings(url=db_url),
-        redis=RedisSettings(url="redis://127.0.0.1:6379/12"),
+        redis=RedisSettings(url=os.environ.get("RLHF_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")),
         kafka=kafka.model_copy(update={"bootstrap_servers": bootstrap}),
     )
     consumer = build(settings)

@@ -94,6 +94,10 @@ FEEDBACK_AWAITING_RESPONSE = Gauge(
 ORPHAN_FEEDBACK_DROPPED = Counter(
     "rlhf_orphan_feedback_dropped_total", "Ratings dropped after waiting too long for their response."
 )  # workers/aggregator/handler.py
+AGGREGATOR_REDIS_ERRORS = Counter(
+    "rlhf_aggregator_redis_errors_total",
+    "Redis calls of the aggregator's hot state that failed or timed out (it kept going on SQL alone).",
+)  # workers/aggregator/hot_state.py
 NEGATIVE_FEEDBACK_RATE = Gauge(
     "rlhf_negative_feedback_rate",
     "Share of thumbs-down among ratings in the sliding window, per adapter.",

@@ -82,6 +82,10 @@ class RedisSettings(_Group):
 
     url: str = "redis://127.0.0.1:6379/0"
     """Redis URL."""
+    connect_timeout_s: float = Field(1.0, gt=0)
+    """How long the aggregator waits to connect to Redis before it goes on without its hot state."""
+    socket_timeout_s: float = Field(1.0, gt=0)
+    """How long the aggregator waits for one Redis reply before it goes on without its hot state."""
 
 
 class TokenSettings(_Group):
@@ -119,6 +123,10 @@ class PairSettings(_Group):
     """Vote margin at which a pair reaches full weight 1.0."""
     window_s: int = Field(900, ge=60)
     """Sliding window of the negative-feedback-rate gauge."""
+    max_votes_per_group: int = Field(2000, ge=1)
+    """Ratings of one prompt group that count: its earliest (bounds one group's re-derivation per batch)."""
+    hot_state_retry_s: float = Field(5.0, gt=0)
+    """After a Redis error the aggregator works on SQL alone this long before it tries Redis again."""
 
 
 class ApiSettings(_Group):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     SmallInteger,
@@ -105,12 +106,15 @@ class Feedback(Base):
     __table_args__ = (
         UniqueConstraint("response_id", "user_ref"),
         CheckConstraint("rating IN (1, -1)", name="rating"),
+        Index("ix_feedback_group_order", "prompt_hash", "created_at", "response_id", "user_ref"),
     )
+    """``ix_feedback_group_order``: a prompt group's ratings in the order the aggregator counts them."""
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
-    response_id: Mapped[str] = mapped_column(String(64), index=True)
-    prompt_hash: Mapped[str] = mapped_column(String(32), index=True)
+    response_id: Mapped[str] = mapped_column(String(64))
+    """Looked up through the unique (response_id, user_ref) constraint's index."""
+    prompt_hash: Mapped[str] = mapped_column(String(32))
     adapter_id: Mapped[str] = mapped_column(String(64), index=True)
     user_ref: Mapped[str] = mapped_column(String(64), index=True)
     rating: Mapped[int] = mapped_column(SmallInteger)
@@ -123,12 +127,15 @@ class ComparisonChoice(Base):
     """One user's current choice in one comparison (from ChoiceMade); a later one replaces an earlier one."""
 
     __tablename__ = "comparison_choices"
-    __table_args__ = (UniqueConstraint("comparison_id", "user_ref"),)
+    __table_args__ = (
+        UniqueConstraint("comparison_id", "user_ref"),
+        Index("ix_comparison_choices_group_order", "prompt_hash", "created_at", "comparison_id", "user_ref"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
     comparison_id: Mapped[str] = mapped_column(String(64))
-    prompt_hash: Mapped[str] = mapped_column(String(32), index=True)
+    prompt_hash: Mapped[str] = mapped_column(String(32))
     user_ref: Mapped[str] = mapped_column(String(64), index=True)
     chosen_response_id: Mapped[str] = mapped_column(String(64))
     candidate_response_ids: Mapped[list[str]] = mapped_column(Json)

@@ -36,6 +36,12 @@ def decode(topic: str, value: bytes | None) -> Event:
         raise InvalidEvent(f"unknown topic {topic!r}")
     if value is None:
         raise InvalidEvent("empty message (tombstone)")
+    try:  # the valid case in one call: pydantic-core parses the bytes without building a dict first
+        event = event_type.model_validate_json(value)
+        if "schema_version" in event.model_fields_set:  # a version is required, never defaulted
+            return event
+    except ValidationError:
+        pass  # the steps below name the reason
     try:
         raw = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -51,8 +51,8 @@ REFUSED_DATA = (DataError, IntegrityError)
 
 def rederive(session: Session, prompt_hashes: Iterable[str], rules: PairRules) -> int:
     """Recompute and store the pairs of these prompt groups; returns how many pairs are new."""
-    groups = votes_by_group(session, prompt_hashes)
-    choices = choices_by_group(session, groups)
+    groups = votes_by_group(session, prompt_hashes, rules.max_votes_per_group)
+    choices = choices_by_group(session, groups, rules.max_votes_per_group)
     pairs = [p for group, votes in groups.items() for p in group_pairs(group, votes, choices[group], rules)[0]]
     return replace_pairs(session, groups, pairs)
 
@@ -85,9 +85,7 @@ class AggregatorHandler:
         feedback = [e for e in stored if isinstance(e, FeedbackGiven)]
         choices = [e for e in stored if isinstance(e, ChoiceMade)]
         if self._hot:
-            self._hot.mark_stored(stored)
-            self._hot.count(feedback)
-            self._hot.rates()
+            self._hot.stored(stored, feedback)
         AGGREGATED_EVENTS.labels("response").inc(len(responses))
         AGGREGATED_EVENTS.labels("feedback").inc(len(feedback))
         AGGREGATED_EVENTS.labels("choice").inc(len(choices))

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def rules(settings: Settings) -> PairRules:
     cfg = settings.pairs
-    return PairRules(cfg.max_votes_per_rater, cfg.max_pairs_per_group, cfg.margin_cap)
+    return PairRules(cfg.max_votes_per_rater, cfg.max_pairs_per_group, cfg.margin_cap, cfg.max_votes_per_group)
 
 
 def build(settings: Settings) -> BatchConsumer:
@@ -31,7 +31,12 @@ def build(settings: Settings) -> BatchConsumer:
     if settings.env == "demo":
         upgrade(settings.database.url)
     sessions = make_sessionmaker(make_engine(settings.database))
-    hot = HotState(redis.Redis.from_url(settings.redis.url), sessions, settings.pairs.window_s)
+    client = redis.Redis.from_url(
+        settings.redis.url,
+        socket_connect_timeout=settings.redis.connect_timeout_s,
+        socket_timeout=settings.redis.socket_timeout_s,
+    )
+    hot = HotState(client, sessions, settings.pairs.window_s, retry_s=settings.pairs.hot_state_retry_s)
     handler = AggregatorHandler(sessions, rules(settings), hot)
     bootstrap = settings.kafka.bootstrap_servers
     return BatchConsumer(

@@ -5,31 +5,65 @@
   replaces an earlier one, an older or duplicate one changes nothing;
 - choices: one row per (comparison, user), replaced the same way;
 - pairs: a prompt group's pairs are replaced by a fresh derivation (insert new keys, update
-  weights, delete keys that no longer hold).
+  weights that changed, delete keys that no longer hold; unchanged pairs are not written).
+
+On PostgreSQL a batch's rows go in as one statement with one array per column (``unnest``): one
+round trip and one plan however many rows, where an executemany pays per row. Reads of a prompt
+group are bounded (``votes_by_group``, ``choices_by_group``): each batch re-derives the groups it
+touched, and one popular group must not make that grow without limit.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import JSON, Text, bindparam, cast, column, delete, func, select, true, tuple_, values
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from rlhf_loop.preferences.comparisons import Choice
-from rlhf_loop.preferences.pairs import Pair, Vote, text_key
+from rlhf_loop.preferences.pairs import Pair, PairRules, Vote, text_key
 from schemas.events import ChoiceMade, Event, FeedbackGiven, ResponseLogged
 from schemas.tables import ComparisonChoice, Feedback, PreferencePair, Response
 
 E = TypeVar("E", bound=Event)
+GROUP_READ_LIMIT = PairRules().max_votes_per_group
+
+
+def _postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def _insert(session: Session, mapped):  # noqa: ANN001, ANN202 - a dialect insert construct
     """A Core INSERT on the mapped class's table (Core executemany skips the ORM's per-row bookkeeping)."""
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(mapped.__table__)
+    return (postgresql.insert if _postgresql(session) else sqlite.insert)(mapped.__table__)
+
+
+def _unnest(col, items: list) -> ColumnElement:  # noqa: ANN001 - a table column
+    """One column of rows as a PostgreSQL array, unnested (JSON travels as text, cast back)."""
+    if isinstance(col.type, JSON):
+        texts = [None if v is None else json.dumps(v) for v in items]
+        return cast(func.unnest(bindparam(None, texts, type_=postgresql.ARRAY(Text))), col.type)
+    return func.unnest(bindparam(None, items, type_=postgresql.ARRAY(col.type)))
+
+
+def _insert_rows(session: Session, mapped, rows: list[dict]):  # noqa: ANN001, ANN202
+    """An INSERT of ``rows`` (dicts with the same keys) and its execute parameters: on PostgreSQL one
+    statement over unnested arrays, elsewhere an executemany."""
+    if not _postgresql(session):
+        return sqlite.insert(mapped.__table__), rows
+    table = mapped.__table__
+    names = list(rows[0])
+    source = select(*[_unnest(table.c[n], [r[n] for r in rows]) for n in names])
+    return postgresql.insert(table).from_select(names, source), None
+
+
+def _execute(session: Session, stmt, params: list[dict] | None) -> None:  # noqa: ANN001
+    session.execute(stmt) if params is None else session.execute(stmt, params)
 
 
 def _text(value: str | None) -> str | None:
@@ -63,7 +97,8 @@ def insert_responses(session: Session, events: Sequence[ResponseLogged]) -> None
         )
         for e in events
     ]
-    session.execute(_insert(session, Response).on_conflict_do_nothing(), rows)
+    stmt, params = _insert_rows(session, Response, rows)
+    _execute(session, stmt.on_conflict_do_nothing(), params)
 
 
 def _latest(events: Iterable[E], key: Callable[[E], tuple[str, str]]) -> list[E]:
@@ -79,13 +114,13 @@ def _latest(events: Iterable[E], key: Callable[[E], tuple[str, str]]) -> list[E]
 
 def _replace_if_newer(session: Session, mapped, rows: list[dict], key: list[str], columns: Sequence[str]) -> None:  # noqa: ANN001
     """Upsert ``rows``; a conflicting row on ``key`` is replaced only by a newer (created_at, event_id)."""
-    stmt = _insert(session, mapped)
+    stmt, params = _insert_rows(session, mapped, rows)
     table = mapped.__table__.c
     newer = tuple_(table.created_at, table.event_id) < tuple_(stmt.excluded.created_at, stmt.excluded.event_id)
     stmt = stmt.on_conflict_do_update(
         index_elements=[table[c] for c in key], set_={c: stmt.excluded[c] for c in columns}, where=newer
     )
-    session.execute(stmt, rows)
+    _execute(session, stmt, params)
 
 
 def upsert_feedback(session: Session, events: Sequence[FeedbackGiven]) -> None:
@@ -130,14 +165,29 @@ def upsert_choices(session: Session, events: Sequence[ChoiceMade]) -> None:
     _replace_if_newer(session, ComparisonChoice, rows, ["comparison_id", "user_ref"], columns)
 
 
-def votes_by_group(session: Session, prompt_hashes: Iterable[str]) -> dict[str, list[Vote]]:
+def _bounded_by_group(session: Session, hashes: list[str], rows, group_col, limit: int):  # noqa: ANN001, ANN202
+    """``rows`` (a select with a ``group_col`` filter to add and its order) limited to ``limit`` per
+    prompt group, for every group of ``hashes``: on PostgreSQL one query (a LATERAL per group, each
+    an index range scan), elsewhere one query per group."""
+    if _postgresql(session):
+        wanted = values(column("h", group_col.type), name="wanted").data([(h,) for h in hashes])
+        per_group = rows.where(group_col == wanted.c.h).limit(limit).lateral()
+        return session.execute(select(per_group).select_from(wanted.join(per_group, true()))).all()
+    return [row for h in hashes for row in session.execute(rows.where(group_col == h).limit(limit))]
+
+
+def votes_by_group(
+    session: Session, prompt_hashes: Iterable[str], limit: int = GROUP_READ_LIMIT
+) -> dict[str, list[Vote]]:
     """Current votes of each prompt group on responses that have arrived (feedback waiting for its
-    response does not count until the response is stored). One query for all groups."""
+    response does not count until the response is stored): the group's earliest ``limit`` by
+    (created_at, response_id, user_ref), the votes ``pairs.counted_votes`` keeps, so one group's read
+    is bounded however popular its prompt (an index covers the order)."""
     hashes = sorted(set(prompt_hashes))
     groups: dict[str, list[Vote]] = {h: [] for h in hashes}
     if not hashes:
         return groups
-    rows = session.execute(
+    rows = (
         select(
             Feedback.prompt_hash,
             Feedback.response_id,
@@ -148,30 +198,34 @@ def votes_by_group(session: Session, prompt_hashes: Iterable[str]) -> dict[str, 
             Response.comparison_id,
         )
         .join(Response, Response.response_id == Feedback.response_id)
-        .where(Feedback.prompt_hash.in_(hashes))
+        .order_by(Feedback.created_at, Feedback.response_id, Feedback.user_ref)
     )
-    for group, r, u, rating, at, key, comparison in rows:
+    for group, r, u, rating, at, key, comparison in _bounded_by_group(
+        session, hashes, rows, Feedback.prompt_hash, limit
+    ):
         groups[group].append(Vote(r, u, rating, at, key, comparison))
     return groups
 
 
-def choices_by_group(session: Session, prompt_hashes: Iterable[str]) -> dict[str, list[Choice]]:
-    """Current choices of each prompt group, each with only the candidates that have arrived and
-    belong to its comparison and its user (a choice whose chosen response is missing makes no pair
-    until it arrives). Two queries for all groups, the second only if there are choices."""
+def choices_by_group(
+    session: Session, prompt_hashes: Iterable[str], limit: int = GROUP_READ_LIMIT
+) -> dict[str, list[Choice]]:
+    """Current choices of each prompt group (its earliest ``limit`` by created_at, comparison, user),
+    each with only the candidates that have arrived and belong to its comparison and its user (a
+    choice whose chosen response is missing makes no pair until it arrives). Two queries for all
+    groups, the second only if there are choices."""
     hashes = sorted(set(prompt_hashes))
     groups: dict[str, list[Choice]] = {h: [] for h in hashes}
     if not hashes:
         return groups
-    stored = session.execute(
-        select(
-            ComparisonChoice.prompt_hash,
-            ComparisonChoice.comparison_id,
-            ComparisonChoice.user_ref,
-            ComparisonChoice.chosen_response_id,
-            ComparisonChoice.candidate_response_ids,
-        ).where(ComparisonChoice.prompt_hash.in_(hashes))
-    ).all()
+    rows = select(
+        ComparisonChoice.prompt_hash,
+        ComparisonChoice.comparison_id,
+        ComparisonChoice.user_ref,
+        ComparisonChoice.chosen_response_id,
+        ComparisonChoice.candidate_response_ids,
+    ).order_by(ComparisonChoice.created_at, ComparisonChoice.comparison_id, ComparisonChoice.user_ref)
+    stored = _bounded_by_group(session, hashes, rows, ComparisonChoice.prompt_hash, limit)
     if not stored:
         return groups
     in_comparisons = Response.comparison_id.in_(sorted({c for _, c, _, _, _ in stored}))
@@ -188,14 +242,24 @@ def choices_by_group(session: Session, prompt_hashes: Iterable[str]) -> dict[str
 
 
 def replace_pairs(session: Session, prompt_hashes: Iterable[str], pairs: Sequence[Pair]) -> int:
-    """Make the stored pairs of these prompt groups equal ``pairs``; returns how many keys are new."""
+    """Make the stored pairs of these prompt groups equal ``pairs``; returns how many keys are new.
+    Only what differs is written: a batch that re-derives a group mostly finds its pairs unchanged."""
     hashes = sorted(set(prompt_hashes))
-    keys = [p.pair_key for p in pairs]
-    stale = delete(PreferencePair).where(PreferencePair.prompt_hash.in_(hashes))
-    session.execute(stale.where(PreferencePair.pair_key.not_in(keys)) if keys else stale)
-    if not pairs:
+    held = {
+        key: (weight, margin, source)
+        for key, weight, margin, source in session.execute(
+            select(PreferencePair.pair_key, PreferencePair.weight, PreferencePair.margin, PreferencePair.source).where(
+                PreferencePair.prompt_hash.in_(hashes)
+            )
+        )
+    }
+    wanted = {p.pair_key for p in pairs}
+    stale = sorted(set(held) - wanted)
+    if stale:
+        session.execute(delete(PreferencePair).where(PreferencePair.pair_key.in_(stale)))
+    changed = [p for p in pairs if held.get(p.pair_key) != (p.weight, p.margin, p.source)]
+    if not changed:
         return 0
-    existing = set(session.scalars(select(PreferencePair.pair_key).where(PreferencePair.pair_key.in_(keys))))
     rows = [
         dict(
             pair_key=p.pair_key,
@@ -206,23 +270,21 @@ def replace_pairs(session: Session, prompt_hashes: Iterable[str], pairs: Sequenc
             margin=p.margin,
             source=p.source,
         )
-        for p in pairs
+        for p in changed
     ]
-    stmt = _insert(session, PreferencePair)
+    stmt, params = _insert_rows(session, PreferencePair, rows)
     excluded = stmt.excluded
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[PreferencePair.__table__.c.pair_key],
-            set_={
-                "weight": excluded.weight,
-                "margin": excluded.margin,
-                "source": excluded.source,
-                "updated_at": func.now(),
-            },
-        ),
-        rows,
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[PreferencePair.__table__.c.pair_key],
+        set_={
+            "weight": excluded.weight,
+            "margin": excluded.margin,
+            "source": excluded.source,
+            "updated_at": func.now(),
+        },
     )
-    return len(set(keys) - existing)
+    _execute(session, stmt, params)
+    return len(wanted - set(held))
 
 
 def delete_user_data(session: Session, user_ref: str) -> set[str]:
