@@ -165,6 +165,16 @@ def upsert_choices(session: Session, events: Sequence[ChoiceMade]) -> None:
     _replace_if_newer(session, ComparisonChoice, rows, ["comparison_id", "user_ref"], columns)
 
 
+def _planner(setting: str):  # noqa: ANN202 - a select
+    """Sorting and bitmap scans off (or back on) for the rest of the transaction. The planner sizes a
+    group by the average group: for the one huge group it would read all of it and sort, where the
+    index scan in order stops at the limit, and that is the right plan for a group of any size."""
+    return select(
+        func.set_config("enable_sort", setting, True),
+        func.set_config("enable_bitmapscan", setting, True),
+    )
+
+
 def _bounded_by_group(session: Session, hashes: list[str], rows, group_col, limit: int):  # noqa: ANN001, ANN202
     """``rows`` (a select with a ``group_col`` filter to add and its order) limited to ``limit`` per
     prompt group, for every group of ``hashes``: on PostgreSQL one query (a LATERAL per group, each
@@ -172,7 +182,10 @@ def _bounded_by_group(session: Session, hashes: list[str], rows, group_col, limi
     if _postgresql(session):
         wanted = values(column("h", group_col.type), name="wanted").data([(h,) for h in hashes])
         per_group = rows.where(group_col == wanted.c.h).limit(limit).lateral()
-        return session.execute(select(per_group).select_from(wanted.join(per_group, true()))).all()
+        session.execute(_planner("off"))
+        found = session.execute(select(per_group).select_from(wanted.join(per_group, true()))).all()
+        session.execute(_planner("on"))
+        return found
     return [row for h in hashes for row in session.execute(rows.where(group_col == h).limit(limit))]
 
 
