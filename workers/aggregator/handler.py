@@ -3,8 +3,9 @@ the pairs of every prompt group the batch touched (prompt-group, comparison and 
 comparison group lies within one prompt group), all in one DB transaction. The consumer commits
 the batch's offsets only after this returns (so after the DB commit).
 
-Redelivered events are harmless: the Redis dedup check skips work for events already stored, and
-if Redis forgot them, the SQL constraints make their writes no-ops.
+Redelivered events are harmless: the SQL constraints make their writes no-ops, and the writes
+report which rows they changed (RETURNING), so only the prompt groups that changed are re-derived
+and only ratings written for the first time are counted into the Redis window.
 
 A batch the database refuses for its data (DataError, IntegrityError: a valid event with, say, a
 token count beyond the column's range) is split in halves, each its own transaction, down to the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -75,54 +77,54 @@ class AggregatorHandler:
 
     def __call__(self, records: list[Record]) -> list[Refused]:
         started = time.perf_counter()
-        events = [r.event for r in records]
-        fresh_ids = {id(e) for e in (self._hot.unseen(events) if self._hot else events)}
-        fresh = [r for r in records if id(r.event) in fresh_ids]
-        refused = self._store(fresh) if fresh else []
+        refused, written = self._store(records)
         gone = {id(x.record) for x in refused}
-        stored = [r.event for r in fresh if id(r) not in gone]
-        responses = [e for e in stored if isinstance(e, ResponseLogged)]
-        feedback = [e for e in stored if isinstance(e, FeedbackGiven)]
-        choices = [e for e in stored if isinstance(e, ChoiceMade)]
+        stored = [r.event for r in records if id(r) not in gone]
         if self._hot:
-            self._hot.stored(stored, feedback)
-        AGGREGATED_EVENTS.labels("response").inc(len(responses))
-        AGGREGATED_EVENTS.labels("feedback").inc(len(feedback))
-        AGGREGATED_EVENTS.labels("choice").inc(len(choices))
+            self._hot.stored([e for e in stored if isinstance(e, FeedbackGiven) and e.event_id in written])
+        for kind, of_kind in (("response", ResponseLogged), ("feedback", FeedbackGiven), ("choice", ChoiceMade)):
+            AGGREGATED_EVENTS.labels(kind).inc(sum(isinstance(e, of_kind) for e in stored))
         AGGREGATE_BATCH_SECONDS.observe(time.perf_counter() - started)
         if time.monotonic() - self._last_housekeeping >= self._housekeeping_s:
             self.housekeeping()
         return refused
 
-    def _store(self, records: list[Record]) -> list[Refused]:
-        """Store the records' events and re-derive their groups in one transaction; if the database
-        refuses the data, split (see the module docstring). Returns the refused records."""
+    def _store(self, records: list[Record]) -> tuple[list[Refused], set[uuid.UUID]]:
+        """Store the records' events and re-derive the groups whose rows changed, in one transaction;
+        if the database refuses the data, split (see the module docstring). Returns the refused
+        records and the event ids written."""
         responses = [r.event for r in records if isinstance(r.event, ResponseLogged)]
         feedback = [r.event for r in records if isinstance(r.event, FeedbackGiven)]
         choices = [r.event for r in records if isinstance(r.event, ChoiceMade)]
         try:
             with self._sessions.begin() as session:
-                insert_responses(session, responses)
-                upsert_feedback(session, feedback)
-                upsert_choices(session, choices)
-                touched = {e.prompt_hash for e in [*responses, *feedback, *choices]}
+                written = insert_responses(session, responses)
+                written |= upsert_feedback(session, feedback)
+                written |= upsert_choices(session, choices)
+                touched = {e.prompt_hash for e in [*responses, *feedback, *choices] if e.event_id in written}
                 new_pairs = rederive(session, touched, self._rules)
         except REFUSED_DATA as e:
             if len(records) > 1:
                 half = len(records) // 2
-                return self._store(records[:half]) + self._store(records[half:])
+                (refused_a, written_a), (refused_b, written_b) = (
+                    self._store(records[:half]),
+                    self._store(records[half:]),
+                )
+                return refused_a + refused_b, written_a | written_b
             reason = f"the database refuses it: {type(e.orig).__name__}: {str(e.orig).strip()[:500]}"
             log.error("%s[%d]@%d: %s", records[0].topic, records[0].partition, records[0].offset, reason)
-            return [Refused(records[0], reason)]
+            return [Refused(records[0], reason)], set()
         PAIRS_BUILT.inc(new_pairs)
         log.info(
-            "stored %d responses, %d ratings, %d choices; %d new pairs",
+            "stored %d responses, %d ratings, %d choices (%d new or newer); %d groups re-derived, %d new pairs",
             len(responses),
             len(feedback),
             len(choices),
+            len(written),
+            len(touched),
             new_pairs,
         )
-        return []
+        return [], written
 
     def housekeeping(self) -> None:
         """Bound the ratings waiting for their response: count them, drop those older than the TTL."""

@@ -1,14 +1,15 @@
-"""Hot state in Redis: which events were already stored (a dedup fast path) and the sliding-window
-count of ratings per adapter behind ``rlhf_negative_feedback_rate``.
+"""Hot state in Redis: the sliding-window count of ratings per adapter behind
+``rlhf_negative_feedback_rate``. (Which events are already stored is SQL's to say: the writes
+report the rows they changed, so a redelivered event is neither re-derived nor counted again.)
 
-SQL is the source of truth. Redis only saves work and answers fast: if it loses its data (a flush,
-a restart), the sentinel key is gone, and the next batch rebuilds the window from the feedback
-table before counting anything.
+SQL is the source of truth. Redis only answers fast: if it loses its data (a flush, a restart), the
+sentinel key is gone, and the next batch rebuilds the window from the feedback table before
+counting anything.
 
 Redis being away never stops the aggregator: every call has the client's timeouts, a failed call
-counts in ``rlhf_aggregator_redis_errors_total`` and the hot state steps aside for ``retry_s`` (every
-event counts as unseen, so SQL's constraints dedup; nothing is counted). The window missed ratings
-meanwhile, so the first call that reaches Redis again rebuilds it from SQL.
+counts in ``rlhf_aggregator_redis_errors_total`` and the hot state steps aside for ``retry_s``
+(nothing is counted meanwhile). The window missed ratings then, so the first call that reaches
+Redis again rebuilds it from SQL.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rlhf_loop.metrics import AGGREGATOR_REDIS_ERRORS, NEGATIVE_FEEDBACK_RATE
-from schemas.events import Event, FeedbackGiven
+from schemas.events import FeedbackGiven
 from schemas.tables import Feedback
 
 BUCKET_S = 60
@@ -64,47 +65,16 @@ class HotState:
             log.warning("Redis unavailable (%s: %s); going on without the hot state", type(e).__name__, e)
             return fallback
 
-    # --- dedup -----------------------------------------------------------------------------------
-    def _seen_key(self, event: Event) -> str:
-        return f"{self._prefix}:seen:{int(event.created_at.timestamp()) // 3600}"  # one set per hour of events
+    def stored(self, feedback: Sequence[FeedbackGiven]) -> None:
+        """After the DB transaction committed: count the ratings it wrote for the first time (or
+        that replaced an older rating) into the window and export the rates; two round trips."""
+        self._guarded(lambda: self._stored(feedback), None)
 
-    def _by_seen_key(self, events: Sequence[Event]) -> dict[str, list[Event]]:
-        groups: dict[str, list[Event]] = defaultdict(list)
-        for e in events:
-            groups[self._seen_key(e)].append(e)
-        return groups
-
-    def unseen(self, events: Sequence[Event]) -> list[Event]:
-        """The events not yet marked stored (all of them if Redis lost its data or is away)."""
-        return self._guarded(lambda: self._unseen(events), list(events))
-
-    def _unseen(self, events: Sequence[Event]) -> list[Event]:
-        groups = self._by_seen_key(events)
-        pipe = self._r.pipeline(transaction=False)
-        for key, group in groups.items():
-            pipe.smismember(key, [str(e.event_id) for e in group])
-        fresh = {
-            id(e)
-            for group, seen in zip(groups.values(), pipe.execute(), strict=True)
-            for e, s in zip(group, seen, strict=True)
-            if not s
-        }
-        return [e for e in events if id(e) in fresh]
-
-    def stored(self, events: Sequence[Event], feedback: Sequence[FeedbackGiven]) -> None:
-        """After the DB transaction committed: mark ``events`` stored, count ``feedback`` into the
-        window and export the rates, in as few round trips as Redis allows."""
-        self._guarded(lambda: self._stored(events, feedback), None)
-
-    def _stored(self, events: Sequence[Event], feedback: Sequence[FeedbackGiven]) -> None:
-        pipe = self._r.pipeline(transaction=False)
-        for key, group in self._by_seen_key(events).items():
-            pipe.sadd(key, *[str(e.event_id) for e in group])
-            pipe.expire(key, 48 * 3600)
+    def _stored(self, feedback: Sequence[FeedbackGiven]) -> None:
         if self._stale or not self._r.exists(self._sentinel):
-            pipe.execute()
             self.rebuild()  # it reads this batch's ratings from SQL too
         else:
+            pipe = self._r.pipeline(transaction=False)
             self._count(pipe, feedback)
             pipe.execute()
         self._rates()

@@ -16,6 +16,7 @@ touched, and one popular group must not make that grow without limit.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
@@ -62,8 +63,12 @@ def _insert_rows(session: Session, mapped, rows: list[dict]):  # noqa: ANN001, A
     return postgresql.insert(table).from_select(names, source), None
 
 
-def _execute(session: Session, stmt, params: list[dict] | None) -> None:  # noqa: ANN001
-    session.execute(stmt) if params is None else session.execute(stmt, params)
+def _written(session: Session, mapped, stmt, params: list[dict] | None) -> set[uuid.UUID]:  # noqa: ANN001
+    """Execute the insert; returns the event ids of the rows it inserted or replaced (RETURNING
+    reports only rows written: a duplicate or a stale event is not among them)."""
+    stmt = stmt.returning(mapped.__table__.c.event_id)
+    result = session.execute(stmt) if params is None else session.execute(stmt, params)
+    return set(result.scalars())
 
 
 def _text(value: str | None) -> str | None:
@@ -72,9 +77,10 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
 
 
-def insert_responses(session: Session, events: Sequence[ResponseLogged]) -> None:
+def insert_responses(session: Session, events: Sequence[ResponseLogged]) -> set[uuid.UUID]:
+    """Store new responses; returns the event ids stored (a known event_id or response_id is skipped)."""
     if not events:
-        return
+        return set()
     rows = [
         dict(
             event_id=e.event_id,
@@ -98,7 +104,7 @@ def insert_responses(session: Session, events: Sequence[ResponseLogged]) -> None
         for e in events
     ]
     stmt, params = _insert_rows(session, Response, rows)
-    _execute(session, stmt.on_conflict_do_nothing(), params)
+    return _written(session, Response, stmt.on_conflict_do_nothing(), params)
 
 
 def _latest(events: Iterable[E], key: Callable[[E], tuple[str, str]]) -> list[E]:
@@ -112,7 +118,9 @@ def _latest(events: Iterable[E], key: Callable[[E], tuple[str, str]]) -> list[E]
     return list(latest.values())
 
 
-def _replace_if_newer(session: Session, mapped, rows: list[dict], key: list[str], columns: Sequence[str]) -> None:  # noqa: ANN001
+def _replace_if_newer(  # noqa: ANN001
+    session: Session, mapped, rows: list[dict], key: list[str], columns: Sequence[str]
+) -> set[uuid.UUID]:
     """Upsert ``rows``; a conflicting row on ``key`` is replaced only by a newer (created_at, event_id)."""
     stmt, params = _insert_rows(session, mapped, rows)
     table = mapped.__table__.c
@@ -120,13 +128,14 @@ def _replace_if_newer(session: Session, mapped, rows: list[dict], key: list[str]
     stmt = stmt.on_conflict_do_update(
         index_elements=[table[c] for c in key], set_={c: stmt.excluded[c] for c in columns}, where=newer
     )
-    _execute(session, stmt, params)
+    return _written(session, mapped, stmt, params)
 
 
-def upsert_feedback(session: Session, events: Sequence[FeedbackGiven]) -> None:
-    """Latest rating wins per (response, user); replays and stale ratings are no-ops."""
+def upsert_feedback(session: Session, events: Sequence[FeedbackGiven]) -> set[uuid.UUID]:
+    """Latest rating wins per (response, user); replays and stale ratings are no-ops. Returns the
+    event ids written."""
     if not events:
-        return
+        return set()
     rows = [
         dict(
             event_id=e.event_id,
@@ -141,13 +150,14 @@ def upsert_feedback(session: Session, events: Sequence[FeedbackGiven]) -> None:
         for e in _latest(events, lambda e: (e.response_id, e.user_ref))
     ]
     columns = ("event_id", "rating", "comment", "created_at", "adapter_id")
-    _replace_if_newer(session, Feedback, rows, ["response_id", "user_ref"], columns)
+    return _replace_if_newer(session, Feedback, rows, ["response_id", "user_ref"], columns)
 
 
-def upsert_choices(session: Session, events: Sequence[ChoiceMade]) -> None:
-    """Latest choice wins per (comparison, user); replays and stale choices are no-ops."""
+def upsert_choices(session: Session, events: Sequence[ChoiceMade]) -> set[uuid.UUID]:
+    """Latest choice wins per (comparison, user); replays and stale choices are no-ops. Returns the
+    event ids written."""
     if not events:
-        return
+        return set()
     rows = [
         dict(
             event_id=e.event_id,
@@ -162,7 +172,7 @@ def upsert_choices(session: Session, events: Sequence[ChoiceMade]) -> None:
         for e in _latest(events, lambda e: (e.comparison_id, e.user_ref))
     ]
     columns = ("event_id", "chosen_response_id", "candidate_response_ids", "comment", "created_at")
-    _replace_if_newer(session, ComparisonChoice, rows, ["comparison_id", "user_ref"], columns)
+    return _replace_if_newer(session, ComparisonChoice, rows, ["comparison_id", "user_ref"], columns)
 
 
 def _planner(setting: str):  # noqa: ANN202 - a select
@@ -175,46 +185,47 @@ def _planner(setting: str):  # noqa: ANN202 - a select
     )
 
 
-def _bounded_by_group(session: Session, hashes: list[str], rows, group_col, limit: int):  # noqa: ANN001, ANN202
-    """``rows`` (a select with a ``group_col`` filter to add and its order) limited to ``limit`` per
-    prompt group, for every group of ``hashes``: on PostgreSQL one query (a LATERAL per group, each
-    an index range scan), elsewhere one query per group."""
-    if _postgresql(session):
-        wanted = values(column("h", group_col.type), name="wanted").data([(h,) for h in hashes])
-        per_group = rows.where(group_col == wanted.c.h).limit(limit).lateral()
-        session.execute(_planner("off"))
-        found = session.execute(select(per_group).select_from(wanted.join(per_group, true()))).all()
-        session.execute(_planner("on"))
-        return found
-    return [row for h in hashes for row in session.execute(rows.where(group_col == h).limit(limit))]
+def _bounded_by_group(session: Session, hashes: list[str], rows, group_col, limit: int, then=None):  # noqa: ANN001, ANN202
+    """``rows`` (a select of one table, ordered, to which the ``group_col`` filter is added) limited to
+    ``limit`` per prompt group, for every group of ``hashes``; ``then(rows_subquery)``, if given,
+    builds the final select from those rows (a join). On PostgreSQL one query (a LATERAL per group,
+    each an index range scan that stops at the limit), elsewhere one query per group."""
+    then = then or (lambda sub: select(sub))
+    if not _postgresql(session):
+        return [
+            row for h in hashes for row in session.execute(then(rows.where(group_col == h).limit(limit).subquery()))
+        ]
+    wanted = values(column("h", group_col.type), name="wanted").data([(h,) for h in hashes])
+    per_group = rows.where(group_col == wanted.c.h).limit(limit).lateral()
+    session.execute(_planner("off"))
+    found = session.execute(then(per_group).select_from(wanted.join(per_group, true()))).all()
+    session.execute(_planner("on"))
+    return found
 
 
 def votes_by_group(
     session: Session, prompt_hashes: Iterable[str], limit: int = GROUP_READ_LIMIT
 ) -> dict[str, list[Vote]]:
-    """Current votes of each prompt group on responses that have arrived (feedback waiting for its
-    response does not count until the response is stored): the group's earliest ``limit`` by
-    (created_at, response_id, user_ref), the votes ``pairs.counted_votes`` keeps, so one group's read
-    is bounded however popular its prompt (an index covers the order)."""
+    """Current votes of each prompt group on responses that have arrived: of the group's earliest
+    ``limit`` stored ratings by (created_at, response_id, user_ref), those whose response is stored
+    (a rating waiting for its response holds its place in the window but counts only once the
+    response arrives; ``pairs.counted_votes`` is the same rule once every response has arrived).
+    One group's read is bounded however popular its prompt (an index covers the order)."""
     hashes = sorted(set(prompt_hashes))
     groups: dict[str, list[Vote]] = {h: [] for h in hashes}
     if not hashes:
         return groups
-    rows = (
-        select(
-            Feedback.prompt_hash,
-            Feedback.response_id,
-            Feedback.user_ref,
-            Feedback.rating,
-            Feedback.created_at,
-            Response.text_key,
-            Response.comparison_id,
+    rows = select(
+        Feedback.prompt_hash, Feedback.response_id, Feedback.user_ref, Feedback.rating, Feedback.created_at
+    ).order_by(Feedback.created_at, Feedback.response_id, Feedback.user_ref)
+
+    def with_response(sub):  # noqa: ANN001, ANN202 - the limited ratings, a (lateral) subquery
+        return select(sub, Response.text_key, Response.comparison_id).join(
+            Response, Response.response_id == sub.c.response_id
         )
-        .join(Response, Response.response_id == Feedback.response_id)
-        .order_by(Feedback.created_at, Feedback.response_id, Feedback.user_ref)
-    )
+
     for group, r, u, rating, at, key, comparison in _bounded_by_group(
-        session, hashes, rows, Feedback.prompt_hash, limit
+        session, hashes, rows, Feedback.prompt_hash, limit, with_response
     ):
         groups[group].append(Vote(r, u, rating, at, key, comparison))
     return groups
@@ -296,7 +307,7 @@ def replace_pairs(session: Session, prompt_hashes: Iterable[str], pairs: Sequenc
             "updated_at": func.now(),
         },
     )
-    _execute(session, stmt, params)
+    session.execute(stmt) if params is None else session.execute(stmt, params)
     return len(wanted - set(held))
 
 
