@@ -15,12 +15,12 @@ from rlhf_loop.preferences.pairs import build_pairs
 from rlhf_loop.settings import DatabaseSettings
 from schemas.events import FeedbackGiven, ResponseLogged, SamplingParams, prompt_hash
 from schemas.tables import Feedback, PreferencePair, Response
+from workers.aggregator.group_reads import votes_by_group
 from workers.aggregator.store import (
     insert_responses,
     orphan_feedback,
     replace_pairs,
     upsert_feedback,
-    votes_by_group,
 )
 
 pytestmark = pytest.mark.integration

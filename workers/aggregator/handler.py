@@ -35,15 +35,14 @@ from rlhf_loop.metrics import (
 from rlhf_loop.preferences.comparisons import group_pairs
 from rlhf_loop.preferences.pairs import PairRules
 from schemas.events import ChoiceMade, FeedbackGiven, ResponseLogged
+from workers.aggregator.group_reads import choices_by_group, votes_by_group
 from workers.aggregator.hot_state import HotState
 from workers.aggregator.store import (
-    choices_by_group,
     insert_responses,
     orphan_feedback,
     replace_pairs,
     upsert_choices,
     upsert_feedback,
-    votes_by_group,
 )
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,8 @@
   weights that changed, delete keys that no longer hold; unchanged pairs are not written).
 
 On PostgreSQL a batch's rows go in as one statement with one array per column (``unnest``): one
-round trip and one plan however many rows, where an executemany pays per row. Reads of a prompt
-group are bounded (``votes_by_group``, ``choices_by_group``): each batch re-derives the groups it
-touched, and one popular group must not make that grow without limit.
+round trip and one plan however many rows, where an executemany pays per row. The bounded reads
+of a prompt group are in ``group_reads``.
 """
 
 from __future__ import annotations
@@ -21,27 +20,25 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import JSON, Text, bindparam, cast, column, delete, func, select, true, tuple_, values
+from sqlalchemy import JSON, Text, bindparam, cast, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from rlhf_loop.preferences.comparisons import Choice
-from rlhf_loop.preferences.pairs import Pair, PairRules, Vote, text_key
+from rlhf_loop.preferences.pairs import Pair, text_key
 from schemas.events import ChoiceMade, Event, FeedbackGiven, ResponseLogged
 from schemas.tables import ComparisonChoice, Feedback, PreferencePair, Response
 
 E = TypeVar("E", bound=Event)
-GROUP_READ_LIMIT = PairRules().max_votes_per_group
 
 
-def _postgresql(session: Session) -> bool:
+def is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
 def _insert(session: Session, mapped):  # noqa: ANN001, ANN202 - a dialect insert construct
     """A Core INSERT on the mapped class's table (Core executemany skips the ORM's per-row bookkeeping)."""
-    return (postgresql.insert if _postgresql(session) else sqlite.insert)(mapped.__table__)
+    return (postgresql.insert if is_postgresql(session) else sqlite.insert)(mapped.__table__)
 
 
 def _unnest(col, items: list) -> ColumnElement:  # noqa: ANN001 - a table column
@@ -55,7 +52,7 @@ def _unnest(col, items: list) -> ColumnElement:  # noqa: ANN001 - a table column
 def _insert_rows(session: Session, mapped, rows: list[dict]):  # noqa: ANN001, ANN202
     """An INSERT of ``rows`` (dicts with the same keys) and its execute parameters: on PostgreSQL one
     statement over unnested arrays, elsewhere an executemany."""
-    if not _postgresql(session):
+    if not is_postgresql(session):
         return sqlite.insert(mapped.__table__), rows
     table = mapped.__table__
     names = list(rows[0])
@@ -173,96 +170,6 @@ def upsert_choices(session: Session, events: Sequence[ChoiceMade]) -> set[uuid.U
     ]
     columns = ("event_id", "chosen_response_id", "candidate_response_ids", "comment", "created_at")
     return _replace_if_newer(session, ComparisonChoice, rows, ["comparison_id", "user_ref"], columns)
-
-
-def _planner(setting: str):  # noqa: ANN202 - a select
-    """Sorting and bitmap scans off (or back on) for the rest of the transaction. The planner sizes a
-    group by the average group: for the one huge group it would read all of it and sort, where the
-    index scan in order stops at the limit, and that is the right plan for a group of any size."""
-    return select(
-        func.set_config("enable_sort", setting, True),
-        func.set_config("enable_bitmapscan", setting, True),
-    )
-
-
-def _bounded_by_group(session: Session, hashes: list[str], rows, group_col, limit: int, then=None):  # noqa: ANN001, ANN202
-    """``rows`` (a select of one table, ordered, to which the ``group_col`` filter is added) limited to
-    ``limit`` per prompt group, for every group of ``hashes``; ``then(rows_subquery)``, if given,
-    builds the final select from those rows (a join). On PostgreSQL one query (a LATERAL per group,
-    each an index range scan that stops at the limit), elsewhere one query per group."""
-    then = then or (lambda sub: select(sub))
-    if not _postgresql(session):
-        return [
-            row for h in hashes for row in session.execute(then(rows.where(group_col == h).limit(limit).subquery()))
-        ]
-    wanted = values(column("h", group_col.type), name="wanted").data([(h,) for h in hashes])
-    per_group = rows.where(group_col == wanted.c.h).limit(limit).lateral()
-    session.execute(_planner("off"))
-    found = session.execute(then(per_group).select_from(wanted.join(per_group, true()))).all()
-    session.execute(_planner("on"))
-    return found
-
-
-def votes_by_group(
-    session: Session, prompt_hashes: Iterable[str], limit: int = GROUP_READ_LIMIT
-) -> dict[str, list[Vote]]:
-    """Current votes of each prompt group on responses that have arrived: of the group's earliest
-    ``limit`` stored ratings by (created_at, response_id, user_ref), those whose response is stored
-    (a rating waiting for its response holds its place in the window but counts only once the
-    response arrives; ``pairs.counted_votes`` is the same rule once every response has arrived).
-    One group's read is bounded however popular its prompt (an index covers the order)."""
-    hashes = sorted(set(prompt_hashes))
-    groups: dict[str, list[Vote]] = {h: [] for h in hashes}
-    if not hashes:
-        return groups
-    rows = select(
-        Feedback.prompt_hash, Feedback.response_id, Feedback.user_ref, Feedback.rating, Feedback.created_at
-    ).order_by(Feedback.created_at, Feedback.response_id, Feedback.user_ref)
-
-    def with_response(sub):  # noqa: ANN001, ANN202 - the limited ratings, a (lateral) subquery
-        return select(sub, Response.text_key, Response.comparison_id).join(
-            Response, Response.response_id == sub.c.response_id
-        )
-
-    for group, r, u, rating, at, key, comparison in _bounded_by_group(
-        session, hashes, rows, Feedback.prompt_hash, limit, with_response
-    ):
-        groups[group].append(Vote(r, u, rating, at, key, comparison))
-    return groups
-
-
-def choices_by_group(
-    session: Session, prompt_hashes: Iterable[str], limit: int = GROUP_READ_LIMIT
-) -> dict[str, list[Choice]]:
-    """Current choices of each prompt group (its earliest ``limit`` by created_at, comparison, user),
-    each with only the candidates that have arrived and belong to its comparison and its user (a
-    choice whose chosen response is missing makes no pair until it arrives). Two queries for all
-    groups, the second only if there are choices."""
-    hashes = sorted(set(prompt_hashes))
-    groups: dict[str, list[Choice]] = {h: [] for h in hashes}
-    if not hashes:
-        return groups
-    rows = select(
-        ComparisonChoice.prompt_hash,
-        ComparisonChoice.comparison_id,
-        ComparisonChoice.user_ref,
-        ComparisonChoice.chosen_response_id,
-        ComparisonChoice.candidate_response_ids,
-    ).order_by(ComparisonChoice.created_at, ComparisonChoice.comparison_id, ComparisonChoice.user_ref)
-    stored = _bounded_by_group(session, hashes, rows, ComparisonChoice.prompt_hash, limit)
-    if not stored:
-        return groups
-    in_comparisons = Response.comparison_id.in_(sorted({c for _, c, _, _, _ in stored}))
-    members = {
-        tuple(row)
-        for row in session.execute(
-            select(Response.comparison_id, Response.user_ref, Response.response_id).where(in_comparisons)
-        )
-    }
-    for group, comparison, user, chosen, candidates in stored:
-        arrived = tuple(r for r in candidates if (comparison, user, r) in members)
-        groups[group].append(Choice(comparison, user, chosen, arrived))
-    return groups
 
 
 def replace_pairs(session: Session, prompt_hashes: Iterable[str], pairs: Sequence[Pair]) -> int:
