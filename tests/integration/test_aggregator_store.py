@@ -129,3 +129,18 @@ def test_text_with_nul_bytes_is_stored_not_refused(session: Session) -> None:
     stored = session.scalars(select(Response).where(Response.response_id == "r-nul")).one()
     assert (stored.response, stored.prompt) == ("ok\ufffdthen", "where\ufffd is my order?")
     assert session.scalars(select(Feedback.comment)).one() == "bad\ufffd"
+
+
+def test_a_group_read_stops_at_its_earliest_ratings(session: Session) -> None:
+    """Rule 0 in SQL: a group's earliest ``limit`` ratings (a rating still waiting for its response
+    holds its place), in the order ``pairs.vote_order`` gives; later ratings are not read at all."""
+    with session.begin():
+        insert_responses(session, [response(f"r{i}") for i in range(30) if i != 3])  # r3 has not arrived
+        upsert_feedback(session, [rating(f"r{i}", f"u{i}", 1 if i % 2 else -1, 100 - i) for i in range(30)])
+        read = votes_by_group(session, [PH, prompt_hash("a prompt nobody rated")], limit=10)
+    earliest = [f"r{i}" for i in range(29, 19, -1)]  # minute 71..80: the ten earliest, by created_at
+    assert [v.response_id for v in read[PH]] == earliest
+    assert read[prompt_hash("a prompt nobody rated")] == []
+    with session.begin():
+        read = votes_by_group(session, [PH], limit=28)  # r3 (minute 97) is among the earliest 28
+    assert [v.response_id for v in read[PH]] == [f"r{i}" for i in range(29, 1, -1) if i != 3]
