@@ -332,7 +332,6 @@ class Settings(BaseSettings):
             raise ValueError("RLHF_PROMOTION__AUTO_APPROVE is refused when RLHF_ENV is 'prod': approvals need a person")
         return self
 
-
     @model_validator(mode="after")
     def _refuse_unreplicated_topics(self) -> Settings:
         k = self.kafka
@@ -342,7 +341,8 @@ class Settings(BaseSettings):
             raise ValueError("RLHF_KAFKA__MIN_INSYNC_REPLICAS must not exceed RLHF_KAFKA__REPLICATION_FACTOR")
         if self.env != "demo" and k.replication_factor < 2:
             raise ValueError(
-                "RLHF_KAFKA__REPLICATION_FACTOR must be at least 2 when RLHF_ENV is not 'demo' (acks=all with one replica protects nothing)"
+                "RLHF_KAFKA__REPLICATION_FACTOR must be at least 2 when RLHF_ENV is not 'demo' "
+                "(acks=all with one replica protects nothing)"
             )
         if self.env != "demo" and k.min_insync_replicas < 2:
             raise ValueError("RLHF_KAFKA__MIN_INSYNC_REPLICAS must be at least 2 when RLHF_ENV is not 'demo'")
