@@ -224,3 +224,13 @@ def test_a_writer_is_not_blocked_by_the_whole_text_key_backfill(pg_url: str) -> 
     assert not failures, failures
     assert inserted_during_backfill and pending == 3001  # the insert committed while no row was backfilled yet
     assert len(keys) == 3001 and all(v == text_key(k) for k, v in keys.items())  # the late row too
+
+
+def test_waiting_for_the_migrations_ends_at_head(pg_url: str) -> None:
+    """The deployments' init containers (``rlhf-loop migrate --wait-s``) wait until the Job migrated."""
+    from rlhf_loop.db import at_head, wait_for_head
+
+    upgrade(pg_url, "0002")
+    assert not at_head(pg_url) and not wait_for_head(pg_url, timeout_s=0.3, interval_s=0.1)
+    upgrade(pg_url)
+    assert wait_for_head(pg_url, timeout_s=5)
