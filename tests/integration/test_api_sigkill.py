@@ -30,7 +30,7 @@ from tests.support.processes import ServiceProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-RATINGS, CLIENTS, KILL_AFTER = 1600, 16, 700
+RATINGS, CLIENTS, KILL_AFTER = 600, 16, 250
 
 
 def responses(n: int) -> list[ResponseLogged]:
@@ -122,8 +122,8 @@ def test_sigkill_under_load_loses_no_accepted_rating(
                 try:
                     r = await http.post("/v1/feedback", json={"feedback_token": toks[i], "rating": "up"})
                 except httpx.TransportError:
-                    refused += 1  # never answered: not accepted (it may still land, once)
-                    continue
+                    refused += 1  # in flight at the kill, never answered: not accepted (it may still land, once)
+                    return
                 assert r.status_code == 202, r.text
                 accepted.append(r.json()["event_id"])
 
