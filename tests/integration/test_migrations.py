@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -204,10 +205,13 @@ def test_a_writer_is_not_blocked_by_the_whole_text_key_backfill(pg_url: str) -> 
     migration.start()
     try:
         with engine.connect() as probe:  # the ALTER is committed before the backfill starts
+            probe.execute(sa.text("SET statement_timeout = '20s'"))  # a probe blocked on the ALTER fails
+            probe.commit()
             deadline = datetime.now(UTC).timestamp() + 60
             while "text_key" not in {c["name"] for c in inspect(probe).get_columns("responses")}:
                 assert datetime.now(UTC).timestamp() < deadline and not failures, f"no committed column: {failures}"
                 probe.rollback()
+                time.sleep(0.05)
         with engine.begin() as writer:
             writer.execute(sa.text("SET LOCAL lock_timeout = '30s'"))  # fails instead of hanging on a long lock
             writer.execute(sa.insert(table_0002), [_response_row(3000, "late")])
