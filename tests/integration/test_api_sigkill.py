@@ -2,13 +2,18 @@
 
 Black-box: a real API server process, the broker, the real aggregator process and PostgreSQL. The
 responses are logged to the topic directly (generation is not what is tested), their feedback
-tokens signed with the API's (demo) token key; 16 clients post ratings, the API is SIGKILLed midway
-and restarted on the same data dir and spool, and every rating that got a 202 is counted in SQL.
+tokens signed with the API's (demo) token key; 16 clients post ratings. Midway the broker stalls
+(the TCP proxy every client reaches it through is SIGSTOPped: no acknowledgement comes back), and
+once 100 more ratings got their 202 the API is SIGKILLed; the broker resumes, the API restarts on
+the same data dir and spool, and every rating that got a 202 is counted in SQL. A 202 on hand-over
+loses the ratings the stalled broker never acknowledged; a durable 202 has them in the spool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -25,12 +30,13 @@ from rlhf_loop.settings import DEMO_TOKEN_SECRET, KafkaSettings
 from schemas.events import ResponseLogged, SamplingParams, Topics, prompt_hash
 from schemas.tables import Feedback, Response
 from services.inference.tokens import FeedbackClaims, TokenKeys, issue
+from tests.integration.test_inference_outage import Proxy, proxied_broker  # noqa: F401 - the fixture
 from tests.support.api import start_api
 from tests.support.processes import ServiceProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-RATINGS, CLIENTS, KILL_AFTER = 600, 16, 250
+RATINGS, CLIENTS, STALL_AT, KILL_AFTER = 600, 16, 200, 300
 
 
 def responses(n: int) -> list[ResponseLogged]:
@@ -71,16 +77,18 @@ def wait_for(predicate, timeout_s: float) -> bool:  # noqa: ANN001 - a predicate
 def test_sigkill_under_load_loses_no_accepted_rating(
     tmp_path: Path,
     pg_url: str,
-    broker: EmbeddedBroker,
+    proxied_broker: tuple[EmbeddedBroker, Proxy],  # noqa: F811 - the imported fixture
     kafka_settings: KafkaSettings,
     demo_model_dir: Path,
     redis_url: str,
 ) -> None:
+    broker, proxy = proxied_broker
+    bootstrap = f"127.0.0.1:{proxy.listen}"
     prefix = kafka_settings.topic_prefix
     logged = responses(RATINGS)
     upgrade(pg_url)
     api = start_api(
-        tmp_path, pg_url, broker.bootstrap_servers, demo_model_dir, redis_url,
+        tmp_path, pg_url, bootstrap, demo_model_dir, redis_url,
         kafka__topic_prefix=prefix, api__rate_limit="1000000",
     )  # fmt: skip
     aggregator = ServiceProcess(
@@ -88,7 +96,7 @@ def test_sigkill_under_load_loses_no_accepted_rating(
         {
             "RLHF_DATABASE__URL": pg_url,
             "RLHF_REDIS__URL": redis_url,
-            "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
             "RLHF_KAFKA__TOPIC_PREFIX": prefix,
             "RLHF_KAFKA__CONSUMER_GROUP": f"agg-{prefix}",
             "RLHF_KAFKA__MAX_POLL_INTERVAL_MS": "5000",
@@ -98,7 +106,7 @@ def test_sigkill_under_load_loses_no_accepted_rating(
         tmp_path / "aggregator.log",
     ).start()
     db = create_engine(pg_url)
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:
         for r in logged:
             producer.send(prefix + Topics.RESPONSES, encode(r), key=r.prompt_hash.encode())
@@ -111,12 +119,15 @@ def test_sigkill_under_load_loses_no_accepted_rating(
         exp = int(time.time()) + 3600
         toks = [issue(keys, FeedbackClaims(r.response_id, r.prompt_hash, "base", r.user_ref, exp)) for r in logged]
         accepted: list[str] = []
-        refused = 0
+        refused, stalled = 0, []
         counter = iter(range(RATINGS))
 
         async def client(http: httpx.AsyncClient) -> None:
             nonlocal refused
             for i in counter:
+                if len(accepted) >= STALL_AT and not stalled:
+                    stalled.append(True)
+                    os.kill(proxy.proc.pid, signal.SIGSTOP)  # the broker stalls: nothing is acknowledged
                 if len(accepted) >= KILL_AFTER and api.process.proc.poll() is None:
                     api.process.kill()  # SIGKILL, mid-stream: other clients' requests are in flight
                 try:
@@ -132,6 +143,7 @@ def test_sigkill_under_load_loses_no_accepted_rating(
                 await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
 
         asyncio.run(load())
+        os.kill(proxy.proc.pid, signal.SIGCONT)  # the broker is back
         assert KILL_AFTER <= len(accepted) < RATINGS and refused > 0  # the kill landed midway
         api.process.start(ready_url=f"{api.url}/readyz")  # same data dir and spool
         assert wait_for(lambda: httpx.get(f"{api.url}/readyz").json()["spooled_events"] == 0, 60), "spool not drained"
@@ -140,6 +152,7 @@ def test_sigkill_under_load_loses_no_accepted_rating(
             wait_for(lambda: {str(e) for e in stored()} >= set(accepted), 60)  # the aggregator catches up
             rows = conn.execute(select(Feedback.event_id, Feedback.response_id)).all()
     finally:
+        os.kill(proxy.proc.pid, signal.SIGCONT)
         producer.close()
         aggregator.stop()
         api.process.stop()
