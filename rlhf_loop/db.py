@@ -62,3 +62,32 @@ def upgrade(url: str, revision: str = "head") -> None:
 def downgrade(url: str, revision: str = "base") -> None:
     """Migrate the database at ``url`` down to ``revision`` ('base' drops every table)."""
     command.downgrade(alembic_config(url), revision)
+
+
+def at_head(url: str) -> bool:
+    """Whether the database at ``url`` has every migration applied (False while it cannot be reached)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.exc import OperationalError
+
+    heads = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+    engine = make_engine(DatabaseSettings(url=url))
+    try:
+        with engine.connect() as conn:
+            return set(MigrationContext.configure(conn).get_current_heads()) == heads
+    except OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def wait_for_head(url: str, timeout_s: float, interval_s: float = 2.0) -> bool:
+    """Wait until :func:`at_head` (the deployments' init containers wait on the migration Job this way)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not at_head(url):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+    return True

@@ -39,6 +39,9 @@ REQUESTS = Counter(
 GENERATION_BATCH_SIZE = Histogram(
     "rlhf_generation_batch_size", "Prompts per generation micro-batch.", buckets=BATCH_BUCKETS
 )  # services/inference/engines/batching.py
+GENERATION_SHED = Counter(
+    "rlhf_generation_shed_total", "Generation requests refused with 503 because the micro-batcher's queue was full."
+)  # services/inference/engines/batching.py
 GENERATED_TOKENS = Counter(
     "rlhf_generated_tokens_total", "Completion tokens generated.", ["adapter"]
 )  # services/inference/engines/batching.py
@@ -65,6 +68,11 @@ REPLAYED_EVENTS = Counter(
 SPOOL_DEPTH = Gauge(
     "rlhf_spool_depth_events", "Events waiting in the durable spool.", multiprocess_mode="max"
 )  # rlhf_loop/bus/replayer.py
+THREAD_RESTARTS = Counter(
+    "rlhf_thread_restarts_total",
+    "Background loops restarted after an exception (spool-replayer, kafka-delivery).",
+    ["thread"],
+)  # rlhf_loop/bus/supervised.py
 CONSUMED_EVENTS = Counter(
     "rlhf_consumed_events_total", "Events consumed and committed.", ["topic"]
 )  # rlhf_loop/bus/consumer.py
@@ -213,6 +221,11 @@ SERVING_ADAPTER = Gauge(
 )  # services/inference/deployment.py
 ADAPTER_SWAPS = Counter(
     "rlhf_adapter_swaps_total", "Deployment changes applied by an API process, by result.", ["result"]
+)  # services/inference/deployment.py
+DEPLOYMENT_APPLIED = Gauge(
+    "rlhf_deployment_applied",
+    "1 while this API process serves what the deployment pointers name, 0 while it could not attach them.",
+    multiprocess_mode="min",
 )  # services/inference/deployment.py
 CANARY_SHARE = Gauge(
     "rlhf_canary_share_ratio",

@@ -31,8 +31,9 @@ class KafkaSettings(_Group):
     """Comma-separated host:port list; empty starts the embedded Kafka-protocol broker."""
     client_id: str = "rlhf-loop"
     """Client id sent to the broker (shows up in broker logs and quotas)."""
-    linger_ms: int = Field(50, ge=0, le=1000)
-    """How long the producer waits to fill a batch; larger batches cost the API less CPU per event."""
+    linger_ms: int = Field(2, ge=0, le=1000)
+    """How long the producer waits to fill a batch. A 202 waits for the broker's acknowledgement, so this
+    is added to every rating's latency; batches still grow while a request is in flight (one at a time)."""
     batch_size: int = Field(262_144, ge=1024)
     """Producer batch size in bytes per partition."""
     send_timeout_s: float = Field(5.0, gt=0, le=120)
@@ -51,6 +52,14 @@ class KafkaSettings(_Group):
     """Consecutive dead letters after which a consumer stops instead of dead-lettering everything."""
     topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
     """Prefix of every topic name, for environments sharing one cluster (tests use a fresh one each)."""
+    create_topics: bool = True
+    """The API creates missing topics (with the two settings below); off, topics are created by the operator
+    and the replication checks below do not apply."""
+    replication_factor: int = Field(1, ge=1)
+    """Replicas of each topic this service creates; 1 is refused outside env demo (acks=all needs replicas)."""
+    min_insync_replicas: int = Field(1, ge=1)
+    """min.insync.replicas of the topics this service creates: replicas that must have an event before it is
+    acknowledged; at most replication_factor, at least 2 outside env demo."""
 
 
 class SpoolSettings(_Group):
@@ -62,8 +71,9 @@ class SpoolSettings(_Group):
     """How often the replayer retries the broker while the spool is not empty."""
     replay_batch: int = Field(500, ge=1)
     """Events the replayer produces per round, oldest first."""
-    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
-    """SQLite sync mode: NORMAL survives a process crash; FULL also a power loss (an fsync per append)."""
+    synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    """SQLite sync mode: NORMAL survives a process crash; FULL also a power loss (an fsync per append; one
+    append holds every event of an event-loop turn, so concurrent requests share the fsync)."""
 
 
 class DatabaseSettings(_Group):
@@ -148,6 +158,9 @@ class ApiSettings(_Group):
     """Length of the rate-limit window."""
     key_cache_ttl_s: float = Field(30.0, ge=0)
     """How long a checked API key is trusted before it is looked up again (revocation delay)."""
+    liveness_stall_s: float = Field(60.0, gt=0)
+    """/healthz fails when a background loop (spool replayer, delivery poller) made no progress for this long
+    while it had work; keep it above a few kafka.send_timeout_s (one replay round can take that long)."""
 
 
 class RuntimeSettings(_Group):
@@ -161,6 +174,8 @@ class RuntimeSettings(_Group):
     """torch intra-op threads for generation; 0 keeps torch's default."""
     adapter_slots: int = Field(4, ge=2)
     """Adapters kept loaded at once (active, canary and recent ones for rollback)."""
+    max_queued: int = Field(256, ge=1)
+    """Generation requests the micro-batcher may hold waiting; past it /v1/generate answers 503 with Retry-After."""
 
 
 class TrainingSettings(_Group):
@@ -323,6 +338,22 @@ class Settings(BaseSettings):
             raise ValueError("RLHF_TOKEN__SECRET must be set when RLHF_ENV is not 'demo'")
         if self.env == "prod" and self.promotion.auto_approve:
             raise ValueError("RLHF_PROMOTION__AUTO_APPROVE is refused when RLHF_ENV is 'prod': approvals need a person")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_unreplicated_topics(self) -> Settings:
+        k = self.kafka
+        if not k.create_topics:
+            return self
+        if k.min_insync_replicas > k.replication_factor:
+            raise ValueError("RLHF_KAFKA__MIN_INSYNC_REPLICAS must not exceed RLHF_KAFKA__REPLICATION_FACTOR")
+        if self.env != "demo" and k.replication_factor < 2:
+            raise ValueError(
+                "RLHF_KAFKA__REPLICATION_FACTOR must be at least 2 when RLHF_ENV is not 'demo' "
+                "(acks=all with one replica protects nothing)"
+            )
+        if self.env != "demo" and k.min_insync_replicas < 2:
+            raise ValueError("RLHF_KAFKA__MIN_INSYNC_REPLICAS must be at least 2 when RLHF_ENV is not 'demo'")
         return self
 
 

@@ -10,8 +10,25 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 
-def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int, timeout_ms: int = 10_000) -> None:
-    """Create each topic that is missing with ``partitions`` partitions; existing ones are left as they are.
+def new_topics(
+    names: Iterable[str], partitions: int, replication_factor: int = 1, min_insync_replicas: int = 1
+) -> list[NewTopic]:
+    """The topic specs to create: ``min.insync.replicas`` is set only above 1 (the broker's default, and
+    a single-node broker may not take the config)."""
+    configs = {"min.insync.replicas": str(min_insync_replicas)} if min_insync_replicas > 1 else {}
+    return [NewTopic(t, partitions, replication_factor, topic_configs=dict(configs)) for t in sorted(set(names))]
+
+
+def ensure_topics(
+    bootstrap_servers: str,
+    topics: Iterable[str],
+    partitions: int,
+    timeout_ms: int = 10_000,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
+) -> None:
+    """Create each topic that is missing with ``partitions`` partitions, ``replication_factor`` replicas and
+    ``min_insync_replicas``; existing ones are left as they are.
 
     Raises kafka.errors.KafkaError when the broker cannot be reached within about ``timeout_ms``.
     The admin client runs on a daemon thread with a hard deadline: kafka-python's bootstrap can
@@ -33,7 +50,8 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int
             missing = set(topics) - set(admin.list_topics())
             if missing:
                 try:
-                    admin.create_topics([NewTopic(t, partitions, 1) for t in sorted(missing)], timeout_ms=timeout_ms)
+                    specs = new_topics(missing, partitions, replication_factor, min_insync_replicas)
+                    admin.create_topics(specs, timeout_ms=timeout_ms)
                 except TopicAlreadyExistsError:
                     pass  # another process created it between our list and create
             outcome.append(None)

@@ -12,7 +12,8 @@ Contract:
   client was aborted). ``on_delivery(error, message)`` is called exactly once per queued record, with
   ``error`` None once the broker acknowledged it (acks=all), else librdkafka's error (wrap it in a
   :class:`DeliveryError`); calls come from the client's poller thread or from a thread that calls
-  :meth:`serve_reports`. It is librdkafka's own callback, called straight from C: one Python call per
+  :meth:`serve_reports`. The poller is a supervised loop (supervised.py): a callback that raises
+  restarts it instead of ending it. It is librdkafka's own callback, called straight from C: one Python call per
   record is most of the per-record cost.
 - Per partition, records are sent in queue order with one request in flight per connection, and
   retried in place, so they reach the broker in order.
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from rlhf_loop.bus.supervised import SupervisedLoop
 from rlhf_loop.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -98,8 +100,8 @@ class ProduceClient:
         self._partitions: dict[str, int] = {}
         self._closed = threading.Event()
         self._aborted = False
-        self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
-        self._poller.start()
+        self.poller = SupervisedLoop("kafka-delivery", self._poll_once, 0.0)
+        self.poller.start()
 
     @classmethod
     def connect(
@@ -160,7 +162,7 @@ class ProduceClient:
         Not from a delivery callback (librdkafka would deadlock)."""
         self._aborted = True
         self._closed.set()
-        self._poller.join()
+        self.poller.stop(timeout_s=60.0)
         self._producer.purge(in_queue=True, in_flight=True, blocking=True)
         self._producer.poll(0)
         self._producer.close()
@@ -173,9 +175,11 @@ class ProduceClient:
             return None
         return len(found.partitions) if found is not None and found.error is None and found.partitions else None
 
-    def _poll(self) -> None:
-        while not self._closed.is_set():
+    def _poll_once(self) -> bool:
+        """One wait for delivery reports (an exception a callback raised comes out here: supervised.py)."""
+        if not self._closed.is_set():
             self._producer.poll(POLL_S)
+        return True
 
 
 def _describe(error: KafkaError) -> str:

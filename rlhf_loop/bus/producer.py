@@ -6,10 +6,16 @@ Contract:
 - :meth:`send` never waits on the broker: it hands the event to the client's buffer or, during an
   outage, appends it to the spool, and returns. It raises only if the spool cannot be written (the
   event was then *not* accepted).
-- An accepted event is never lost: the broker acknowledged it (acks=all), or it is in the spool, or
-  it has been in the client's buffer for less than ``send_timeout_s`` plus a watchdog tick. A
-  graceful :meth:`close` spools everything unacknowledged; only a crash inside that window loses
-  events, as with any in-memory producer buffer.
+- :meth:`send_durably` and :meth:`send_soon` return an asyncio future that resolves once every
+  event of the hand-over is *durable*: acknowledged by the broker (acks=all; the delivery report,
+  from the poller thread, completes the future on its loop) or committed to the spool (an outage,
+  a full client queue, a fence, the watchdog after ``send_timeout_s``). The API answers 202 only
+  then, so an accepted event survives a SIGKILL of the process. A hand-over's futures resolve
+  together; the acknowledgements of one poll wake the loop once.
+- An event passed to :meth:`send` without awaiting is never lost once the broker acknowledged it or
+  it is in the spool; before that it is in the client's buffer for less than ``send_timeout_s``
+  plus a watchdog tick, lost only by a crash inside that window. A graceful :meth:`close` spools
+  everything unacknowledged.
 - Order per key holds (duplicates aside):
   * each event gets a sequence number (seq) when :meth:`send` is called; the spool replays by seq;
   * the partition is murmur2(key) % the partition count seen at connect (at most
@@ -86,6 +92,25 @@ class ProducerCounters:
     rejected: int = 0  # events the broker can never accept
 
 
+class _Ticket:
+    """One awaited hand-over: ``futures`` (on ``loop``) resolve when ``pending`` reaches 0, each event
+    counted once as it becomes durable (acknowledged, spooled or rejected); ``error`` fails them."""
+
+    __slots__ = ("error", "futures", "loop", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future[None]], pending: int) -> None:
+        self.loop, self.futures, self.pending = loop, futures, pending
+        self.error: BaseException | None = None
+
+    def resolve(self) -> None:  # on the loop
+        for future in self.futures:
+            if not future.done():
+                if self.error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(self.error)
+
+
 @dataclass(slots=True)
 class _InFlight:
     """One event the client holds (the SpooledEvent's fields, unpacked: a frozen dataclass costs more to
@@ -97,6 +122,7 @@ class _InFlight:
     value: bytes
     sent_at: float
     in_spool: bool  # a copy is in the spool: a replay, or copied by a fence
+    ticket: _Ticket | None = None  # the awaited hand-over this event belongs to, until it is durable
 
     @property
     def event(self) -> SpooledEvent:
@@ -124,6 +150,7 @@ class EventProducer:
         self._retired: list[ProduceClient] = []  # fenced clients, closed by the replayer
         self._attempt_counters = {t: PRODUCE_ATTEMPTS.labels(t) for t in Topics.ALL}
         self._soon: list[tuple[str, Event, asyncio.Future[None]]] = []  # send_soon's current loop turn
+        self._done: list[_Ticket] = []  # durable hand-overs whose futures the loop has not resolved yet
         self.replayer = Replayer(self, replay)
 
     def start(self) -> EventProducer:
@@ -153,6 +180,14 @@ class EventProducer:
             return False
         return self.replayer.alive()
 
+    def liveness(self, stall_s: float) -> dict[str, bool]:
+        """Per background loop, whether it is alive and making progress: the replayer (always has work:
+        the watchdog) must complete a round, and the client's poller a poll, within ``stall_s`` while
+        events are in flight."""
+        kafka = self._kafka
+        poller_ok = kafka is None or not self.in_flight() or not kafka.poller.stalled(stall_s)
+        return {"spool-replayer": not self.replayer.stalled(stall_s), "kafka-delivery": poller_ok}
+
     @property
     def outage(self) -> bool:
         return self._outage
@@ -169,11 +204,23 @@ class EventProducer:
         """:meth:`send` for several events at once, in order (one lock, one spool write in an outage)."""
         self.send_raw_many(topic, [(event_key(e), encode(e)) for e in events])
 
+    def send_durably(self, topic: str, events: Sequence[Event]) -> asyncio.Future[None]:
+        """:meth:`send_many` for code on an asyncio event loop (one loop per producer): the future resolves
+        once every event is durable (see the module contract). Raises if the spool cannot be written."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        ticket = _Ticket(loop, [future], len(events))
+        if not events:
+            future.set_result(None)
+            return future
+        self.send_raw_many(topic, [(event_key(e), encode(e)) for e in events], ticket)
+        return future
+
     def send_soon(self, topic: str, event: Event) -> asyncio.Future[None]:
-        """:meth:`send` for code on an asyncio event loop (one loop per producer): the events of one loop
-        turn are handed over together (:meth:`send_many`, in call order) right after it. The future
-        resolves once ``event`` is with the client or in the spool; if the spool cannot be written, every
-        event of that hand-over gets the error (some may have reached the client: at-least-once)."""
+        """:meth:`send_durably` for one event: the events of one loop turn are handed over together (in
+        call order) right after it. The future resolves once ``event`` is durable; if the spool cannot be
+        written, every event of that hand-over gets the error (some may have reached the client:
+        at-least-once)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._soon.append((topic, event, future))
@@ -186,24 +233,25 @@ class EventProducer:
         by_topic: dict[str, list[tuple[Event, asyncio.Future[None]]]] = {}
         for topic, event, future in turn:
             by_topic.setdefault(topic, []).append((event, future))
+        loop = asyncio.get_running_loop()
         for topic, items in by_topic.items():
+            ticket = _Ticket(loop, [future for _, future in items], len(items))
             try:
-                self.send_many(topic, [event for event, _ in items])
+                self.send_raw_many(topic, [(event_key(e), encode(e)) for e, _ in items], ticket)
             except Exception as e:  # the spool could not be written: passed to every waiter, not swallowed
                 for _, future in items:
                     if not future.done():
                         future.set_exception(e)
-                continue
-            for _, future in items:
-                if not future.done():
-                    future.set_result(None)
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.send_raw_many(topic, [(key, value)])
 
-    def send_raw_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+    def send_raw_many(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes]], ticket: _Ticket | None = None
+    ) -> None:
         """Hand encoded ``(key, value)`` records to Kafka in order, or spool them (see the module contract).
-        Once one of them is spooled, the rest are spooled behind it."""
+        Once one of them is spooled, the rest are spooled behind it. ``ticket`` (``pending`` = the
+        number of records) is completed as they become durable."""
         counter = self._attempt_counters.get(topic)
         (PRODUCE_ATTEMPTS.labels(topic) if counter is None else counter).inc(len(records))
         physical = self.topic_prefix + topic
@@ -212,13 +260,17 @@ class EventProducer:
             seq, self._seq = self._seq, self._seq + len(records)
             if self._outage or self._kafka is None:
                 self._spool([SpooledEvent(seq + i, physical, k, v) for i, (k, v) in enumerate(records, 1)], "outage")
+                if ticket is not None:
+                    with self._flight_lock:
+                        self._settle(ticket, len(records))
                 return
             now = time.monotonic()
-            flights = [_InFlight(seq + i, physical, k, v, now, False) for i, (k, v) in enumerate(records, 1)]
+            flights = [_InFlight(seq + i, physical, k, v, now, False, ticket) for i, (k, v) in enumerate(records, 1)]
             kafka = self._kafka
             rest, error = self._hand_over(kafka, flights)
             if rest:  # the client's queue is full
                 self._spool([f.event for f in rest], f"{type(error).__name__}: {error}")
+                self._durable(rest)
         kafka.serve_reports()  # outside _lock: a failure report takes it
 
     # --- the client and its callbacks ------------------------------------------------------------
@@ -240,6 +292,7 @@ class EventProducer:
                 with self._flight_lock:
                     del self._in_flight[f.seq]
                 self.reject(f.event, e)
+                self._durable([f])
             except Unavailable as e:
                 with self._flight_lock:
                     for rest in flights[i:]:
@@ -256,8 +309,12 @@ class EventProducer:
         with self._flight_lock:
             self.counters.acked += 1
             flight = self._in_flight.pop(seq, None)
-            if flight is not None and flight.in_spool:
-                self._acked_spooled.append(flight.event)
+            if flight is not None:
+                if flight.in_spool:
+                    self._acked_spooled.append(flight.event)
+                elif flight.ticket is not None:
+                    flight.ticket, ticket = None, flight.ticket
+                    self._settle(ticket, 1)
             if not self._in_flight:
                 self._flight.notify_all()
 
@@ -267,6 +324,7 @@ class EventProducer:
                 flight = self._in_flight.get(seq)
             if flight is not None and error.unacceptable:
                 self.reject(flight.event, error)
+                self._durable([flight])
             elif flight is not None and kafka is self._kafka:  # else aborted by an earlier fence
                 PRODUCE_ERRORS.labels(topic=flight.topic.removeprefix(self.topic_prefix)).inc()
                 self._fence(f"{type(error).__name__}: {error}")
@@ -316,7 +374,41 @@ class EventProducer:
             copies = [f for f in self._in_flight.values() if not f.in_spool]
             for f in copies:
                 f.in_spool = True
-        self._spool([f.event for f in copies], reason)
+        try:
+            self._spool([f.event for f in copies], reason)
+        except BaseException as e:  # the awaited hand-overs fail with it (their 202 is not sent); raised on
+            self._durable(copies, e)
+            raise
+        self._durable(copies)
+
+    # --- durability of awaited hand-overs (tickets) ----------------------------------------------
+    def _durable(self, flights: Sequence[_InFlight], error: BaseException | None = None) -> None:
+        """Count each of ``flights`` durable (acknowledged, spooled or rejected) once, or fail its ticket."""
+        with self._flight_lock:
+            for f in flights:
+                if f.ticket is not None:
+                    ticket, f.ticket = f.ticket, None
+                    if error is not None:
+                        ticket.error, ticket.pending = error, 1
+                    self._settle(ticket, 1)
+
+    def _settle(self, ticket: _Ticket, n: int) -> None:
+        """Under _flight_lock: ``n`` more events of ``ticket`` are durable; the last one hands it to the
+        loop, which is woken once for however many tickets complete before it runs."""
+        ticket.pending -= n
+        if ticket.pending <= 0 and ticket.pending + n > 0:
+            self._done.append(ticket)
+            if len(self._done) == 1:
+                try:
+                    ticket.loop.call_soon_threadsafe(self._resolve_done)
+                except RuntimeError:  # the loop is closed: nobody awaits the future any more
+                    self._done.clear()
+
+    def _resolve_done(self) -> None:  # on the loop
+        with self._flight_lock:
+            done, self._done = self._done, []
+        for ticket in done:
+            ticket.resolve()
 
     # --- used by the replayer --------------------------------------------------------------------
     def expire_in_flight(self) -> bool:
@@ -351,13 +443,18 @@ class EventProducer:
         return kafka
 
     def ensure_topics(self) -> bool:
-        """Create our topics where missing (a restarted broker may have none); False if unreachable."""
+        """Create our topics where missing (a restarted broker may have none); False if unreachable.
+        With ``kafka.create_topics`` off the topics are the operator's: connecting waits for them."""
+        if not self._cfg.create_topics:
+            return True
         try:
             ensure_topics(
                 self.bootstrap_servers,
                 self.topic_names,
                 self._cfg.partitions,
                 timeout_ms=int(self.send_timeout_s * 1000),
+                replication_factor=self._cfg.replication_factor,
+                min_insync_replicas=self._cfg.min_insync_replicas,
             )
         except (kerr.KafkaError, OSError) as e:
             log.info("cannot create topics on %s yet: %s", self.bootstrap_servers, e)

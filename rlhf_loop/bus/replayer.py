@@ -9,13 +9,15 @@ Contract (the ordering argument is in producer.py):
   leaves the rest in flight, and the next round waits for them (they are still spooled).
 - Rounds repeat at once while they make progress, else every ``replay_interval_s`` or a quarter
   of ``send_timeout_s``, whichever is shorter (the watchdog's resolution).
+- The thread is a :class:`~rlhf_loop.bus.supervised.SupervisedLoop`: a round that raises is logged,
+  counted and retried after a backoff; the spool keeps every event meanwhile.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
+from rlhf_loop.bus.supervised import SupervisedLoop
 from rlhf_loop.metrics import REPLAYED_EVENTS, SPOOL_DEPTH
 from rlhf_loop.settings import SpoolSettings
 
@@ -28,21 +30,22 @@ class Replayer:
         self._producer = producer
         self._cfg = cfg
         self._topics_ready = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        tick = min(cfg.replay_interval_s, producer.send_timeout_s / 4)
+        self._loop = SupervisedLoop("spool-replayer", lambda: self.run_once() > 0, tick)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="spool-replayer", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout_s: float) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        self._loop.stop(timeout_s)
 
     def alive(self) -> bool:
-        """False only if the thread was started and died (the error is on stderr via threading.excepthook)."""
-        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+        """False only if the thread was started and ended (a failing round restarts it: supervised.py)."""
+        return self._loop.alive()
+
+    def stalled(self, stall_s: float) -> bool:
+        """Dead, or no round completed for ``stall_s`` seconds (the watchdog always has work)."""
+        return self._loop.stalled(stall_s)
 
     def run_once(self) -> int:
         """One round: watchdog, then (in an outage) replay the oldest spooled events.
@@ -78,9 +81,3 @@ class Replayer:
             for e in acked:
                 REPLAYED_EVENTS.labels(e.topic.removeprefix(prefix)).inc()
         return len(acked)
-
-    def _run(self) -> None:
-        tick = min(self._cfg.replay_interval_s, self._producer.send_timeout_s / 4)
-        while not self._stop.is_set():
-            if not self.run_once():  # progress: go again at once
-                self._stop.wait(tick)

@@ -121,7 +121,13 @@ class Spool:
             return row[0]
 
     def close(self) -> None:
+        """Fold the WAL into the main file (what a moved or inspected spool file holds is then all of it),
+        then close. A checkpoint another process blocks is left to SQLite: the WAL stays valid."""
         with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:  # busy: another process shares the file; its WAL is still valid
+                pass
             self._db.close()
 
     def _write(self, sql: str, rows: list[tuple]) -> None:

@@ -15,11 +15,21 @@ spool_app = typer.Typer(help="The durable event spool: inspect it, drain it to t
 def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision; 'head' for the newest.")] = "head",
     down: Annotated[bool, typer.Option(help="Downgrade to REVISION instead ('base' drops everything).")] = False,
+    wait_s: Annotated[
+        float, typer.Option(help="Migrate nothing: wait up to this many seconds for the database to be at head.")
+    ] = 0.0,
 ) -> None:
-    """Apply the Alembic migrations to the configured database."""
-    from rlhf_loop.db import downgrade, upgrade
+    """Apply the Alembic migrations to the configured database (or, with --wait-s, wait for them: the
+    deployments' init containers wait so on the migration Job)."""
+    from rlhf_loop.db import downgrade, upgrade, wait_for_head
 
     url = load_settings().database.url
+    if wait_s > 0:
+        if not wait_for_head(url, wait_s):
+            typer.echo(f"the database is not at head after {wait_s:.0f} s", err=True)
+            raise typer.Exit(1)
+        typer.echo("the database is at head")
+        return
     (downgrade if down else upgrade)(url, revision)
     typer.echo(f"database {'downgraded' if down else 'upgraded'} to {revision}")
 

@@ -29,10 +29,18 @@ class EventSink(Protocol):
     def send_many(self, topic: str, events: Sequence[Event]) -> None: ...
 
     def send_soon(self, topic: str, event: Event) -> asyncio.Future[None]:
-        """Hand over with the other events of this event-loop turn; resolves once it is safe."""
+        """Hand over with the other events of this event-loop turn; resolves once it is durable."""
+        ...
+
+    def send_durably(self, topic: str, events: Sequence[Event]) -> asyncio.Future[None]:
+        """Hand over now; resolves once every event is durable (broker-acknowledged or spooled)."""
         ...
 
     def healthy(self) -> bool: ...
+
+    def liveness(self, stall_s: float) -> dict[str, bool]:
+        """Per background loop: alive and making progress."""
+        ...
 
     def spooled(self) -> int: ...
 

@@ -5,8 +5,11 @@ publishes on ``rlhf:deployments``, and it re-reads the pointers every ``poll_int
 (a missed message, Redis down, a replica that was restarting). Applying a change attaches the new
 adapter between two generation batches, then switches routing atomically (AdapterManager.deploy),
 so no request fails and none waits for more than one batch. A change that cannot be applied (a
-missing or incompatible adapter) is logged and counted; the replica keeps serving what it served
-and tries again on the next trigger.
+missing or incompatible adapter) is logged and counted (``rlhf_adapter_swaps_total{result="failed"}``,
+``rlhf_deployment_applied`` 0: the AdapterAttachFailed alert); the replica keeps serving what it served
+and tries again on the next trigger. A replica that has never applied the pointers (the active
+adapter's files unreadable at start) is not ready (/readyz), so it never serves the base model in
+the active adapter's place.
 """
 
 from __future__ import annotations
@@ -99,8 +102,10 @@ class DeploymentWatcher:
         except Exception:  # noqa: BLE001 - anything an adapter load raises must leave the old one serving
             log.exception("could not apply deployment %s; still serving %s", target, self._adapters.routing)
             m.ADAPTER_SWAPS.labels("failed").inc()
+            m.DEPLOYMENT_APPLIED.set(0)
             return False
         previous, self._applied = self._applied, target
+        m.DEPLOYMENT_APPLIED.set(1)
         self._export(previous, target)
         if previous is not None:
             m.ADAPTER_SWAPS.labels("ok").inc()

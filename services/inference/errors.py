@@ -11,7 +11,7 @@ from schemas.http import ErrorBody
 from services.inference.auth import AuthError
 from services.inference.body_limit import BodyTooLarge
 from services.inference.comparisons import ComparisonRefused
-from services.inference.engines.batching import BatcherStopped
+from services.inference.engines.batching import BatcherFull, BatcherStopped
 from services.inference.tokens import ComparisonTokenExpired, ComparisonTokenInvalid, TokenExpired, TokenInvalid
 from services.promotion.registry import PromotionError
 
@@ -81,6 +81,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BatcherStopped)
     async def _stopping(_: Request, exc: BatcherStopped) -> JSONResponse:
         return error_response(503, "shutting_down", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(BatcherFull)
+    async def _overloaded(_: Request, exc: BatcherFull) -> JSONResponse:
+        return error_response(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(PromotionError)
     async def _refused(_: Request, exc: PromotionError) -> JSONResponse:

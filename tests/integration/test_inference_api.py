@@ -39,6 +39,8 @@ def api(
         demo_model_dir,
         REDIS_URL,
         api__rate_limit="30",
+        runtime__max_batch_size="1",  # one request a batch and room for two waiting: n=4 overflows the queue
+        runtime__max_queued="2",
     )
     yield server
     server.process.stop()
@@ -178,3 +180,17 @@ def test_metrics_are_exported(api: Api) -> None:
     ):
         assert name in text, name
     assert 'rlhf_feedback_events_total{adapter="base",rating="up"}' in text
+
+
+def test_a_full_generation_queue_sheds_load_with_503_and_retry_after(api: Api) -> None:
+    def shed() -> float:
+        text = httpx.get(f"{api.url}/metrics").text
+        return float(text.split("\nrlhf_generation_shed_total ")[1].split()[0])
+
+    before = shed()
+    body = {"prompt": PROMPT, "user_ref": user("crowd"), "n": 4}
+    r = httpx.post(f"{api.url}/v1/generate", json=body, headers=api.headers, timeout=60)
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "overloaded" and int(r.headers["Retry-After"]) >= 1
+    assert shed() >= before + 1
+    generate(api, user("after-crowd"))  # the queue drained: served again

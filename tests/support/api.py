@@ -34,8 +34,17 @@ def cli(env: dict[str, str], *args: str) -> str:
     return out.stdout.strip()
 
 
-def start_api(workdir: Path, db_url: str, bootstrap: str, demo_model_dir: Path, redis_url: str, **settings: str) -> Api:
-    """Migrate, create keys, start the server and wait for /readyz. ``settings``: extra RLHF_* values."""
+def start_api(
+    workdir: Path,
+    db_url: str,
+    bootstrap: str,
+    demo_model_dir: Path,
+    redis_url: str,
+    ready_path: str = "/readyz",
+    **settings: str,
+) -> Api:
+    """Migrate, create keys, start the server and wait for ``ready_path`` (/healthz for a server that is
+    expected not to become ready). ``settings``: extra RLHF_* values."""
     import os
 
     port = free_port()
@@ -57,5 +66,5 @@ def start_api(workdir: Path, db_url: str, bootstrap: str, demo_model_dir: Path, 
     approver_key = cli(env, "keys", "create", "ml-team", "--role", "approver")
     process = ServiceProcess(["serve"], env, workdir / "api.log")
     url = f"http://127.0.0.1:{port}"
-    process.start(ready_url=f"{url}/readyz")
+    process.start(ready_url=f"{url}{ready_path}")
     return Api(process, url, app_key, approver_key, env)

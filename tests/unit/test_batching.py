@@ -76,3 +76,32 @@ def test_control_never_overlaps_a_batch() -> None:
     assert overlaps == [False] * 5
     with pytest.raises(BatcherStopped):
         batcher.submit(1)
+
+
+def test_a_full_queue_refuses_at_once_and_counts_it() -> None:
+    from rlhf_loop.metrics import GENERATION_SHED
+    from services.inference.engines.batching import BatcherFull
+
+    release = threading.Event()
+
+    def run(batch: list[int]) -> list[int]:
+        release.wait(10)
+        return batch
+
+    batcher = MicroBatcher(run, max_batch_size=1, max_wait_ms=0, max_queued=2, retry_after_s=3)
+    batcher.start()
+    try:
+        first = batcher.submit(0)
+        while not first.running():  # the worker holds request 0 in its batch
+            time.sleep(0.001)
+        waiting = [batcher.submit(i) for i in (1, 2)]  # the queue's bound
+        before = GENERATION_SHED._value.get()
+        with pytest.raises(BatcherFull) as refused:
+            batcher.submit(3)
+        assert refused.value.retry_after_s == 3 and GENERATION_SHED._value.get() == before + 1
+        release.set()
+        assert [f.result(5) for f in (first, *waiting)] == [0, 1, 2]
+        assert batcher.submit(4).result(5) == 4  # room again
+    finally:
+        release.set()
+        batcher.stop()

@@ -104,7 +104,7 @@ def test_k8s_manifests_have_probes_resources_secrets_and_a_gpu_pool() -> None:
     hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "rlhf-api"
     pool = next(d for d in docs if d["kind"] == "NodePool")["spec"]["template"]["metadata"]["labels"]
-    for d in (d for d in docs if d["kind"] == "Deployment"):
+    for d in (d for d in docs if d["kind"] in ("Deployment", "StatefulSet")):
         spec = d["spec"]["template"]["spec"]
         for c in spec["containers"]:
             assert c["resources"]["requests"] and "livenessProbe" in c, d["metadata"]["name"]
@@ -133,3 +133,55 @@ def test_kustomize_builds_the_manifests(tmp_path: Path) -> None:
     built = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert len(built) == len(k8s_docs()) + 2  # + the generated ConfigMap and Secret
     assert all(d["metadata"].get("namespace", "rlhf-loop") == "rlhf-loop" for d in built)
+
+
+def _workloads() -> list[dict]:
+    return [d for d in k8s_docs() if d["kind"] in ("Deployment", "StatefulSet")]
+
+
+def test_k8s_api_keeps_a_persistent_spool_per_pod_and_drains_on_shutdown() -> None:
+    docs = k8s_docs()
+    (api,) = [d for d in docs if d["metadata"]["name"] == "rlhf-api" and d["kind"] in ("Deployment", "StatefulSet")]
+    assert api["kind"] == "StatefulSet"
+    spec = api["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    spool_path = next(e["value"] for e in container["env"] if e["name"] == "RLHF_SPOOL__PATH")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    claims = {t["metadata"]["name"]: t["spec"] for t in api["spec"]["volumeClaimTemplates"]}
+    assert spool_path.startswith(mounts["spool"] + "/") and "ReadWriteOnce" in claims["spool"]["accessModes"]
+    assert all(v["name"] != "spool" and "emptyDir" not in v for v in spec.get("volumes", []))  # not the pod's
+    assert api["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    defaults = Settings(_env_file=None)
+    # the pause, a request's longest wait for its events (then spooled), the producer's flush on close
+    drain_s = int(pre_stop[1]) + 2 * defaults.kafka.send_timeout_s + 10
+    assert spec["terminationGracePeriodSeconds"] >= drain_s
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    services = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Service"}
+    assert services[api["spec"]["serviceName"]]["clusterIP"] == "None"  # the governing headless Service
+
+
+def test_migrations_run_before_the_workloads() -> None:
+    job = next(d for d in k8s_docs() if d["kind"] == "Job" and d["metadata"]["name"] == "rlhf-migrate")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    for d in _workloads():
+        inits = d["spec"]["template"]["spec"].get("initContainers", [])
+        assert any(c["args"][:2] == ["migrate", "--wait-s"] for c in inits), d["metadata"]["name"]
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    for name in ("api", "aggregator", "gpu-worker", "beat"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
+
+
+def test_deployed_topics_are_replicated() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    env = dict(lit.split("=", 1) for lit in kustomization["configMapGenerator"][0]["literals"])
+    kafka = {k.removeprefix("RLHF_KAFKA__").lower(): v for k, v in env.items() if k.startswith("RLHF_KAFKA__")}
+    del kafka["bootstrap_servers"]
+    settings = Settings(_env_file=None, env=env["RLHF_ENV"], token={"secret": "x" * 32}, kafka=kafka)  # validates
+    assert settings.kafka.replication_factor >= 3 and settings.kafka.min_insync_replicas >= 2
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    shared = compose["x-rlhf-env"]
+    assert shared["RLHF_KAFKA__CREATE_TOPICS"] == "false"  # one broker: the topics service creates them
+    assert "--create" in compose["services"]["topics"]["command"][0]

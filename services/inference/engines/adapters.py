@@ -102,6 +102,7 @@ class AdapterManager:
         self._lock = threading.Lock()
         self._configs: OrderedDict[str, dict] = OrderedDict()  # attached adapters, least recent first
         self._routing = Routing(BASE)  # replaced whole, so a reader never sees half a deployment
+        self.deployed = False  # a deploy() succeeded: the pointers' adapters are attached (readiness)
         self._module_names = {name for name, _ in engine.model.named_modules() if name}
 
     @property
@@ -134,6 +135,7 @@ class AdapterManager:
                 self.attach(adapter_id, path, timeout_s)
         with self._lock:
             self._routing = Routing(active, canary, share if canary else 0.0)
+            self.deployed = True
             for adapter_id in (canary, active):
                 if adapter_id in self._configs:
                     self._configs.move_to_end(adapter_id)

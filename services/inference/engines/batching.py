@@ -1,5 +1,9 @@
 """Micro-batching: concurrent requests are gathered into batches on one worker thread.
 
+The queue is bounded (``max_queued``): a request past the bound is refused at once with
+:class:`BatcherFull` (503 + Retry-After, counted in ``rlhf_generation_shed_total``) instead of
+waiting behind work that will not finish before its client gives up.
+
 A batch closes when it holds ``max_batch_size`` requests or ``max_wait_ms`` after its first request
 arrived, whichever comes first. Generation runs on the worker thread, never on the event loop.
 Maintenance work (loading an adapter into the model) runs on the same thread *between* batches via
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from rlhf_loop.metrics import GENERATION_BATCH_SIZE
+from rlhf_loop.metrics import GENERATION_BATCH_SIZE, GENERATION_SHED
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -27,10 +31,27 @@ class BatcherStopped(RuntimeError):
     """The batcher is shutting down and takes no new work."""
 
 
+class BatcherFull(RuntimeError):
+    """The queue holds ``max_queued`` requests: come back after ``retry_after_s``."""
+
+    def __init__(self, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"{queued} generation requests are already waiting; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
 class MicroBatcher(Generic[Req, Res]):
-    def __init__(self, run_batch: Callable[[list[Req]], list[Res]], max_batch_size: int, max_wait_ms: float) -> None:
-        if max_batch_size < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch_size must be >= 1 and max_wait_ms >= 0")
+    def __init__(
+        self,
+        run_batch: Callable[[list[Req]], list[Res]],
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queued: int = 256,
+        retry_after_s: int = 1,
+    ) -> None:
+        if max_batch_size < 1 or max_wait_ms < 0 or max_queued < 1:
+            raise ValueError("max_batch_size and max_queued must be >= 1 and max_wait_ms >= 0")
+        self._max_queued = max_queued
+        self._retry_after_s = retry_after_s
         self._run_batch = run_batch
         self._max_batch = max_batch_size
         self._max_wait_s = max_wait_ms / 1000
@@ -51,6 +72,10 @@ class MicroBatcher(Generic[Req, Res]):
         """Queue one request; the future resolves with its result or the batch's exception."""
         if self._stopping.is_set():
             raise BatcherStopped("the generation batcher is stopping")
+        queued = self._requests.qsize()
+        if queued >= self._max_queued:
+            GENERATION_SHED.inc()
+            raise BatcherFull(queued, self._retry_after_s)
         future: concurrent.futures.Future[Res] = concurrent.futures.Future()
         self._requests.put((request, future))
         return future

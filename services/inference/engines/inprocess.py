@@ -30,7 +30,8 @@ def build_inprocess_engine(
     device = resolve_device(settings.model.device)
     model, tokenizer = load_base(path, device)
     engine = BatchGenerator(model, tokenizer, device)
-    batcher = MicroBatcher(engine.generate, settings.runtime.max_batch_size, settings.runtime.max_wait_ms)
+    runtime = settings.runtime
+    batcher = MicroBatcher(engine.generate, runtime.max_batch_size, runtime.max_wait_ms, runtime.max_queued)
     batcher.start()
     closers.append(batcher.stop)
     adapters = AdapterManager(engine, batcher, settings.runtime.adapter_slots)

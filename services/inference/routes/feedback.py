@@ -9,8 +9,9 @@ These are the API's ingest path (``benchmarks.ingest``), so they keep per-reques
 - A batch is one unit: one key check, one rate-limit round trip for all of its users, one
   validation call for its events and one hand-over of them to the producer. Single ratings get the
   same amortisation from micro-batching: their rate-limit checks share a Redis round trip, and the
-  events of one event-loop turn are handed to the producer together (``send_soon``), before the
-  202 goes out.
+  events of one event-loop turn are handed to the producer together (``send_soon``).
+- Accepted means durable: both routes answer only once their events are acknowledged by the broker
+  (acks=all) or committed to the spool (docs/bus.md gives the cost).
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ async def feedback_batch(request: Request) -> Response:
     events = _EVENTS.validate_python(fields)
     event_ids = {i: event_id for (i, _), event_id in zip(accepted, ids, strict=True)}
     if events:
-        ctx.events.send_many(Topics.FEEDBACK, events)
+        await ctx.events.send_durably(Topics.FEEDBACK, events)
         for (rating, adapter_id), n in Counter((e.rating, e.adapter_id) for e in events).items():
             _count(rating, adapter_id, n)
     # a FeedbackBatchResult, written out directly from templates (ids and error codes are our own

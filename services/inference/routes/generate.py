@@ -91,7 +91,7 @@ async def generate(
         )
         for result, seed in zip(results, seeds, strict=True)
     ]
-    ctx.events.send_many(Topics.RESPONSES, events)
+    await ctx.events.send_durably(Topics.RESPONSES, events)  # a feedback token names a logged response
     exp = int(time.time()) + ctx.settings.token.ttl_s
     candidates = [
         Candidate(

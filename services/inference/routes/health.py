@@ -12,15 +12,23 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """The process is up."""
-    return {"status": "ok"}
+async def healthz(ctx: CtxDep) -> JSONResponse:
+    """Live while every background loop of the event producer is alive and making progress (503 names the
+    one that is not): a thread that died or hangs restarts the pod instead of silently holding events."""
+    loops = ctx.events.liveness(ctx.settings.api.liveness_stall_s)
+    live = all(loops.values())
+    return JSONResponse({"status": "ok" if live else "stalled", "loops": loops}, status_code=200 if live else 503)
 
 
 @router.get("/readyz")
 async def readyz(ctx: CtxDep) -> JSONResponse:
-    """Ready when the model is loaded and events can be logged (broker reachable or spool healthy)."""
-    checks = {"model": ctx.adapters is not None, "events": ctx.events.healthy()}
+    """Ready when the model is loaded, the deployment pointers are applied (the active and canary adapters
+    attached) and events can be logged (broker reachable or spool healthy)."""
+    checks = {
+        "model": ctx.adapters is not None,
+        "deployment": ctx.adapters is not None and ctx.adapters.deployed,
+        "events": ctx.events.healthy(),
+    }
     ready = all(checks.values())
     body = {
         "status": "ready" if ready else "not_ready",
