@@ -171,8 +171,8 @@ class ServingSettings(_Group):
     vllm_load_timeout_s: float = Field(120.0, gt=0)
     """Bound on one replica's load_lora_adapter call during a deployment."""
     vllm_unload_grace_s: float = Field(60.0, ge=0)
-    """A retired adapter is unloaded from the replicas once it has served nothing new for this long (requests
-    routed to it just before a swap still complete)."""
+    """A retired adapter is unloaded from the replicas this long after requests stopped being routed to it (those
+    routed to it just before the swap still complete)."""
 
     @property
     def replica_urls(self) -> list[str]:

@@ -56,8 +56,10 @@ class ReplicaSet:
         self._turn = itertools.count()
 
     def serving(self, adapter_id: str) -> list[Replica]:
-        """Replicas that serve ``adapter_id``, rotated by one on every call (round robin)."""
-        able = [r for r in self.replicas if adapter_id in r.serving]
+        """Healthy replicas that serve ``adapter_id``, rotated by one on every call (round robin); when none is
+        healthy, every one that has it (health is only as fresh as the last call)."""
+        having = [r for r in self.replicas if adapter_id in r.serving]
+        able = [r for r in having if r.healthy] or having
         if not able:
             return []
         start = next(self._turn) % len(able)
@@ -113,6 +115,11 @@ class VllmEngine:
         for replica in candidates:
             try:
                 result = await self._complete(replica, request)
+            except httpx.TransportError as e:  # unreachable: skip it until the next probe answers
+                replica.healthy = False
+                m.VLLM_REQUESTS.labels(replica.url, "error").inc()
+                errors.append(f"{replica.url}: {e!r}")
+                continue
             except (httpx.HTTPError, EngineUnavailable) as e:
                 m.VLLM_REQUESTS.labels(replica.url, "error").inc()
                 errors.append(f"{replica.url}: {e!r}")

@@ -37,9 +37,15 @@ log = logging.getLogger(__name__)
 class VllmAdapters:
     """Which adapters each vLLM replica has loaded, and which one new requests get."""
 
-    def __init__(self, replicas: ReplicaSet, load_timeout_s: float, unload_grace_s: float) -> None:
+    def __init__(
+        self,
+        replicas: ReplicaSet,
+        load_timeout_s: float,
+        unload_grace_s: float,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self._replicas = replicas
-        self._client = httpx.Client(timeout=httpx.Timeout(5.0, read=load_timeout_s))
+        self._client = httpx.Client(timeout=httpx.Timeout(5.0, read=load_timeout_s), transport=transport)
         self._grace_s = unload_grace_s
         self._lock = threading.Lock()  # one deployment or reconcile at a time
         self._routing = Routing(BASE)  # replaced whole, so a reader never sees half a deployment
