@@ -41,7 +41,8 @@ class Replica:
     serving: frozenset[str] = frozenset()
     """Adapter ids requests may be sent here for (BASE included once reached); replaced whole, never mutated."""
     refused: dict[str, str] = field(default_factory=dict)
-    """adapter id -> why this replica refused to load it (retried only after the replica restarts)."""
+    """adapter id -> why this replica refused to load it (asked again at the next deployment change or after a
+    restart); replaced whole, never mutated."""
     healthy: bool = False
     """The last call to this replica got an answer."""
 

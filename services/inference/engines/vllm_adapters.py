@@ -92,7 +92,7 @@ class VllmAdapters:
                 if path is not None:
                     self._paths[adapter_id] = str(path)
                 for replica in self._replicas.replicas:  # a new deployment asks refusing replicas once more
-                    replica.refused.pop(adapter_id, None)
+                    replica.refused = {a: why for a, why in replica.refused.items() if a != adapter_id}
                 self._load_everywhere(adapter_id)
             wanted = [a for a in (active, canary) if a is not None]
             if not self._replicas.covers(wanted):
@@ -161,9 +161,10 @@ class VllmAdapters:
             m.VLLM_ADAPTER_LOADS.labels(replica.url, "ok").inc()
             log.info("vLLM replica %s loaded adapter %s", replica.url, adapter_id)
             return
-        replica.refused[adapter_id] = f"HTTP {response.status_code}: {response.text[:300]}"
+        why = f"HTTP {response.status_code}: {response.text[:300]}"
+        replica.refused = {**replica.refused, adapter_id: why}  # replaced whole: /readyz reads it concurrently
         m.VLLM_ADAPTER_LOADS.labels(replica.url, "refused").inc()
-        log.warning("vLLM replica %s refused adapter %s: %s", replica.url, adapter_id, replica.refused[adapter_id])
+        log.warning("vLLM replica %s refused adapter %s: %s", replica.url, adapter_id, why)
 
     def _unload_retired(self) -> None:
         now, served = time.monotonic(), set(self.served())
