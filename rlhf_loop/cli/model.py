@@ -22,12 +22,14 @@ def build_demo(
     ] = "gpt2",
 ) -> None:
     """Build the small demo model (GPT-2-style or Llama-shaped) and its tokenizer deterministically (HF format)."""
-    from rlhf_loop.models.demo_kit import ARCHES, DemoKitConfig, build_demo_model, demo_dir_for
+    from rlhf_loop.models.demo_kit import ARCHES, DemoKitConfig, build_demo_model, demo_dir_for, llama_config
 
     if arch not in ARCHES:
         raise typer.BadParameter(f"--arch must be one of {', '.join(ARCHES)}")
     path = build_demo_model(
-        out or demo_dir_for(arch, load_settings().model.demo_dir), force=force, cfg=DemoKitConfig(arch=arch)
+        out or demo_dir_for(arch, load_settings().model.demo_dir),
+        force=force,
+        cfg=llama_config() if arch == "llama" else DemoKitConfig(),
     )
     typer.echo(f"demo model ready at {path}")
 
