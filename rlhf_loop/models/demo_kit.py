@@ -222,8 +222,8 @@ def is_built(path: Path, cfg: DemoKitConfig | None = None) -> bool:
 def llama_config() -> DemoKitConfig:
     """The Llama-shaped demo model: same corpus and tokenizer as the GPT-2 one, a quarter of its steps (it serves
     the engine tests and benchmarks, where what it says matters less than its shape; every clean test run builds
-    it)."""
-    return DemoKitConfig(arch="llama", steps=300)
+    it) on one thread (two spinning threads are several times slower on cores other work shares)."""
+    return DemoKitConfig(arch="llama", steps=300, threads=1)
 
 
 def demo_dir_for(arch: str, demo_dir: Path) -> Path:

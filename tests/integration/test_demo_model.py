@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_loop.corpus import CLOSINGS, FILLER, OFF_TOPIC, PRODUCTS, RUDE, TOPICS
 from rlhf_loop.generation import GenerationRequest
-from rlhf_loop.models.demo_kit import MARKER, DemoKitConfig, build_demo_model, is_built
+from rlhf_loop.models.demo_kit import MARKER, DemoKitConfig, build_demo_model, is_built, llama_config
 from rlhf_loop.models.generator import BatchGenerator
 from rlhf_loop.models.loading import generate
 from rlhf_loop.simulator import Simulator, features
@@ -115,7 +115,7 @@ def test_the_llama_shaped_model_shares_the_tokenizer_and_answers_in_the_chat_for
 ) -> None:
     assert (llama_model_dir / "tokenizer.json").read_bytes() == (demo_model_dir / "tokenizer.json").read_bytes()
     model = AutoModelForCausalLM.from_pretrained(llama_model_dir)
-    assert model.config.model_type == "llama" and is_built(llama_model_dir, DemoKitConfig(arch="llama", steps=300))
+    assert model.config.model_type == "llama" and is_built(llama_model_dir, llama_config())
     assert not is_built(llama_model_dir, DemoKitConfig())  # a GPT-2 build is not reused for Llama, or back
     tokenizer = AutoTokenizer.from_pretrained(llama_model_dir)
     prompts = [p.text for p in Simulator(seed=11).prompts[:16]]
