@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rlhf_loop.bus.broker import EmbeddedBroker
-from rlhf_loop.db import make_engine, make_sessionmaker
+from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
 from rlhf_loop.settings import DatabaseSettings
 from schemas.events import Topics
 from tests.conftest import REDIS_URL
@@ -84,6 +84,7 @@ def adapters(llama_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, mo
         f"two-{RUN}": make_adapter(llama_model_dir, root / "two", r=8, seed=2),
         f"wide-{RUN}": make_adapter(llama_model_dir, root / "wide", r=16, seed=3),
     }
+    upgrade(module_pg_url)  # before the API's own migrate: the rows are there when it starts
     engine = make_engine(DatabaseSettings(url=module_pg_url))
     with make_sessionmaker(engine).begin() as session:
         for adapter_id, path in made.items():

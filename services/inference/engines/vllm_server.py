@@ -108,10 +108,14 @@ class VllmServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> VllmServer:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.command, env=server_env(cpus=self.cpus), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                self.command,
+                env=server_env(cpus=self.cpus),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def wait_ready(self, timeout_s: float = 600.0) -> VllmServer:
