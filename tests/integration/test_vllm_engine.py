@@ -202,6 +202,33 @@ def test_generate_and_feedback_through_vllm_log_what_the_user_got(api: Api, brok
     assert "libtorch" not in maps  # the API process holds no model on this engine
 
 
+def test_greedy_text_and_token_counts_match_the_in_process_engine(
+    api: Api, llama_model_dir: Path, broker: EmbeddedBroker
+) -> None:
+    """Same model, same chat format, temperature 0: vLLM (through the API) says what the in-process engine says."""
+    from rlhf_loop.generation import GenerationRequest
+    from rlhf_loop.models.generator import BatchGenerator
+    from rlhf_loop.models.loading import load_base
+
+    prompts = [f"Where is my parcel #{1000 + i}?" for i in range(4)] + [PROMPT]
+    model, tokenizer = load_base(llama_model_dir)
+    local = BatchGenerator(model, tokenizer).generate(
+        [GenerationRequest(p, temperature=0.0, max_new_tokens=24) for p in prompts]
+    )
+    ids = []
+    for prompt, expected in zip(prompts, local, strict=True):
+        body = {"prompt": prompt, "user_ref": f"carol-{RUN}", "sampling": {"temperature": 0.0, "max_new_tokens": 24}}
+        r = httpx.post(f"{api.url}/v1/generate", json=body, headers=api.headers, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["response"] == expected.text
+        ids.append(r.json()["response_id"])
+    logged = read_events(
+        broker.bootstrap_servers, Topics.RESPONSES, expect=len(ids), where=lambda e: e.response_id in ids
+    )
+    counts = {e.response_id: (e.prompt_tokens, e.completion_tokens) for e in logged}
+    assert [counts[i] for i in ids] == [(g.prompt_tokens, g.completion_tokens) for g in local]
+
+
 def test_an_adapter_approved_under_load_reaches_every_replica_first(
     api: Api, replicas: list[VllmServer], adapters: dict[str, Path]
 ) -> None:
