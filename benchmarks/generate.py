@@ -112,7 +112,9 @@ def compare_engines(args: argparse.Namespace, seconds: float) -> None:
         raise SystemExit("vLLM is not installed: python -m services.inference.engines.vllm_server install")
     model_dir = build_demo_model(demo_dir_for("llama", ModelSettings().demo_dir), cfg=llama_config())
     log_path = Path("var") / "benchmark-vllm.log"
-    server = VllmServer(model_dir, log_path, max_loras=1, cpus=args.vllm_cpus).start()
+    server = VllmServer(
+        model_dir, log_path, max_loras=1, cpus=None if args.vllm_cpus == "auto" else args.vllm_cpus
+    ).start()
     try:
         server.wait_ready()
         model, tokenizer = load_base(model_dir, args.device)
@@ -159,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--engine", choices=("inprocess", "vllm"), default="inprocess", help="vllm: compare both")
-    parser.add_argument("--vllm-cpus", default="0-1", help="cores vLLM's engine threads are pinned to")
+    parser.add_argument(
+        "--vllm-cpus", default="auto", help="cores vLLM's engine threads are pinned to (auto: vLLM's own choice)"
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds or (20.0 if args.quick else 60.0)
     if args.engine == "vllm":
