@@ -289,3 +289,17 @@ def test_a_replica_that_refuses_an_adapter_keeps_serving_the_old_one(
     assert metric(api, "rlhf_vllm_replica_missing_adapters", replica=b.url) == 1
     assert metric(api, "rlhf_vllm_replica_missing_adapters", replica=a.url) == 0
     assert metric(api, "rlhf_vllm_adapter_loads_total", replica=b.url, result="refused") >= 1
+
+
+def test_a_replica_killed_under_load_fails_no_request(api: Api, replicas: list[VllmServer]) -> None:
+    """Last in the module: SIGKILL replica B while clients generate; its requests go to replica A instead."""
+    a, b = replicas
+    with load(api) as (served, failures):
+        until(lambda: sum(served.values()) >= 8)
+        b.kill()
+        mark = sum(served.values())
+        until(lambda: sum(served.values()) >= mark + 16)
+    assert not failures, failures[:5]
+    until(lambda: metric(api, "rlhf_vllm_replica_up", replica=b.url) == 0)
+    by_url = {r["url"]: r for r in httpx.get(f"{api.url}/readyz").json()["replicas"]}
+    assert by_url[b.url]["healthy"] is False and by_url[a.url]["healthy"] is True
