@@ -52,6 +52,32 @@ FEEDBACK_EVENTS = Counter(
     "rlhf_feedback_events_total", "Feedback events accepted by the API.", ["rating", "adapter"]
 )  # services/inference/routes/feedback.py
 
+VLLM_REQUESTS = Counter(
+    "rlhf_vllm_requests_total",
+    "Completion requests sent to a vLLM replica, by outcome (ok, error).",
+    ["replica", "outcome"],
+)  # services/inference/engines/vllm.py
+VLLM_ADAPTER_REQUESTS = Counter(
+    "rlhf_vllm_adapter_requests_total", "Completions a vLLM replica served, by adapter.", ["replica", "adapter"]
+)  # services/inference/engines/vllm.py
+VLLM_ADAPTER_LOADS = Counter(
+    "rlhf_vllm_adapter_loads_total",
+    "load_lora_adapter calls to a vLLM replica by result (ok, refused by the replica, error: unreachable).",
+    ["replica", "result"],
+)  # services/inference/engines/vllm_adapters.py
+VLLM_REPLICA_UP = Gauge(
+    "rlhf_vllm_replica_up",
+    "1 when this API process reached the vLLM replica on its last call.",
+    ["replica"],
+    multiprocess_mode="min",
+)  # services/inference/engines/vllm_adapters.py
+VLLM_REPLICA_MISSING_ADAPTERS = Gauge(
+    "rlhf_vllm_replica_missing_adapters",
+    "Served adapters (active, canary) the vLLM replica has not loaded: it gets no requests for them.",
+    ["replica"],
+    multiprocess_mode="max",
+)  # services/inference/engines/vllm_adapters.py
+
 # --- event bus (rlhf_loop/bus) -----------------------------------------------------------------
 PRODUCE_ATTEMPTS = Counter(
     "rlhf_produce_attempts_total", "Events handed to the Kafka producer.", ["topic"]

@@ -178,6 +178,30 @@ class RuntimeSettings(_Group):
     """Generation requests the micro-batcher may hold waiting; past it /v1/generate answers 503 with Retry-After."""
 
 
+class ServingSettings(_Group):
+    """Which engine generates behind the API: in process, or vLLM replicas over HTTP (docs/serving.md)."""
+
+    engine: Literal["inprocess", "vllm"] = "inprocess"
+    """inprocess: transformers + PEFT inside each API process (the embedded default); vllm: forward to the vLLM
+    replicas below, which get every approved adapter loaded at runtime (the API process then loads no model)."""
+    vllm_urls: str = ""
+    """Comma-separated base URLs of the vLLM OpenAI-compatible servers, e.g. http://vllm-0:8000,http://vllm-1:8000;
+    each must run with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and see the artifacts at the same
+    paths as the registry records them (the adapter volume, mounted read-only)."""
+    vllm_timeout_s: float = Field(60.0, gt=0)
+    """Bound on one completion request to a replica; on expiry or a connection error the next replica serving the
+    adapter is tried."""
+    vllm_load_timeout_s: float = Field(120.0, gt=0)
+    """Bound on one replica's load_lora_adapter call during a deployment."""
+    vllm_unload_grace_s: float = Field(60.0, ge=0)
+    """A retired adapter is unloaded from the replicas this long after requests stopped being routed to it (those
+    routed to it just before the swap still complete)."""
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.vllm_urls.split(",") if u.strip()]
+
+
 class TrainingSettings(_Group):
     """Retraining: Celery workers on the gpu queue, the automatic trigger, hyperparameter overrides."""
 
@@ -327,6 +351,7 @@ class Settings(BaseSettings):
     pairs: PairSettings = PairSettings()
     api: ApiSettings = ApiSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    serving: ServingSettings = ServingSettings()
     training: TrainingSettings = TrainingSettings()
     promotion: PromotionSettings = PromotionSettings()
     simulator: SimulatorSettings = SimulatorSettings()
@@ -336,6 +361,8 @@ class Settings(BaseSettings):
     def _refuse_demo_secrets(self) -> Settings:
         if self.env != "demo" and self.token.secret == DEMO_TOKEN_SECRET:
             raise ValueError("RLHF_TOKEN__SECRET must be set when RLHF_ENV is not 'demo'")
+        if self.serving.engine == "vllm" and not self.serving.replica_urls:
+            raise ValueError("RLHF_SERVING__VLLM_URLS must name at least one vLLM server when the engine is vllm")
         if self.env == "prod" and self.promotion.auto_approve:
             raise ValueError("RLHF_PROMOTION__AUTO_APPROVE is refused when RLHF_ENV is 'prod': approvals need a person")
         return self

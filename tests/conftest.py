@@ -44,6 +44,14 @@ def demo_model_dir() -> Path:
     return build_demo_model(ROOT / "var" / "models" / "demo", progress=False)
 
 
+@pytest.fixture(scope="session")
+def llama_model_dir() -> Path:
+    """The Llama-shaped demo model (the shape vLLM serves with LoRA), cached in var/models/demo-llama."""
+    from rlhf_loop.models.demo_kit import build_demo_model, llama_config
+
+    return build_demo_model(ROOT / "var" / "models" / "demo-llama", cfg=llama_config(), progress=False)
+
+
 @contextmanager
 def pg_schema() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped on exit."""

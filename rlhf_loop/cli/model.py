@@ -16,11 +16,21 @@ app = typer.Typer(help="The base model: build the demo model kit, sample from a 
 def build_demo(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: model.demo_dir).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a model is already there.")] = False,
+    arch: Annotated[
+        str,
+        typer.Option(help="gpt2, or llama (the shape vLLM serves with LoRA; default out: model.demo_dir + '-llama')."),
+    ] = "gpt2",
 ) -> None:
-    """Build the small GPT-2-style demo model and tokenizer deterministically (Hugging Face format)."""
-    from rlhf_loop.models.demo_kit import build_demo_model
+    """Build the small demo model (GPT-2-style or Llama-shaped) and its tokenizer deterministically (HF format)."""
+    from rlhf_loop.models.demo_kit import ARCHES, DemoKitConfig, build_demo_model, demo_dir_for, llama_config
 
-    path = build_demo_model(out or load_settings().model.demo_dir, force=force)
+    if arch not in ARCHES:
+        raise typer.BadParameter(f"--arch must be one of {', '.join(ARCHES)}")
+    path = build_demo_model(
+        out or demo_dir_for(arch, load_settings().model.demo_dir),
+        force=force,
+        cfg=llama_config() if arch == "llama" else DemoKitConfig(),
+    )
     typer.echo(f"demo model ready at {path}")
 
 

@@ -1,5 +1,6 @@
-"""The demo model kit: a small GPT-2-style causal LM and its tokenizer, trained deterministically on
-the synthetic customer-support corpus and saved in Hugging Face format.
+"""The demo model kit: a small causal LM (GPT-2-style, or Llama-shaped for engines such as vLLM whose
+LoRA kernels cover Llama but not GPT-2) and its tokenizer, trained deterministically on the synthetic
+customer-support corpus and saved in Hugging Face format. Both architectures share the tokenizer.
 
 Everything downstream loads it with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``,
 the same code path a real checkpoint uses. The chat format lives in the tokenizer's chat template:
@@ -24,11 +25,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from rlhf_loop.artifacts import TMP_PREFIX, write_dir_atomic
 from rlhf_loop.corpus import catalogue, render, sample_style
@@ -36,6 +45,9 @@ from rlhf_loop.corpus import catalogue, render, sample_style
 KIT_VERSION = 2
 """Bump when the corpus or the training changes: a cached model of another version is rebuilt."""
 MARKER = "demo_kit.json"
+ARCHES = ("gpt2", "llama")
+LEGACY_CONFIG = {"arch": "gpt2"}
+"""Config fields added after markers were first written, with the value those markers mean."""
 USER, ASSISTANT, END, PAD = "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}" + USER + "{{ m['content'] }}"
@@ -48,6 +60,8 @@ CHAT_TEMPLATE = (
 class DemoKitConfig:
     seed: int = 0
     """Seeds the corpus, the weight init and the batch order."""
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    """gpt2: GPT2LMHeadModel; llama: LlamaForCausalLM (RMSNorm, rotary positions, SwiGLU MLP of 2 x n_embd)."""
     vocab_size: int = 1024
     """Byte-level BPE vocabulary size, special tokens included."""
     n_layer: int = 2
@@ -124,9 +138,25 @@ def _deterministic(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train_model(texts: list[str], tok: PreTrainedTokenizerFast, cfg: DemoKitConfig, progress: bool) -> GPT2LMHeadModel:
-    """AdamW with warmup + cosine decay over ``cfg.steps`` seeded random batches; returns the model in eval mode."""
-    torch.manual_seed(cfg.seed)
+def make_model(cfg: DemoKitConfig, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """A freshly initialised model of ``cfg.arch`` (seed the RNG first for a deterministic init)."""
+    if cfg.arch == "llama":
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=cfg.n_embd,
+            intermediate_size=2 * cfg.n_embd,
+            num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head,
+            num_key_value_heads=cfg.n_head,
+            max_position_embeddings=cfg.n_positions,
+            tie_word_embeddings=True,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        return LlamaForCausalLM(config)
+    if cfg.arch != "gpt2":
+        raise ValueError(f"arch must be one of {ARCHES}, got {cfg.arch!r}")
     config = GPT2Config(
         vocab_size=len(tok),
         n_positions=cfg.n_positions,
@@ -140,7 +170,13 @@ def train_model(texts: list[str], tok: PreTrainedTokenizerFast, cfg: DemoKitConf
         embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
-    model = GPT2LMHeadModel(config)
+    return GPT2LMHeadModel(config)
+
+
+def train_model(texts: list[str], tok: PreTrainedTokenizerFast, cfg: DemoKitConfig, progress: bool) -> PreTrainedModel:
+    """AdamW with warmup + cosine decay over ``cfg.steps`` seeded random batches; returns the model in eval mode."""
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg, tok)
     model.loss_type = "ForCausalLM"  # transformers warns when it has to guess
     ids = [row[: cfg.n_positions] for row in tok(texts, add_special_tokens=False)["input_ids"]]
     answer_id = tok.convert_tokens_to_ids(ASSISTANT)
@@ -151,7 +187,7 @@ def train_model(texts: list[str], tok: PreTrainedTokenizerFast, cfg: DemoKitConf
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     columns = [
-        TextColumn("training demo model"),
+        TextColumn(f"training demo model ({cfg.arch})"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]:.3f}"),
@@ -179,7 +215,20 @@ def is_built(path: Path, cfg: DemoKitConfig | None = None) -> bool:
     if not marker.is_file():
         return False
     info = json.loads(marker.read_text())
-    return info.get("kit_version") == KIT_VERSION and (cfg is None or info.get("config") == asdict(cfg))
+    stored = {**LEGACY_CONFIG, **info.get("config", {})}
+    return info.get("kit_version") == KIT_VERSION and (cfg is None or stored == asdict(cfg))
+
+
+def llama_config() -> DemoKitConfig:
+    """The Llama-shaped demo model: same corpus and tokenizer as the GPT-2 one, a quarter of its steps (it serves
+    the engine tests and benchmarks, where what it says matters less than its shape; every clean test run builds
+    it) on one thread (two spinning threads are several times slower on cores other work shares)."""
+    return DemoKitConfig(arch="llama", steps=300, threads=1)
+
+
+def demo_dir_for(arch: str, demo_dir: Path) -> Path:
+    """Where the demo model of ``arch`` is cached: ``demo_dir`` for GPT-2, a ``-llama`` sibling for Llama."""
+    return Path(demo_dir) if arch == "gpt2" else Path(demo_dir).with_name(f"{Path(demo_dir).name}-{arch}")
 
 
 def build_demo_model(

@@ -18,7 +18,14 @@ from services.inference.tokens import TokenKeys
 
 if TYPE_CHECKING:
     from services.inference.engines.adapters import AdapterManager
-    from services.inference.engines.batching import MicroBatcher
+    from services.inference.engines.vllm import ReplicaSet
+    from services.inference.engines.vllm_adapters import VllmAdapters
+
+
+class Engine(Protocol):
+    """What the routes generate with, whichever engine serves (the micro-batcher, or the vLLM client)."""
+
+    async def generate(self, request: GenerationRequest) -> Generation: ...
 
 
 class EventSink(Protocol):
@@ -53,9 +60,11 @@ class ApiContext:
     limiter: RateLimiter
     token_keys: TokenKeys
     events: EventSink
-    batcher: MicroBatcher[GenerationRequest, Generation]
-    adapters: AdapterManager
+    batcher: Engine
+    adapters: AdapterManager | VllmAdapters
     base_model: str
     """The served base model's name, recorded on every ResponseLogged."""
+    replicas: ReplicaSet | None = None
+    """The vLLM replicas when that engine serves (readiness per replica); None for the in-process engine."""
     closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
     """Shutdown steps, run in reverse order by the lifespan."""

@@ -32,6 +32,7 @@ from services.promotion.actions import CHANNEL
 
 if TYPE_CHECKING:
     from services.inference.engines.adapters import AdapterManager
+    from services.inference.engines.vllm_adapters import VllmAdapters
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,11 @@ def read_target(session: Session) -> Target:
 
 class DeploymentWatcher:
     def __init__(
-        self, sessions: sessionmaker[Session], adapters: AdapterManager, redis_url: str, poll_interval_s: float
+        self,
+        sessions: sessionmaker[Session],
+        adapters: AdapterManager | VllmAdapters,
+        redis_url: str,
+        poll_interval_s: float,
     ) -> None:
         self._sessions, self._adapters = sessions, adapters
         self._redis_url, self._poll_s = redis_url, poll_interval_s
@@ -94,6 +99,10 @@ class DeploymentWatcher:
             log.warning("cannot read the deployment pointers (keeping the served adapters): %s", e)
             return False
         if target == self._applied:
+            # vLLM replicas come and go on their own (a restart loses its adapters): re-check them every time
+            reconcile = getattr(self._adapters, "reconcile", None)
+            if reconcile is not None:
+                reconcile()
             return False
         try:
             self._adapters.deploy(

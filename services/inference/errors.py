@@ -12,6 +12,7 @@ from services.inference.auth import AuthError
 from services.inference.body_limit import BodyTooLarge
 from services.inference.comparisons import ComparisonRefused
 from services.inference.engines.batching import BatcherFull, BatcherStopped
+from services.inference.engines.vllm import EngineUnavailable, ReplicaRefused
 from services.inference.tokens import ComparisonTokenExpired, ComparisonTokenInvalid, TokenExpired, TokenInvalid
 from services.promotion.registry import PromotionError
 
@@ -85,6 +86,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BatcherFull)
     async def _overloaded(_: Request, exc: BatcherFull) -> JSONResponse:
         return error_response(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(EngineUnavailable)
+    async def _no_replica(_: Request, exc: EngineUnavailable) -> JSONResponse:
+        return error_response(503, "engine_unavailable", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(ReplicaRefused)
+    async def _replica_refused(_: Request, exc: ReplicaRefused) -> JSONResponse:
+        return error_response(422, "engine_refused", str(exc))
 
     @app.exception_handler(PromotionError)
     async def _refused(_: Request, exc: PromotionError) -> JSONResponse:

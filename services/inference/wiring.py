@@ -3,8 +3,9 @@ happen when it is built).
 
 Order: database (migrated automatically only in the demo env), API keys, Redis rate limiter,
 event producer with its spool (and the embedded broker when no Kafka is configured), then the
-in-process engine (model, micro-batcher, adapters) with the adapters the deployment pointers name (kept current by a
-DeploymentWatcher). Shutdown runs in reverse: stop taking
+engine with the adapters the deployment pointers name (kept current by a DeploymentWatcher): in process (model,
+micro-batcher, adapters), or the vLLM client with the replicas' adapter orchestration (no model, no torch).
+Shutdown runs in reverse: stop taking
 batches, flush or spool every event, close connections.
 """
 
@@ -52,9 +53,15 @@ def build_context(settings: Settings) -> ApiContext:
     producer = EventProducer(bootstrap, settings.kafka, spool, settings.spool).start()
     closers.append(producer.close)
 
-    from services.inference.engines.inprocess import build_inprocess_engine
+    replicas = None
+    if settings.serving.engine == "vllm":  # no model in this process: generation runs on the vLLM replicas
+        from services.inference.engines.vllm_adapters import build_vllm_engine
 
-    batcher, adapters, base_model = build_inprocess_engine(settings, sessions, closers)
+        batcher, adapters, base_model, replicas = build_vllm_engine(settings, sessions, closers)
+    else:
+        from services.inference.engines.inprocess import build_inprocess_engine
+
+        batcher, adapters, base_model = build_inprocess_engine(settings, sessions, closers)
     token = settings.token
     return ApiContext(
         settings=settings,
@@ -66,6 +73,7 @@ def build_context(settings: Settings) -> ApiContext:
         batcher=batcher,
         adapters=adapters,
         base_model=base_model,
+        replicas=replicas,
         closers=closers,
     )
 

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_loop.corpus import CLOSINGS, FILLER, OFF_TOPIC, PRODUCTS, RUDE, TOPICS
 from rlhf_loop.generation import GenerationRequest
-from rlhf_loop.models.demo_kit import MARKER, DemoKitConfig, build_demo_model, is_built
+from rlhf_loop.models.demo_kit import MARKER, DemoKitConfig, build_demo_model, is_built, llama_config
 from rlhf_loop.models.generator import BatchGenerator
 from rlhf_loop.models.loading import generate
 from rlhf_loop.simulator import Simulator, features
@@ -108,3 +108,17 @@ def test_same_seed_same_weights_and_cache(tmp_path: Path) -> None:
     assert is_built(a, DemoKitConfig(steps=10, n_examples=1500, n_prompts=200)) and not is_built(a, small)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["a", "b", "c"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # no leftovers
+
+
+def test_the_llama_shaped_model_shares_the_tokenizer_and_answers_in_the_chat_format(
+    demo_model_dir: Path, llama_model_dir: Path
+) -> None:
+    assert (llama_model_dir / "tokenizer.json").read_bytes() == (demo_model_dir / "tokenizer.json").read_bytes()
+    model = AutoModelForCausalLM.from_pretrained(llama_model_dir)
+    assert model.config.model_type == "llama" and is_built(llama_model_dir, llama_config())
+    assert not is_built(llama_model_dir, DemoKitConfig())  # a GPT-2 build is not reused for Llama, or back
+    tokenizer = AutoTokenizer.from_pretrained(llama_model_dir)
+    prompts = [p.text for p in Simulator(seed=11).prompts[:16]]
+    texts = generate(model, tokenizer, prompts, seed=0, max_new_tokens=48)
+    words = [w for t in texts for w in re.findall(r"[a-z]+", t.lower())]
+    assert words and sum(w in VOCABULARY for w in words) / len(words) > 0.8  # the corpus's words, not noise

@@ -26,7 +26,7 @@ def taught_adapter(base_dir: Path, out: Path, answer: str, prompts: list[str], s
 
     torch.manual_seed(seed)
     base, tokenizer = load_base(base_dir)
-    model = get_peft_model(base, lora_config(PPOConfig().lora))
+    model = get_peft_model(base, lora_config(PPOConfig().lora, base.config.model_type))
     enc = Encoder(tokenizer, model)
     encoded = [enc.pair(p, answer) for p in prompts]
     packed = pack([e[0] for e in encoded], [e[1] for e in encoded], enc.pad_id, "cpu")

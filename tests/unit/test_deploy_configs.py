@@ -73,6 +73,7 @@ def test_prometheus_targets_are_compose_services_on_their_ports(compose: dict) -
     defaults = Settings(_env_file=None)
     ports = {
         "api": defaults.api.port,
+        "vllm": int(services["vllm"]["command"][services["vllm"]["command"].index("--port") + 1]),
         "aggregator": int(services["aggregator"]["environment"]["RLHF_MONITORING__AGGREGATOR_METRICS_PORT"]),
         "gpu-worker": defaults.training.metrics_port,
         "beat": defaults.training.metrics_port,
@@ -82,6 +83,71 @@ def test_prometheus_targets_are_compose_services_on_their_ports(compose: dict) -
         for target in job["static_configs"][0]["targets"]:
             host, port = target.split(":")
             assert host in ports and int(port) == ports[host], f"{job['job_name']}: {target}"
+
+
+def test_compose_vllm_runs_on_the_gpu_and_reads_adapters_read_only(compose: dict) -> None:
+    services = compose["services"]
+    vllm, api = services["vllm"], services["api"]
+    (device,) = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "data:/data:ro" in vllm["volumes"]  # the adapter volume the training workers write
+    assert "--enable-lora" in vllm["command"] and vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    port = vllm["command"][vllm["command"].index("--port") + 1]
+    assert api["environment"]["RLHF_SERVING__VLLM_URLS"] == f"http://vllm:{port}"
+    assert "RLHF_SERVING__ENGINE" in api["environment"]
+
+
+def vllm_overlay() -> tuple[dict, list[dict]]:
+    root = DEPLOY / "k8s-vllm"
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
+    docs = [
+        d for f in kustomization["resources"] if f.endswith(".yaml") for d in yaml.safe_load_all((root / f).read_text())
+    ]
+    return kustomization, [d for d in docs if d]
+
+
+def test_k8s_vllm_replicas_are_on_the_gpu_pool_each_named_in_the_api_config() -> None:
+    kustomization, docs = vllm_overlay()
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    (svc,) = [d for d in docs if d["kind"] == "Service"]
+    pool = next(d for d in k8s_docs() if d["kind"] == "NodePool")["spec"]["template"]["metadata"]["labels"]
+    spec = sts["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert spec["nodeSelector"].items() <= pool.items() and container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in container["volumeMounts"]
+    (data,) = [v for v in spec["volumes"] if v["name"] == "data"]
+    assert data["persistentVolumeClaim"] == {"claimName": "rlhf-data", "readOnly": True}
+    assert "livenessProbe" in container and "--enable-lora" in container["args"]
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in container["env"]
+    assert svc["spec"]["clusterIP"] == "None" and sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    literals = dict(lit.split("=", 1) for lit in kustomization["configMapGenerator"][0]["literals"])
+    assert set(literals) - SETTINGS == set() and literals["RLHF_SERVING__ENGINE"] == "vllm"
+    port = container["args"][container["args"].index("--port") + 1]
+    name = sts["metadata"]["name"]
+    expected = [f"http://{name}-{i}.{svc['metadata']['name']}:{port}" for i in range(sts["spec"]["replicas"])]
+    assert literals["RLHF_SERVING__VLLM_URLS"].split(",") == expected  # one URL per replica, every replica
+
+
+def test_kustomize_builds_the_vllm_overlay_with_light_api_pods(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl (with its built-in kustomize) is needed to build deploy/k8s-vllm"
+    shutil.copytree(DEPLOY / "k8s", tmp_path / "k8s")
+    shutil.copytree(DEPLOY / "k8s-vllm", tmp_path / "k8s-vllm")
+    shutil.copy(tmp_path / "k8s" / "secrets.env.example", tmp_path / "k8s" / "secrets.env")
+    out = subprocess.run([kubectl, "kustomize", str(tmp_path / "k8s-vllm")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    built = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert all(d["metadata"].get("namespace", "rlhf-loop") == "rlhf-loop" for d in built)
+    (config,) = [d for d in built if d["kind"] == "ConfigMap"]
+    assert config["data"]["RLHF_SERVING__ENGINE"] == "vllm" and config["data"]["RLHF_ENV"] == "prod"
+    workloads = {d["metadata"]["name"]: d for d in built if d["kind"] in ("Deployment", "StatefulSet")}
+    api = workloads["rlhf-api"]["spec"]["template"]["spec"]["containers"][0]
+    base_api = next(d for d in k8s_docs() if d["metadata"]["name"] == "rlhf-api" and d["kind"] == "StatefulSet")
+    base_memory = base_api["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+    assert (
+        api["resources"]["requests"]["memory"] != base_memory and "nvidia.com/gpu" not in api["resources"]["requests"]
+    )
+    assert any(d["kind"] == "StatefulSet" and d["metadata"]["name"] == "rlhf-vllm" for d in built)
 
 
 def test_grafana_gets_the_provisioning_and_the_dashboards(compose: dict) -> None:

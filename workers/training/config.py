@@ -34,6 +34,23 @@ class LoraShape:
         _check(self.alpha >= 1, "lora.alpha", f"must be >= 1, got {self.alpha}")
 
 
+ARCHITECTURE_TARGETS: dict[str, tuple[str, ...]] = {
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+"""Every linear layer but the output head, by Hugging Face ``model_type``: the short module names serving engines
+such as vLLM look up in an adapter's config (PEFT's own "all-linear" writes one full path per layer instead)."""
+
+
+def target_modules_for(shape: LoraShape, model_type: str | None) -> str | list[str]:
+    """The target modules to give PEFT: "all-linear" resolved for a known architecture, anything else as set."""
+    if shape.target_modules == "all-linear" and model_type in ARCHITECTURE_TARGETS:
+        return list(ARCHITECTURE_TARGETS[model_type])
+    return shape.target_modules if isinstance(shape.target_modules, str) else list(shape.target_modules)
+
+
 REWARD_MODES = ("bt", "pointwise", "mixed")
 
 

@@ -23,12 +23,16 @@ async def healthz(ctx: CtxDep) -> JSONResponse:
 @router.get("/readyz")
 async def readyz(ctx: CtxDep) -> JSONResponse:
     """Ready when the model is loaded, the deployment pointers are applied (the active and canary adapters
-    attached) and events can be logged (broker reachable or spool healthy)."""
+    attached) and events can be logged (broker reachable or spool healthy); on the vLLM engine, also when every
+    served adapter has a reachable replica, with each replica's missing adapters listed."""
     checks = {
         "model": ctx.adapters is not None,
         "deployment": ctx.adapters is not None and ctx.adapters.deployed,
         "events": ctx.events.healthy(),
     }
+    served = [a for a in (ctx.adapters.routing.active, ctx.adapters.routing.canary) if a is not None]
+    if ctx.replicas is not None:
+        checks["replicas"] = ctx.replicas.covers(served)
     ready = all(checks.values())
     body = {
         "status": "ready" if ready else "not_ready",
@@ -36,6 +40,8 @@ async def readyz(ctx: CtxDep) -> JSONResponse:
         "adapter": ctx.adapters.active,
         "spooled_events": ctx.events.spooled(),
     }
+    if ctx.replicas is not None:
+        body["replicas"] = ctx.replicas.status(served)
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from rlhf_loop.artifacts import dir_sha256, sweep_temp, write_dir_atomic
 from rlhf_loop.models.loading import load_base, resolve_device
-from workers.training.config import LoraShape, TrainConfig
+from workers.training.config import LoraShape, TrainConfig, target_modules_for
 from workers.training.dataset import Dataset
 from workers.training.errors import BaseModelMismatch
 from workers.training.model.encoding import Encoder
@@ -56,10 +56,12 @@ class TrainResult:
     """Reward-model, PPO and evaluation figures (what the run record and the registry keep)."""
 
 
-def lora_config(shape: LoraShape):  # noqa: ANN201 - peft.LoraConfig, imported lazily
+def lora_config(shape: LoraShape, model_type: str | None = None):  # noqa: ANN201 - peft.LoraConfig, imported lazily
+    """PEFT's config for ``shape``; with the base model's ``model_type``, "all-linear" becomes that architecture's
+    module names (GPT-2: c_attn, c_proj, c_fc; Llama: q/k/v/o_proj and the MLP's gate/up/down_proj)."""
     from peft import LoraConfig
 
-    targets = shape.target_modules if isinstance(shape.target_modules, str) else list(shape.target_modules)
+    targets = target_modules_for(shape, model_type)
     return LoraConfig(r=shape.r, lora_alpha=shape.alpha, lora_dropout=0.0, target_modules=targets)
 
 
@@ -69,7 +71,7 @@ def build_model(base_model: str, cfg: TrainConfig, device: str, parent_adapter: 
 
     base, tokenizer = load_base(base_model, device)
     if parent_adapter is None:
-        model = get_peft_model(base, lora_config(cfg.ppo.lora), adapter_name=POLICY)
+        model = get_peft_model(base, lora_config(cfg.ppo.lora, base.config.model_type), adapter_name=POLICY)
     else:
         try:
             model = PeftModel.from_pretrained(base, str(parent_adapter), adapter_name=POLICY, is_trainable=True)
@@ -101,7 +103,7 @@ def train(
     metrics: dict[str, Any] = {}
 
     if not (work / REWARD_DIR).exists():
-        model.add_adapter(REWARD, lora_config(cfg.reward.lora))
+        model.add_adapter(REWARD, lora_config(cfg.reward.lora, model.config.model_type))
         model.set_adapter(REWARD)
         rm = train_reward(
             model,
