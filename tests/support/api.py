@@ -54,7 +54,7 @@ def start_api(workdir: Path, db_url: str, bootstrap: str, demo_model_dir: Path, 
     }
     cli(env, "migrate")
     app_key = cli(env, "keys", "create", "shop-app", "--role", "app")
-    approver_key = cli(env, "keys", "create", "ml-team", "--role", "approver")
+    approver_key = cli(env, "keys", "create", "ml-team", "--role", "approver", "--owner", "ml-team")
     process = ServiceProcess(["serve"], env, workdir / "api.log")
     url = f"http://127.0.0.1:{port}"
     process.start(ready_url=f"{url}/readyz")
