@@ -297,3 +297,96 @@ def test_a_flood_of_made_up_keys_costs_no_sql_query_per_key_and_valid_keys_are_s
     assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) >= 1
     elsewhere = httpx.get(url, headers={"Authorization": "Bearer rlk_" + "A" * 43, "X-Forwarded-For": "192.0.2.1"})
     assert elsewhere.status_code == 401  # another address has its own budget
+
+
+CSRF_FIELD = re.compile(r"name='csrf' value='([^']+)'")
+
+
+def _cookie(response: httpx.Response, name: str) -> tuple[str, set[str]]:
+    """The value and the attributes (lower-cased) of the cookie ``name`` that ``response`` sets."""
+    for header in response.headers.get_list("set-cookie"):
+        first, *attributes = [part.strip() for part in header.split(";")]
+        if first.startswith(f"{name}="):
+            return first.split("=", 1)[1], {a.lower() for a in attributes}
+    raise AssertionError(f"no {name} cookie in {response.headers.get_list('set-cookie')}")
+
+
+def _sign_in(setup: Setup, key: str) -> str:
+    """Sign in through the form as a browser would; returns the session cookie's value."""
+    form = httpx.get(f"{setup.api.url}/ui/login")
+    token, _ = _cookie(form, "__Host-rlhf_login")
+    signed_in = httpx.post(
+        f"{setup.api.url}/ui/login",
+        data={"key": key, "csrf": CSRF_FIELD.search(form.text).group(1)},
+        headers={"Origin": setup.api.url, "Cookie": f"__Host-rlhf_login={token}"},
+    )
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/ui/adapters", signed_in.text
+    return _cookie(signed_in, "__Host-rlhf_session")[0]
+
+
+def test_the_approval_page_keeps_only_a_session_id_in_its_cookie_and_sends_security_headers(setup: Setup) -> None:
+    import hashlib
+
+    import redis
+
+    form = httpx.get(f"{setup.api.url}/ui/login")
+    csp = form.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "script-src" not in csp
+    assert form.headers["x-frame-options"] == "DENY" and form.headers["x-content-type-options"] == "nosniff"
+    assert form.headers["referrer-policy"] == "same-origin" and form.headers["cache-control"] == "no-store"
+    _, login_flags = _cookie(form, "__Host-rlhf_login")
+    assert {"secure", "httponly", "samesite=strict", "path=/"} <= login_flags
+
+    key = setup.api.approver_key
+    session_id = _sign_in(setup, key)
+    assert key not in session_id and len(session_id) >= 32
+    stored = redis.Redis.from_url(REDIS_URL).get(f"rlhf:ui:session:{hashlib.sha256(session_id.encode()).hexdigest()}")
+    assert stored is not None and key.encode() not in stored  # the session keeps the key's hash, not the key
+    page = httpx.get(f"{setup.api.url}/ui/adapters", headers={"Cookie": f"__Host-rlhf_session={session_id}"})
+    assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY" and "Adapters" in page.text
+    stolen_key_as_cookie = httpx.get(f"{setup.api.url}/ui/adapters", headers={"Cookie": f"__Host-rlhf_session={key}"})
+    assert stolen_key_as_cookie.status_code == 303  # the key itself is no session
+
+
+def test_forged_approval_page_posts_are_refused_and_change_nothing(setup: Setup, tmp_path: Path) -> None:
+    adapter_id = f"ad-page-{RUN}"
+    with setup.sessions.begin() as session:
+        register(session, adapter_id, tmp_path, state="awaiting_approval")
+    session_id = _sign_in(setup, setup.api.approver_key)
+    cookie = {"Cookie": f"__Host-rlhf_session={session_id}"}
+    page = httpx.get(f"{setup.api.url}/ui/adapters/{adapter_id}", headers=cookie)
+    csrf = CSRF_FIELD.search(page.text).group(1)
+    decision = f"{setup.api.url}/ui/adapters/{adapter_id}/decision"
+    ours, evil = {"Origin": setup.api.url}, {"Origin": "https://evil.example"}
+    vote = {"action": "approve", "reason": "looks fine"}
+    forged = [
+        ({**vote}, ours),  # no CSRF token
+        ({**vote, "csrf": "x" + csrf[1:]}, ours),  # a wrong one
+        ({**vote, "csrf": csrf}, evil),  # the right one from another site
+        ({**vote, "csrf": csrf}, {}),  # neither Origin nor Referer
+    ]
+
+    def audit_rows() -> int:
+        with setup.sessions() as s:
+            return len(s.scalars(select(PromotionAudit.id).where(PromotionAudit.adapter_id == adapter_id)).all())
+
+    before, refused_before = audit_rows(), setup.metric("rlhf_ui_refusals_total", reason="csrf")
+    for data, origin in forged:
+        r = httpx.post(decision, data=data, headers={**cookie, **origin})
+        assert r.status_code == 403, (data, origin, r.status_code)
+    login_forged = [
+        httpx.post(f"{setup.api.url}/ui/login", data={"key": setup.api.approver_key, "csrf": csrf}, headers=ours),
+        httpx.post(f"{setup.api.url}/ui/login", data={"key": setup.api.approver_key}, headers=evil),
+    ]
+    assert [r.status_code for r in login_forged] == [403, 403] and all(
+        not r.headers.get_list("set-cookie") for r in login_forged
+    )
+    assert audit_rows() == before  # nothing was decided
+    assert setup.metric("rlhf_ui_refusals_total", reason="csrf") - refused_before == 3  # 2 decisions + 1 sign-in
+    honest = httpx.post(decision, data={**vote, "csrf": csrf}, headers={**cookie, **ours})
+    assert honest.status_code == 303 and "approved" in honest.headers["location"]
+    assert audit_rows() == before + 1  # the genuine form still works
+
+    logout = httpx.post(f"{setup.api.url}/ui/logout", data={"csrf": csrf}, headers={**cookie, **ours})
+    assert logout.status_code == 303
+    assert httpx.get(f"{setup.api.url}/ui/adapters", headers=cookie).status_code == 303  # the session is gone
