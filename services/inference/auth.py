@@ -124,6 +124,13 @@ class FailureBudget:
                 self._counts.popitem(last=False)
         return 0
 
+    def spent(self, address: str) -> int:
+        """The seconds until ``address`` may fail again (0: it may), without charging it."""
+        now = time.monotonic()
+        with self._lock:
+            ends, n = self._counts.get(address, (0.0, 0))
+        return max(1, int(ends - now + 0.999)) if ends > now and n >= self._limit else 0
+
     def refund(self, address: str) -> None:
         """Undo a charge whose check succeeded."""
         with self._lock:
@@ -154,6 +161,14 @@ class KeyCache:
         with self._lock:
             self._valid.clear()
             self._unknown.clear()
+
+    def known_valid(self, key: str) -> bool:
+        """Whether ``key`` is a valid key in the cache now (no SQL, no charge)."""
+        if not KEY_SHAPE.fullmatch(key):
+            return False
+        with self._lock:
+            hit = self._valid.get(hash_key(key))
+        return hit is not None and hit[0] > time.monotonic()
 
     def _cached(self, digest: str) -> Principal | None | Literal[False]:
         now = time.monotonic()

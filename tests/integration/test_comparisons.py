@@ -130,9 +130,9 @@ def test_side_by_side_then_a_choice_makes_full_weight_pairs_and_a_repeat_replace
     assert again.status_code == 202
     expected = {(ids[2], ids[0], 1.0, "choice"), (ids[2], ids[1], 1.0, "choice")}
     assert loop.until(lambda: pairs_of(loop, ids) == expected)
-    assert loop.rows(select(C.comparison_id, C.chosen_response_id, C.comment).where(C.user_ref == stored_id("ann"))) == [
-        (out["comparison_id"], ids[2], "funnier")
-    ]
+    assert loop.rows(
+        select(C.comparison_id, C.chosen_response_id, C.comment).where(C.user_ref == stored_id("ann"))
+    ) == [(out["comparison_id"], ids[2], "funnier")]
     assert {row[3] for row in stored_responses(loop, user_ref=stored_id("ann"))} == {out["comparison_id"]}
 
 

@@ -70,7 +70,11 @@ def test_generate_then_feedback_reach_kafka_with_matching_ids(api: Api, broker: 
     )
     assert len(responses) == 1 and len(feedback) == 1
     logged, given = responses[0], feedback[0]
-    assert logged.response == out["response"] and logged.user_ref == scoped_user("shop-app", user("alice")) and logged.app_id == "shop-app"
+    assert (
+        logged.response == out["response"]
+        and logged.user_ref == scoped_user("shop-app", user("alice"))
+        and logged.app_id == "shop-app"
+    )
     assert str(given.event_id) == event_id and given.rating == -1
     assert given.prompt_hash == logged.prompt_hash and given.adapter_id == logged.adapter_id == "base"
 

@@ -102,7 +102,9 @@ def test_the_default_env_is_demo_so_every_deploy_config_sets_env_explicitly() ->
     assert Settings(_env_file=None).env == "demo"
     deploy = README.parent / "deploy"
     compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
-    rlhf_services = [n for n, svc in compose["services"].items() if "RLHF_DATABASE__URL" in (svc.get("environment") or {})]
+    rlhf_services = [
+        n for n, svc in compose["services"].items() if "RLHF_DATABASE__URL" in (svc.get("environment") or {})
+    ]
     assert rlhf_services and all(compose["services"][n]["environment"]["RLHF_ENV"] == "prod" for n in rlhf_services)
     kustomization = yaml.safe_load((deploy / "k8s" / "kustomization.yaml").read_text())
     literals = [lit for gen in kustomization["configMapGenerator"] for lit in gen.get("literals", [])]
