@@ -93,3 +93,20 @@ def test_the_failure_budget_refunds_successes_and_resets_per_window() -> None:
     assert budget.charge("a") > 0 and budget.spent("a") > 0 and budget.spent("b") == 0
     budget.refund("a")
     assert budget.charge("a") == 0
+
+
+def _request(headers: dict[str, str], scheme: str = "http") -> object:
+    from starlette.requests import Request
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return Request({"type": "http", "scheme": scheme, "path": "/ui/login", "headers": raw, "client": ("10.0.0.5", 1)})
+
+
+def test_forwarded_headers_count_only_behind_a_trusted_proxy() -> None:
+    from services.inference.forwarded import client_address, request_origin
+
+    sent = {"host": "rlhf.example", "x-forwarded-proto": "https", "x-forwarded-for": "6.6.6.6, 203.0.113.9"}
+    assert request_origin(_request(sent), trusted_proxy=False) == "http://rlhf.example"
+    assert request_origin(_request(sent), trusted_proxy=True) == "https://rlhf.example"
+    assert client_address(_request(sent), trusted_proxy=False) == "10.0.0.5"
+    assert client_address(_request(sent), trusted_proxy=True) == "203.0.113.9"  # what the proxy appended
