@@ -31,9 +31,14 @@ def scoped_user(app_id: str, user_ref: str) -> str:
     return f"{app_id[:24]}~{hashlib.blake2b(scoped.encode(), digest_size=16).hexdigest()}"
 
 
+def app_id(principal: Principal) -> str:
+    """The app an app key speaks for: its name, as the events carry it (at most 64 characters)."""
+    return principal.name[:MAX_STORED]
+
+
 def check_token_app(token_app: str, principal: Principal, kind: str = "feedback") -> None:
     """Refuse (403) a token that was issued to another app than the one presenting it."""
-    if token_app != principal.name:
+    if token_app != app_id(principal):
         m.AUTH_REFUSALS.labels("foreign_token").inc()
         raise AuthError(403, f"foreign_{kind}_token", f"this {kind} token was issued to another app")
 

@@ -35,7 +35,7 @@ from services.inference.context import ApiContext
 from services.inference.errors import RateLimited
 from services.inference.forwarded import client_address
 from services.inference.tokens import FeedbackClaims, TokenExpired, TokenInvalid, verify
-from services.inference.user_scope import check_token_app
+from services.inference.user_scope import app_id, check_token_app
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 413, 422, 429)}
@@ -159,11 +159,12 @@ async def feedback_batch(request: Request) -> Response:
     or the reason it was rejected (invalid_feedback_token, expired_feedback_token, foreign_feedback_token,
     rate_limited). Accepted items are logged in item order; the users' rate limits are counted in one round trip."""
     ctx, principal, body = await authorized_body(request, FeedbackBatchRequest)
+    app = app_id(principal)
     verified: list[FeedbackClaims | str] = []
     for item in body.items:
         try:
             claims = verify(ctx.token_keys, item.feedback_token)
-            verified.append(claims if claims.app == principal.name else "foreign_feedback_token")
+            verified.append(claims if claims.app == app else "foreign_feedback_token")
         except TokenInvalid:
             verified.append("invalid_feedback_token")
         except TokenExpired:

@@ -23,7 +23,7 @@ from services.inference.comparisons import check_regeneration
 from services.inference.deps import AppKey, CtxDep
 from services.inference.errors import RateLimited
 from services.inference.tokens import ComparisonClaims, FeedbackClaims, issue, issue_comparison, verify_comparison
-from services.inference.user_scope import check_token_app, scoped_user
+from services.inference.user_scope import app_id, check_token_app, scoped_user
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 404, 409, 413, 422, 429, 503)}
@@ -42,8 +42,8 @@ async def generate(
     a user new to this app past its quota of distinct users 429 (user_quota_exceeded)."""
     prompt = model_input(body.prompt, body.context)
     group = prompt_hash(prompt)
-    app_id = principal.name
-    user = scoped_user(app_id, body.user_ref)
+    app = app_id(principal)
+    user = scoped_user(app, body.user_ref)
     earlier: tuple[str, ...] = ()
     comparison_id = uuid.uuid4().hex
     if body.regenerate_of is not None and body.comparison_token is not None:  # the model checks both or neither
@@ -51,7 +51,7 @@ async def generate(
         check_token_app(claims.app, principal, "comparison")
         check_regeneration(claims, body.regenerate_of, user, group, body.n)
         earlier, comparison_id = claims.response_ids, claims.comparison_id
-    quota_retry_s = await ctx.user_quota.admit(app_id, user)
+    quota_retry_s = await ctx.user_quota.admit(app, user)
     if quota_retry_s:
         raise AuthError(429, "user_quota_exceeded", "this app's quota of distinct users is spent", quota_retry_s)
     decision = await ctx.limiter.check("generate", user)
@@ -85,7 +85,7 @@ async def generate(
         ResponseLogged(
             response_id=uuid.uuid4().hex,
             request_id=request_id,
-            app_id=app_id,
+            app_id=app,
             user_ref=user,
             prompt=prompt,
             prompt_hash=group,
@@ -107,12 +107,12 @@ async def generate(
         Candidate(
             response_id=e.response_id,
             response=e.response,
-            feedback_token=issue(ctx.token_keys, FeedbackClaims(e.response_id, group, adapter_id, user, exp, app_id)),
+            feedback_token=issue(ctx.token_keys, FeedbackClaims(e.response_id, group, adapter_id, user, exp, app)),
         )
         for e in events
     ]
     ids = (*earlier, *(e.response_id for e in events))
-    comparison = ComparisonClaims(comparison_id, group, user, ids, exp, app_id)
+    comparison = ComparisonClaims(comparison_id, group, user, ids, exp, app)
     first = candidates[0]
     return GenerateResponse(
         response_id=first.response_id,
