@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("benchmarks.auth_flood needs wrk: apt-get install wrk")
 
     from rlhf_loop.models.loading import resolve_base_model
-    from rlhf_loop.settings import ModelSettings
+    from rlhf_loop.settings import ApiSettings, ModelSettings
 
     demo = Path(resolve_base_model(ModelSettings()))
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         api = start_api(
             work, db_url, broker.bootstrap_servers, demo, "redis://127.0.0.1:6379/13",
             api__rate_limit="1000000000", api__trusted_proxy="true", api__key_user_quota="1000000",
+            api__auth_failure_limit=str(ApiSettings().auth_failure_limit),  # the default (the test helper raises it)
         )  # fmt: skip
         try:
             token = httpx.post(
