@@ -5,7 +5,8 @@ team answerable for it: two approvals need two owners) and optionally an expiry.
 SQL in the steady state, and a flood of made-up keys cannot make it do more:
 - a key that is not shaped like one this service issues (prefix, length, charset) is refused unread;
 - valid keys live in an LRU of ``api.key_cache_size`` entries that unknown keys never enter, so guessing
-  cannot evict them; unknown keys have a bounded negative cache of their own;
+  cannot evict them; unknown keys have a bounded negative cache of their own; a valid key past its TTL is
+  looked up again without being charged to its address (below), so a flood cannot lock it out;
 - a lookup that may fail is charged to the client address first (:class:`FailureBudget`): past
   ``api.auth_failure_limit`` failures per window the address gets 429 without a lookup, so at most that
   many SQL queries per address and window, however many requests race.
@@ -157,26 +158,28 @@ class KeyCache:
         self.failures = failures or FailureBudget(20, 60)
 
     def evict_all(self) -> None:
-        """Forget every cached answer (a key was revoked somewhere)."""
+        """Distrust every cached answer (a key was revoked somewhere): valid keys are looked up again on their
+        next use, without charging the address (they were valid), unknown ones forgotten."""
         with self._lock:
-            self._valid.clear()
+            for digest, (_, principal) in self._valid.items():
+                self._valid[digest] = (0.0, principal)
             self._unknown.clear()
 
     def known_valid(self, key: str) -> bool:
-        """Whether ``key`` is a valid key in the cache now (no SQL, no charge)."""
+        """Whether ``key`` was valid when last looked up (its answer may be due for a refresh). No SQL."""
         if not KEY_SHAPE.fullmatch(key):
             return False
         with self._lock:
-            hit = self._valid.get(hash_key(key))
-        return hit is not None and hit[0] > time.monotonic()
+            return hash_key(key) in self._valid
 
-    def _cached(self, digest: str) -> Principal | None | Literal[False]:
+    def _cached(self, digest: str) -> Principal | None | Literal[False, "stale"]:
+        """The cached answer; "stale" for a valid key past its TTL, False when nothing is known."""
         now = time.monotonic()
         with self._lock:
             hit = self._valid.get(digest)
-            if hit is not None and hit[0] > now:
+            if hit is not None:
                 self._valid.move_to_end(digest)
-                return hit[1]
+                return hit[1] if hit[0] > now else "stale"
             unknown = self._unknown.get(digest)
             if unknown is not None and unknown > now:
                 return None
@@ -196,6 +199,7 @@ class KeyCache:
                 while len(self._valid) > self._size:
                     self._valid.popitem(last=False)
             else:
+                self._valid.pop(digest, None)
                 self._unknown[digest] = deadline
                 self._unknown.move_to_end(digest)
                 while len(self._unknown) > self._size:
@@ -206,7 +210,9 @@ class KeyCache:
         """The live principal of a key hash (None: unknown, revoked or expired); raises AuthError(429) when
         ``address`` has spent its failure budget and the answer is not cached."""
         principal = self._cached(digest)
-        if principal is False:
+        if principal == "stale":  # valid when last seen: refreshed without charging the address, so a flood
+            principal = await anyio.to_thread.run_sync(self.lookup, digest)  # from its address cannot lock it out
+        elif principal is False:
             retry_after = self.failures.charge(address)
             if retry_after:
                 m.AUTH_REFUSALS.labels("throttled").inc()

@@ -110,3 +110,21 @@ def test_forwarded_headers_count_only_behind_a_trusted_proxy() -> None:
     assert request_origin(_request(sent), trusted_proxy=True) == "https://rlhf.example"
     assert client_address(_request(sent), trusted_proxy=False) == "10.0.0.5"
     assert client_address(_request(sent), trusted_proxy=True) == "203.0.113.9"  # what the proxy appended
+
+
+def test_a_flood_from_its_address_cannot_lock_a_valid_key_out_after_its_ttl_or_a_revocation(db) -> None:  # noqa: ANN001
+    sessions, statements = db
+    with sessions.begin() as s:
+        key = create_key(s, "app-nat", "app")
+    cache = KeyCache(sessions, ttl_s=0.05, failures=FailureBudget(limit=3, window_s=60))
+    _require(cache, key, address="nat")
+    for _ in range(10):  # another client behind the same address spends its budget
+        with pytest.raises(AuthError):
+            _require(cache, "rlk_" + secrets.token_urlsafe(32), address="nat")
+    time.sleep(0.06)  # the valid key's answer is now stale
+    statements.clear()
+    assert _require(cache, key, address="nat").name == "app-nat"  # refreshed with one query, not a 429
+    assert len(statements) == 1
+    cache.evict_all()  # a revocation notice (of another key)
+    assert _require(cache, key, address="nat").name == "app-nat"
+    assert len(statements) == 2
