@@ -323,6 +323,20 @@ DRIFT_LAST_SUCCESS = Gauge(
     ["check"],
     multiprocess_mode="max",
 )  # workers/monitoring/drift.py, workers/training/model/drift_scoring.py
+API_KEY_LOOKUPS = Counter(
+    "rlhf_api_key_lookups_total", "API keys looked up in SQL (cache misses), by result: found or unknown.", ["result"]
+)  # services/inference/auth.py
+AUTH_REFUSALS = Counter(
+    "rlhf_auth_refusals_total",
+    "Requests refused by the key or token check: malformed, unknown, forbidden, throttled, foreign_token.",
+    ["reason"],
+)  # services/inference/auth.py, services/inference/user_scope.py
+USER_QUOTA_REFUSALS = Counter(
+    "rlhf_user_quota_refusals_total", "New end users refused because their app's distinct-user quota was spent."
+)  # services/inference/user_scope.py
+UI_REFUSALS = Counter(
+    "rlhf_ui_refusals_total", "Approval-page form posts refused: csrf or origin.", ["reason"]
+)  # services/inference/ui_security.py
 DRIFT_CHECK_NAMES = ("prompt", "feedback", "model")
 for _check in DRIFT_CHECK_NAMES:
     for _outcome in ("computed", "skipped"):

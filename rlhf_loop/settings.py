@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -157,7 +158,24 @@ class ApiSettings(_Group):
     rate_limit_window_s: int = Field(60, ge=1)
     """Length of the rate-limit window."""
     key_cache_ttl_s: float = Field(30.0, ge=0)
-    """How long a checked API key is trusted before it is looked up again (revocation delay)."""
+    """How long a checked API key is trusted before it is looked up again (revocation delay when the revocation
+    notice on Redis is missed)."""
+    key_cache_size: int = Field(10_000, ge=1)
+    """Valid API keys kept in the in-memory LRU; unknown keys never enter it, so they cannot evict valid ones."""
+    auth_failure_limit: int = Field(20, ge=1)
+    """Failed key checks one client address may cause per ``auth_failure_window_s``; past it the API answers 429
+    without looking the key up."""
+    auth_failure_window_s: int = Field(60, ge=1)
+    """Window of ``auth_failure_limit``."""
+    key_user_quota: int = Field(10_000, ge=1)
+    """Distinct end users (``user_ref``) one app may act for per ``key_user_quota_window_s``; a new user past it
+    is refused with 429 (one app key cannot invent unlimited raters)."""
+    key_user_quota_window_s: int = Field(3600, ge=1)
+    """Window of ``key_user_quota``."""
+    trusted_proxy: bool = False
+    """Honour X-Forwarded-Proto and X-Forwarded-For (set it only behind a proxy that overwrites them)."""
+    ui_session_ttl_s: int = Field(8 * 3600, ge=60)
+    """How long an approval-page sign-in lasts (the session lives in Redis; the cookie holds only its id)."""
     liveness_stall_s: float = Field(60.0, gt=0)
     """/healthz fails when a background loop (spool replayer, delivery poller) made no progress for this long
     while it had work; keep it above a few kafka.send_timeout_s (one replay round can take that long)."""
@@ -258,7 +276,8 @@ class PromotionSettings(_Group):
     """Prompts the gate samples both adapters on: the snapshot's held-out prompts, then the most recent logged
     prompts no training step saw (held out by the run's split, or logged after its snapshot)."""
     required_approvals: int = Field(1, ge=1, le=2)
-    """Approvals by different approvers needed before a candidate deploys."""
+    """Approvals by approvers of different owners needed before a candidate deploys; 2 when env is prod and it is
+    not set."""
     auto_approve: bool = False
     """Approve every candidate that passes the gate without a person (the demo; refused when env is prod)."""
     canary_share: float = Field(0.1, ge=0, le=1)
@@ -337,7 +356,9 @@ class Settings(BaseSettings):
     )
 
     env: Literal["demo", "dev", "prod"] = "demo"
-    """Deployment kind; demo allows the built-in secrets and auto-approval."""
+    """Deployment kind. demo (the default, so the quick start needs no environment) allows the demo secret, the
+    embedded broker, SQLite, a local Redis and auto-approval; dev and prod refuse each of them at start-up, and prod
+    needs 2 approvers unless set. Every deploy config sets it explicitly (a test checks)."""
     data_dir: Path = Path("var")
     """Root for local state: SQLite, spool, artifacts, models, reports."""
     artifacts_dir: Path = Path("var/artifacts")
@@ -358,13 +379,16 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
 
     @model_validator(mode="after")
-    def _refuse_demo_secrets(self) -> Settings:
-        if self.env != "demo" and self.token.secret == DEMO_TOKEN_SECRET:
-            raise ValueError("RLHF_TOKEN__SECRET must be set when RLHF_ENV is not 'demo'")
+    def _refuse_open_settings(self) -> Settings:
         if self.serving.engine == "vllm" and not self.serving.replica_urls:
             raise ValueError("RLHF_SERVING__VLLM_URLS must name at least one vLLM server when the engine is vllm")
-        if self.env == "prod" and self.promotion.auto_approve:
-            raise ValueError("RLHF_PROMOTION__AUTO_APPROVE is refused when RLHF_ENV is 'prod': approvals need a person")
+        if self.env == "demo":
+            return self
+        problems = deployment_problems(self)
+        if problems:
+            raise ValueError(f"refused for RLHF_ENV={self.env}: " + "; ".join(problems))
+        if self.env == "prod" and "required_approvals" not in self.promotion.model_fields_set:
+            self.promotion = self.promotion.model_copy(update={"required_approvals": 2})
         return self
 
     @model_validator(mode="after")
@@ -382,6 +406,44 @@ class Settings(BaseSettings):
         if self.env != "demo" and k.min_insync_replicas < 2:
             raise ValueError("RLHF_KAFKA__MIN_INSYNC_REPLICAS must be at least 2 when RLHF_ENV is not 'demo'")
         return self
+
+
+MIN_SECRET_CHARS = 32
+MIN_SECRET_DISTINCT = 12
+PLACEHOLDER_WORDS = ("change", "replace", "example", "placeholder", "secret", "demo", "password", "todo")
+LOCAL_HOSTS = ("localhost", "::1", "0.0.0.0", "")
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why ``secret`` is unfit to sign tokens outside the demo (None when it is fit): too short, too few distinct
+    characters (a repeated or patterned string), or a placeholder word left in."""
+    if len(secret) < MIN_SECRET_CHARS:
+        return f"is shorter than {MIN_SECRET_CHARS} characters"
+    if len(set(secret)) < MIN_SECRET_DISTINCT:
+        return f"has fewer than {MIN_SECRET_DISTINCT} distinct characters"
+    word = next((w for w in PLACEHOLDER_WORDS if w in secret.lower()), None)
+    return f"contains the placeholder word {word!r}" if word else None
+
+
+def deployment_problems(s: Settings) -> list[str]:
+    """Every setting that would make a dev or prod deployment fail open, each naming its variable."""
+    problems = []
+    for name, secret in [("RLHF_TOKEN__SECRET", s.token.secret)] + [
+        (f"RLHF_TOKEN__PREVIOUS[{kid}]", v) for kid, v in s.token.previous.items()
+    ]:
+        why = secret_problem(secret)
+        if why:
+            problems.append(f"{name} {why} (use e.g. `openssl rand -base64 32`)")
+    if not s.kafka.bootstrap_servers.strip():
+        problems.append("RLHF_KAFKA__BOOTSTRAP_SERVERS is empty (the embedded broker keeps events in memory only)")
+    if s.database.url.startswith("sqlite"):
+        problems.append("RLHF_DATABASE__URL is SQLite (one file on one host; use PostgreSQL)")
+    host = urlsplit(s.redis.url).hostname or ""
+    if host in LOCAL_HOSTS or host.startswith("127."):
+        problems.append(f"RLHF_REDIS__URL points at this host ({host or 'a socket'}); replicas need a shared Redis")
+    if s.env == "prod" and s.promotion.auto_approve:
+        problems.append("RLHF_PROMOTION__AUTO_APPROVE is on: approvals need a person in prod")
+    return problems
 
 
 @lru_cache(maxsize=1)

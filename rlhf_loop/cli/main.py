@@ -47,3 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except (click.exceptions.Abort, typer.Abort):
         return 130
     return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # `python -m rlhf_loop.cli.main ...` as well as `python -m rlhf_loop ...`
+    import sys
+
+    sys.exit(main())

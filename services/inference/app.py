@@ -18,9 +18,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rlhf_loop.metrics import REQUEST_DURATION, REQUESTS
 from rlhf_loop.settings import Settings
+from services.inference import approval_html
+from services.inference.auth_shield import AuthShield
 from services.inference.body_limit import BodySizeLimit
 from services.inference.errors import install_error_handlers
 from services.inference.routes import approval_page, choice, feedback, generate, health, promotions
+from services.inference.ui_security import UiSecurityHeaders
 
 if TYPE_CHECKING:
     from services.inference.context import ApiContext
@@ -89,6 +92,8 @@ def create_app(settings: Settings, context: ApiContext | None = None) -> FastAPI
     for module in (generate, feedback, choice, health, promotions, approval_page):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(UiSecurityHeaders, csp=approval_html.CSP)
+    app.add_middleware(AuthShield)
     app.add_middleware(RequestMetrics)
     return app
 

@@ -15,6 +15,8 @@ from schemas.events import Event
 from services.inference.auth import KeyCache
 from services.inference.ratelimit import RateLimiter
 from services.inference.tokens import TokenKeys
+from services.inference.ui_security import UiSessions
+from services.inference.user_scope import UserQuota
 
 if TYPE_CHECKING:
     from services.inference.engines.adapters import AdapterManager
@@ -58,6 +60,8 @@ class ApiContext:
     sessions: sessionmaker[Session]
     keys: KeyCache
     limiter: RateLimiter
+    user_quota: UserQuota
+    ui_sessions: UiSessions
     token_keys: TokenKeys
     events: EventSink
     batcher: Engine

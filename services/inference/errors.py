@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.http import ErrorBody
@@ -53,7 +54,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AuthError)
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.retry_after_s:
+            headers = {"Retry-After": str(exc.retry_after_s)}
         return error_response(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(_: Request, exc: RedisError) -> JSONResponse:  # the approval page's session store
+        return error_response(503, "session_store_unavailable", "sessions are unavailable, retry", {"Retry-After": "5"})
 
     @app.exception_handler(TokenInvalid)
     async def _token_invalid(_: Request, exc: TokenInvalid) -> JSONResponse:

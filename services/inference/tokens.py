@@ -1,8 +1,8 @@
 """Signed feedback tokens: pure functions, no I/O.
 
-A token binds one response to one user: ``response_id``, ``prompt_hash``, ``adapter_id``,
-``user_ref`` and an expiry, signed with HMAC-SHA256 under the key named by its key id, so keys can
-rotate (sign with the current key, verify with current and previous ones). Format:
+A token binds one response to one user of one app: ``response_id``, ``prompt_hash``, ``adapter_id``,
+``user_ref``, an expiry and the ``app`` whose key got it, signed with HMAC-SHA256 under the key named by
+its key id, so keys can rotate (sign with the current key, verify with current and previous ones). Format:
 ``<kid>.<payload, base64url JSON>.<signature, base64url>``. Verification compares in constant time.
 Each signature has one spelling (unpadded base64url of the 32-byte HMAC): verification compares the
 token's signature text with that spelling of the expected HMAC, so no other spelling is accepted.
@@ -49,8 +49,11 @@ class FeedbackClaims(NamedTuple):  # a tuple: built for every rating, cheaper th
     prompt_hash: str
     adapter_id: str
     user_ref: str
+    """The scoped user (``app:user_ref``, services.inference.user_scope)."""
     exp: int
     """Unix time after which the token is refused."""
+    app: str = ""
+    """The app whose key got the token; another app's key is refused (a token without one is nobody's)."""
 
 
 class ComparisonClaims(NamedTuple):
@@ -62,6 +65,8 @@ class ComparisonClaims(NamedTuple):
     """Every response of the group when the token was issued, oldest first."""
     exp: int
     """Unix time after which the token is refused."""
+    app: str = ""
+    """The app whose key got the token."""
 
 
 @dataclass(frozen=True)

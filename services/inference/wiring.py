@@ -1,7 +1,8 @@
 """Builds the API's context from settings (the lifespan calls this; the in-process engine's heavy imports
 happen when it is built).
 
-Order: database (migrated automatically only in the demo env), API keys, Redis rate limiter,
+Order: database (migrated automatically only in the demo env), API keys (and their revocation listener),
+Redis rate limiter, user quota and approval-page sessions,
 event producer with its spool (and the embedded broker when no Kafka is configured), then the
 engine with the adapters the deployment pointers name (kept current by a DeploymentWatcher): in process (model,
 micro-batcher, adapters), or the vLLM client with the replicas' adapter orchestration (no model, no torch).
@@ -20,10 +21,13 @@ from rlhf_loop.bus.producer import EventProducer
 from rlhf_loop.bus.spool import Spool
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
 from rlhf_loop.settings import Settings
-from services.inference.auth import KeyCache
+from services.inference.auth import FailureBudget, KeyCache
 from services.inference.context import ApiContext
+from services.inference.key_revocations import RevocationListener
 from services.inference.ratelimit import RateLimiter
 from services.inference.tokens import TokenKeys
+from services.inference.ui_security import UiSessions
+from services.inference.user_scope import UserQuota
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,11 @@ def build_context(settings: Settings) -> ApiContext:
 
     client = aioredis.Redis.from_url(settings.redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
     closers.append(client.aclose)
-    limiter = RateLimiter(client, settings.api.rate_limit, settings.api.rate_limit_window_s)
+    api = settings.api
+    limiter = RateLimiter(client, api.rate_limit, api.rate_limit_window_s)
+    failures = FailureBudget(api.auth_failure_limit, api.auth_failure_window_s)
+    keys = KeyCache(sessions, api.key_cache_ttl_s, api.key_cache_size, failures)
+    closers.append(RevocationListener(keys, settings.redis.url).start().stop)
 
     bootstrap = settings.kafka.bootstrap_servers
     if not bootstrap:
@@ -66,8 +74,10 @@ def build_context(settings: Settings) -> ApiContext:
     return ApiContext(
         settings=settings,
         sessions=sessions,
-        keys=KeyCache(sessions, settings.api.key_cache_ttl_s),
+        keys=keys,
         limiter=limiter,
+        user_quota=UserQuota(client, api.key_user_quota, api.key_user_quota_window_s),
+        ui_sessions=UiSessions(client, api.ui_session_ttl_s),
         token_keys=TokenKeys(token.key_id, {**token.previous, token.key_id: token.secret}),
         events=producer,
         batcher=batcher,

@@ -42,13 +42,20 @@ class Conflict(PromotionError):
 
 @dataclass(frozen=True)
 class Actor:
-    """Who did it: an API key's name (with its id), or a named automatic step ("gate", "canary-monitor")."""
+    """Who did it: an API key's name (with its id and owner), or a named automatic step ("gate", "canary-monitor")."""
 
     name: str
     key_id: int | None = None
+    owner: str | None = None
+    """The person or team answerable for the key; approvals count owners, not keys (default: the name)."""
+
+    @property
+    def who(self) -> str:
+        return self.owner or self.name
 
     def details(self) -> dict[str, Any]:
-        return {"key_id": self.key_id} if self.key_id is not None else {}
+        out: dict[str, Any] = {"key_id": self.key_id} if self.key_id is not None else {}
+        return {**out, "owner": self.owner} if self.owner is not None else out
 
 
 def now() -> datetime:
@@ -105,7 +112,8 @@ def record_gate(session: Session, adapter_id: str, result: GateResult, actor: Ac
 
 
 def approvals(session: Session, adapter_id: str) -> list[str]:
-    """Names of the approvers who approved ``adapter_id`` since it last entered awaiting_approval."""
+    """Owners of the keys that approved ``adapter_id`` since it last entered awaiting_approval (a row from before
+    owners were recorded counts its key's name)."""
     rows = session.scalars(
         select(PromotionAudit).where(PromotionAudit.adapter_id == adapter_id).order_by(PromotionAudit.id)
     ).all()
@@ -114,7 +122,7 @@ def approvals(session: Session, adapter_id: str) -> list[str]:
         if row.to_state == State.AWAITING_APPROVAL and row.from_state != State.AWAITING_APPROVAL:
             names = []
         elif row.to_state == State.AWAITING_APPROVAL and (row.details or {}).get("vote") == "approve":
-            names.append(row.actor)
+            names.append((row.details or {}).get("owner") or row.actor)
     return names
 
 
@@ -127,8 +135,8 @@ def approve(session: Session, adapter_id: str, actor: Actor, reason: str, cfg: P
     if canary is not None:
         raise Conflict(f"canary {canary.adapter_id} is still being judged: promote or roll it back first")
     earlier = approvals(session, adapter_id)
-    if actor.name in earlier:
-        raise Conflict(f"{actor.name} already approved {adapter_id}: a second approval must come from someone else")
+    if actor.who in earlier:
+        raise Conflict(f"{actor.who} already approved {adapter_id}: a second approval must come from someone else")
     if len(earlier) + 1 < cfg.required_approvals:
         session.add(
             PromotionAudit(
@@ -142,7 +150,7 @@ def approve(session: Session, adapter_id: str, actor: Actor, reason: str, cfg: P
             )
         )
         return adapter
-    transition(session, adapter, State.APPROVED, actor, reason, {"approvers": [*earlier, actor.name]})
+    transition(session, adapter, State.APPROVED, actor, reason, {"approvers": [*earlier, actor.who]})
     deploy(session, adapter, actor, cfg)
     return adapter
 

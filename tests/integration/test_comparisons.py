@@ -27,6 +27,7 @@ from schemas.tables import ComparisonChoice as C
 from schemas.tables import PreferencePair as P
 from schemas.tables import Response as R
 from services.inference.tokens import ComparisonClaims, TokenKeys, issue_comparison
+from services.inference.user_scope import scoped_user
 from tests.conftest import REDIS_URL
 from tests.support.api import Api, start_api
 from workers.aggregator.main import build
@@ -38,6 +39,11 @@ PREFIX = f"t{RUN}."
 
 def user(name: str) -> str:
     return f"{name}-{RUN}"
+
+
+def stored_id(name: str) -> str:
+    """How the API stores ``user(name)`` of the test's app (scoped by app)."""
+    return scoped_user("shop-app", user(name))
 
 
 class Loop:
@@ -124,10 +130,10 @@ def test_side_by_side_then_a_choice_makes_full_weight_pairs_and_a_repeat_replace
     assert again.status_code == 202
     expected = {(ids[2], ids[0], 1.0, "choice"), (ids[2], ids[1], 1.0, "choice")}
     assert loop.until(lambda: pairs_of(loop, ids) == expected)
-    assert loop.rows(select(C.comparison_id, C.chosen_response_id, C.comment).where(C.user_ref == user("ann"))) == [
-        (out["comparison_id"], ids[2], "funnier")
-    ]
-    assert {row[3] for row in stored_responses(loop, user_ref=user("ann"))} == {out["comparison_id"]}
+    assert loop.rows(
+        select(C.comparison_id, C.chosen_response_id, C.comment).where(C.user_ref == stored_id("ann"))
+    ) == [(out["comparison_id"], ids[2], "funnier")]
+    assert {row[3] for row in stored_responses(loop, user_ref=stored_id("ann"))} == {out["comparison_id"]}
 
 
 def test_a_regeneration_joins_the_group_and_opposite_thumbs_pair_at_full_weight(loop: Loop) -> None:
@@ -170,8 +176,8 @@ def test_the_logged_prompt_and_its_hash_are_what_the_model_saw(loop: Loop, broke
     # the same text as a bare prompt with the same seed: the model saw the same thing, so it says the same
     bare = loop.generate(user("cat"), seen, sampling=sampling)
     assert bare["response"] == with_context["response"]
-    assert loop.until(lambda: len(stored_responses(loop, user_ref=user("cat"))) == 2)
-    stored = stored_responses(loop, user_ref=user("cat"))
+    assert loop.until(lambda: len(stored_responses(loop, user_ref=stored_id("cat"))) == 2)
+    stored = stored_responses(loop, user_ref=stored_id("cat"))
     assert {(p, h) for _, p, h, _ in stored} == {(seen, prompt_hash(seen))}  # one prompt group, context included
 
 
@@ -221,11 +227,11 @@ def test_refused_comparisons_store_nothing(loop: Loop) -> None:
     # a later accepted choice is the marker: once it is stored, everything logged before it on its
     # partition is too (same prompt group, same partition), so what is absent was never logged
     assert loop.post("/v1/feedback/choice", {"comparison_token": token, "chosen": dan_ids[1]}).status_code == 202
-    assert loop.until(lambda: len(loop.rows(select(C.id).where(C.user_ref == user("dan")))) == 1)
-    assert loop.rows(select(C.chosen_response_id).where(C.user_ref == user("dan"))) == [(dan_ids[1],)]
+    assert loop.until(lambda: len(loop.rows(select(C.id).where(C.user_ref == stored_id("dan")))) == 1)
+    assert loop.rows(select(C.chosen_response_id).where(C.user_ref == stored_id("dan"))) == [(dan_ids[1],)]
     assert loop.rows(select(R.response_id).where(R.request_id.in_(refused_ids))) == []
-    assert sorted(r[0] for r in stored_responses(loop, user_ref=user("dan"), prompt=prompt)) == sorted(dan_ids)
-    assert loop.rows(select(C.id).where(C.user_ref == user("eve"))) == []
+    assert sorted(r[0] for r in stored_responses(loop, user_ref=stored_id("dan"), prompt=prompt)) == sorted(dan_ids)
+    assert loop.rows(select(C.id).where(C.user_ref == stored_id("eve"))) == []
     assert pairs_of(loop, eve_ids) == set()
 
 
@@ -246,7 +252,7 @@ def test_forgetting_a_user_removes_their_comparisons(loop: Loop) -> None:
     assert loop.until(lambda: len(pairs_of(loop, every)) == 2)
     env = {**os.environ, "RLHF_DATABASE__URL": loop.api.env["RLHF_DATABASE__URL"]}
     out = subprocess.run(
-        [sys.executable, "-m", "rlhf_loop", "users", "forget", gone],
+        [sys.executable, "-m", "rlhf_loop", "users", "forget", gone, "--app", "shop-app"],
         env=env,
         capture_output=True,
         text=True,
@@ -254,6 +260,6 @@ def test_forgetting_a_user_removes_their_comparisons(loop: Loop) -> None:
     )
     assert f"forgot {gone}" in out.stdout
     assert pairs_of(loop, every) == {(made[keep][0], made[keep][1], 1.0, "choice")}
-    assert loop.rows(select(C.id).where(C.user_ref == gone)) == []
-    assert stored_responses(loop, user_ref=gone) == []
-    assert len(loop.rows(select(C.id).where(C.user_ref == keep))) == 1
+    assert loop.rows(select(C.id).where(C.user_ref == stored_id("gus"))) == []
+    assert stored_responses(loop, user_ref=stored_id("gus")) == []
+    assert len(loop.rows(select(C.id).where(C.user_ref == stored_id("fay")))) == 1

@@ -15,6 +15,7 @@ from rlhf_loop.settings import DEMO_TOKEN_SECRET
 from schemas.events import Topics
 from schemas.http import FeedbackBatchResult
 from services.inference.tokens import FeedbackClaims, TokenKeys, issue
+from services.inference.user_scope import scoped_user
 from tests.conftest import REDIS_URL
 from tests.support.api import Api, start_api
 from tests.support.kafka import read_events
@@ -71,7 +72,11 @@ def test_generate_then_feedback_reach_kafka_with_matching_ids(api: Api, broker: 
     )
     assert len(responses) == 1 and len(feedback) == 1
     logged, given = responses[0], feedback[0]
-    assert logged.response == out["response"] and logged.user_ref == user("alice") and logged.app_id == "shop-app"
+    assert (
+        logged.response == out["response"]
+        and logged.user_ref == scoped_user("shop-app", user("alice"))
+        and logged.app_id == "shop-app"
+    )
     assert str(given.event_id) == event_id and given.rating == -1
     assert given.prompt_hash == logged.prompt_hash and given.adapter_id == logged.adapter_id == "base"
 

@@ -64,7 +64,7 @@ def cluster(
         )
         for i in range(2)
     ]
-    lead_key = cli(apis[0].env, "keys", "create", "ml-lead", "--role", "approver")
+    lead_key = cli(apis[0].env, "keys", "create", "ml-lead", "--role", "approver", "--owner", "ml-lead")
     adapter_dir = taught_adapter(
         demo_model_dir,
         tmp_path_factory.mktemp("adapters") / "polite",

@@ -59,11 +59,15 @@ def start_api(
         "RLHF_MODEL__DEMO_DIR": str(demo_model_dir),
         "RLHF_REDIS__URL": redis_url,
         "RLHF_API__PORT": str(port),
+        # every test speaks from 127.0.0.1 and app names repeat across runs that share one Redis database:
+        # the per-address failure budget and the per-app user quota are tested where they are set low
+        "RLHF_API__AUTH_FAILURE_LIMIT": "100000",
+        "RLHF_API__KEY_USER_QUOTA": "10000000",
         **{f"RLHF_{k.upper()}": v for k, v in settings.items()},
     }
     cli(env, "migrate")
     app_key = cli(env, "keys", "create", "shop-app", "--role", "app")
-    approver_key = cli(env, "keys", "create", "ml-team", "--role", "approver")
+    approver_key = cli(env, "keys", "create", "ml-team", "--role", "approver", "--owner", "ml-team")
     process = ServiceProcess(["serve"], env, workdir / "api.log")
     url = f"http://127.0.0.1:{port}"
     process.start(ready_url=f"{url}{ready_path}")

@@ -15,6 +15,7 @@ from services.inference.comparisons import choice_candidates
 from services.inference.errors import RateLimited
 from services.inference.routes.feedback import authorized_body, json_body
 from services.inference.tokens import verify_comparison
+from services.inference.user_scope import check_token_app
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 413, 422, 429)}
@@ -29,10 +30,11 @@ ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 413, 422, 429)}
 )
 async def choice(request: Request) -> FeedbackAccepted:
     """Record which candidate the user preferred. A forged or altered comparison token is 401
-    (invalid_comparison_token), an expired one 403; a chosen or listed response outside the
+    (invalid_comparison_token), an expired one or another app's 403; a chosen or listed response outside the
     comparison 422 (not_a_candidate). Accepted means durably logged."""
-    ctx, body = await authorized_body(request, ChoiceRequest)
+    ctx, principal, body = await authorized_body(request, ChoiceRequest)
     claims = verify_comparison(ctx.token_keys, body.comparison_token)
+    check_token_app(claims.app, principal, "comparison")
     shown = choice_candidates(claims, body.chosen, body.candidates)
     decision = await ctx.limiter.check("feedback", claims.user_ref)
     if not decision.allowed:

@@ -27,14 +27,16 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import Counter as PromCounter
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from rlhf_loop.metrics import FEEDBACK_EVENTS
+from rlhf_loop.metrics import AUTH_REFUSALS, FEEDBACK_EVENTS
 from schemas.events import FeedbackGiven, Topics, utcnow
 from schemas.http import ErrorBody, FeedbackAccepted, FeedbackBatchRequest, FeedbackBatchResult
 from schemas.http import FeedbackRequest as Body
-from services.inference.auth import APP_ROLES, bearer_key
+from services.inference.auth import APP_ROLES, Principal, bearer_key
 from services.inference.context import ApiContext
 from services.inference.errors import RateLimited
+from services.inference.forwarded import client_address
 from services.inference.tokens import FeedbackClaims, TokenExpired, TokenInvalid, verify
+from services.inference.user_scope import app_id, check_token_app
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 413, 422, 429)}
@@ -75,19 +77,19 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 RATING_BODY, BATCH_BODY = json_body(Body), json_body(FeedbackBatchRequest)
 
 
-async def _app_key_context(request: Request) -> ApiContext:
-    """The API context once the request's app (or admin) key checked out; raises AuthError (401/403)."""
+async def _app_key_context(request: Request) -> tuple[ApiContext, Principal]:
+    """The API context and the app once the request's app key checked out; raises AuthError (401/403/429)."""
     ctx: ApiContext = request.app.state.ctx
-    await ctx.keys.require(bearer_key(request.headers.get("authorization")), APP_ROLES)
-    return ctx
+    address = client_address(request, ctx.settings.api.trusted_proxy)
+    return ctx, await ctx.keys.require(bearer_key(request.headers.get("authorization")), APP_ROLES, address)
 
 
-async def authorized_body(request: Request, model: type[M]) -> tuple[ApiContext, M]:
-    """The context and the validated body of an app-key request; AuthError (401/403) before any
+async def authorized_body(request: Request, model: type[M]) -> tuple[ApiContext, Principal, M]:
+    """The context, the app and the validated body of an app-key request; AuthError (401/403) before any
     parsing, then RequestValidationError (422, naming the field) for a body that is not a ``model``."""
-    ctx = await _app_key_context(request)
+    ctx, principal = await _app_key_context(request)
     try:
-        return ctx, model.model_validate_json(await request.body())
+        return ctx, principal, model.model_validate_json(await request.body())
     except ValidationError as e:
         raise RequestValidationError(e.errors(include_url=False, include_context=False)) from e
 
@@ -139,9 +141,10 @@ def _event_ids(n: int) -> list[str]:
 )
 async def feedback(request: Request) -> FeedbackAccepted:
     """Record one end user's thumbs-up/down on the response the token was issued for.
-    Forged or altered tokens get 401, expired ones 403. Accepted means durably logged."""
-    ctx, body = await authorized_body(request, Body)
+    Forged or altered tokens get 401, expired ones or another app's 403. Accepted means durably logged."""
+    ctx, principal, body = await authorized_body(request, Body)
     claims = verify(ctx.token_keys, body.feedback_token)
+    check_token_app(claims.app, principal)
     decision = await ctx.limiter.check("feedback", claims.user_ref)
     if not decision.allowed:
         raise RateLimited(decision.retry_after_s)
@@ -154,17 +157,22 @@ async def feedback(request: Request) -> FeedbackAccepted:
 @router.post("/feedback/batch", response_model=FeedbackBatchResult, responses=ERRORS, openapi_extra=BATCH_BODY)
 async def feedback_batch(request: Request) -> Response:
     """Up to 500 ratings in one call, each judged on its own: the result lists, per item, its event id
-    or the reason it was rejected (invalid_feedback_token, expired_feedback_token, rate_limited).
-    Accepted items are logged in item order; the users' rate limits are counted in one round trip."""
-    ctx, body = await authorized_body(request, FeedbackBatchRequest)
+    or the reason it was rejected (invalid_feedback_token, expired_feedback_token, foreign_feedback_token,
+    rate_limited). Accepted items are logged in item order; the users' rate limits are counted in one round trip."""
+    ctx, principal, body = await authorized_body(request, FeedbackBatchRequest)
+    app = app_id(principal)
     verified: list[FeedbackClaims | str] = []
     for item in body.items:
         try:
-            verified.append(verify(ctx.token_keys, item.feedback_token))
+            claims = verify(ctx.token_keys, item.feedback_token)
+            verified.append(claims if claims.app == app else "foreign_feedback_token")
         except TokenInvalid:
             verified.append("invalid_feedback_token")
         except TokenExpired:
             verified.append("expired_feedback_token")
+    foreign = verified.count("foreign_feedback_token")
+    if foreign:
+        AUTH_REFUSALS.labels("foreign_token").inc(foreign)
     per_user = Counter(c.user_ref for c in verified if isinstance(c, FeedbackClaims))
     decisions = await ctx.limiter.check_many("feedback", per_user)
     allowed = {u for u, d in decisions.items() if d.allowed}

@@ -45,7 +45,7 @@ PromotionsDep = Annotated[Promotions, Depends(promotions)]
 
 
 def actor(principal: Principal) -> Actor:
-    return Actor(principal.name, principal.key_id)
+    return Actor(principal.name, principal.key_id, principal.owner)
 
 
 async def _read(ctx: ApiContext, fn: Callable[..., T], *args: object) -> T:
@@ -84,8 +84,8 @@ async def get_deployment(ctx: CtxDep, _: ApproverKey) -> Deployment:
 async def approve(
     adapter_id: PathId, body: Decision, ctx: CtxDep, principal: ApproverKey, service: PromotionsDep
 ) -> PromotionResult:
-    """Approve an adapter awaiting approval. With enough approvers (``promotion.required_approvals``, each a
-    different key) it deploys: as canary for ``promotion.canary_share`` of users, or to everyone."""
+    """Approve an adapter awaiting approval. With enough approvers (``promotion.required_approvals``, each
+    from a key of a different owner) it deploys: as canary for ``promotion.canary_share`` of users, or to everyone."""
     state = await anyio.to_thread.run_sync(service.approve, adapter_id, actor(principal), body.reason)
     return await _result(ctx, adapter_id, state)
 
