@@ -34,6 +34,24 @@ def cli(env: dict[str, str], *args: str) -> str:
     return out.stdout.strip()
 
 
+def prepare_database(db_url: str) -> tuple[str, str]:
+    """Migrate and create an app key and an approver key, in this process: the same functions the
+    ``migrate`` and ``keys create`` commands call, without an interpreter start for each."""
+    from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
+    from rlhf_loop.settings import DatabaseSettings
+    from services.inference.auth import create_key
+
+    upgrade(db_url)
+    engine = make_engine(DatabaseSettings(url=db_url))
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            app_key = create_key(session, "shop-app", "app")
+            approver_key = create_key(session, "ml-team", "approver", "ml-team")
+    finally:
+        engine.dispose()
+    return app_key, approver_key
+
+
 def start_api(
     workdir: Path,
     db_url: str,
@@ -65,9 +83,7 @@ def start_api(
         "RLHF_API__KEY_USER_QUOTA": "10000000",
         **{f"RLHF_{k.upper()}": v for k, v in settings.items()},
     }
-    cli(env, "migrate")
-    app_key = cli(env, "keys", "create", "shop-app", "--role", "app")
-    approver_key = cli(env, "keys", "create", "ml-team", "--role", "approver", "--owner", "ml-team")
+    app_key, approver_key = prepare_database(db_url)
     process = ServiceProcess(["serve"], env, workdir / "api.log")
     url = f"http://127.0.0.1:{port}"
     process.start(ready_url=f"{url}{ready_path}")
