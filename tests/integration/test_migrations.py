@@ -30,6 +30,7 @@ TABLES = {
     "promotion_audit",
     "api_keys",
     "comparison_choices",
+    "forgotten_users",
 }
 
 

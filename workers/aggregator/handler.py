@@ -6,6 +6,10 @@ the batch's offsets only after this returns (so after the DB commit).
 Redelivered events are harmless: the Redis dedup check skips work for events already stored, and
 if Redis forgot them, the SQL constraints make their writes no-ops.
 
+Forgotten users: events of a user in ``forgotten_users`` are dropped, and a UserForgotten tombstone records
+its user there and deletes what is stored of them (after the batch's own writes), so a replay from the start
+brings none of their data back in whichever order the topics are read.
+
 A batch the database refuses for its data (DataError, IntegrityError: a valid event with, say, a
 token count beyond the column's range) is split in halves, each its own transaction, down to the
 single events it refuses; those are returned as Refused for the consumer to dead-letter, and the rest
@@ -32,10 +36,12 @@ from rlhf_loop.metrics import (
 )
 from rlhf_loop.preferences.comparisons import group_pairs
 from rlhf_loop.preferences.pairs import PairRules
-from schemas.events import ChoiceMade, FeedbackGiven, ResponseLogged
+from schemas.events import ChoiceMade, FeedbackGiven, ResponseLogged, UserForgotten
+from workers.aggregator.forgotten import forgotten_among, record_forgotten
 from workers.aggregator.hot_state import HotState
 from workers.aggregator.store import (
     choices_by_group,
+    delete_user_data,
     insert_responses,
     orphan_feedback,
     replace_pairs,
@@ -77,7 +83,7 @@ class AggregatorHandler:
         started = time.perf_counter()
         events = [r.event for r in records]
         fresh_ids = {id(e) for e in (self._hot.unseen(events) if self._hot else events)}
-        fresh = [r for r in records if id(r.event) in fresh_ids]
+        fresh = self._not_forgotten([r for r in records if id(r.event) in fresh_ids])
         refused = self._store(fresh) if fresh else []
         gone = {id(x.record) for x in refused}
         stored = [r.event for r in fresh if id(r) not in gone]
@@ -96,6 +102,12 @@ class AggregatorHandler:
             self.housekeeping()
         return refused
 
+    def _not_forgotten(self, records: list[Record]) -> list[Record]:
+        refs = {r.event.user_ref for r in records if not isinstance(r.event, UserForgotten)}  # type: ignore[attr-defined]
+        with self._sessions() as session:
+            gone = forgotten_among(session, refs)
+        return [r for r in records if isinstance(r.event, UserForgotten) or r.event.user_ref not in gone]  # type: ignore[attr-defined]
+
     def _store(self, records: list[Record]) -> list[Refused]:
         """Store the records' events and re-derive their groups in one transaction; if the database
         refuses the data, split (see the module docstring). Returns the refused records."""
@@ -108,6 +120,9 @@ class AggregatorHandler:
                 upsert_feedback(session, feedback)
                 upsert_choices(session, choices)
                 touched = {e.prompt_hash for e in [*responses, *feedback, *choices]}
+                for e in (r.event for r in records if isinstance(r.event, UserForgotten)):
+                    record_forgotten(session, e.user_ref)
+                    touched |= delete_user_data(session, e.user_ref)
                 new_pairs = rederive(session, touched, self._rules)
         except REFUSED_DATA as e:
             if len(records) > 1:
