@@ -23,7 +23,7 @@ from rlhf_loop.preferences.dataset import EXAMPLES_FILE, PAIRS_FILE, read_exampl
 from rlhf_loop.preferences.pairs import PairRules
 from rlhf_loop.settings import DatabaseSettings, KafkaSettings, RedisSettings, Settings
 from schemas.events import Event, FeedbackGiven, ResponseLogged, SamplingParams, Topics, prompt_hash
-from schemas.tables import DatasetSnapshot, Feedback, PreferencePair, Response
+from schemas.tables import DatasetSnapshot, Feedback, ForgottenUser, PreferencePair, Response
 from tests.conftest import REDIS_URL, pg_schema
 from workers.aggregator.forget import forget_user, publish_tombstone
 from workers.aggregator.main import build
@@ -133,7 +133,7 @@ def test_a_forgotten_user_leaves_no_snapshot_rows_and_a_replay_does_not_bring_th
     snapshot_files = [f for f in (artifacts / "snapshots").rglob("*") if f.is_file()]
     assert snapshot_files and not [f for f in snapshot_files if SECRET in f.read_text()]
     examples = read_examples(Path(row.path) / EXAMPLES_FILE)
-    assert "u1" not in {e.rater for e in examples} and {e.rater for e in examples} == {"u3"}
+    assert sorted(e.rater for e in examples) == ["u2", "u2", "u3", "u3"]  # the others' ratings stay
     assert [p.prompt for p in read_pairs(Path(row.path) / PAIRS_FILE)] == ["How do I reset my password?"]
     assert row.content_sha256 == dir_sha256(Path(row.path))
     engine.dispose()
@@ -148,3 +148,4 @@ def test_a_forgotten_user_leaves_no_snapshot_rows_and_a_replay_does_not_bring_th
         for db_url in (pg_url, fresh_url):
             assert (_rows(db_url, Feedback, "u1"), _rows(db_url, Response, "u1")) == (0, 0)
             assert _rows(db_url, PreferencePair) >= 1  # u3's pair, re-derived
+        assert _rows(fresh_url, ForgottenUser, "u1") == 1  # the tombstone reached the rebuilt database
