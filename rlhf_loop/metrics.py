@@ -224,6 +224,11 @@ TRAINING_RUNS_REQUEUED = Counter(
     "Training run tasks sent again by beat, by why (queued: message lost; stale_lease: the worker vanished).",
     ["reason"],
 )  # workers/training/tasks.py
+TRAINING_TRANSIENT_RETRIES = Counter(
+    "rlhf_training_transient_retries_total",
+    "Training run tasks retried after a transient error (the database unreachable); the runs tried are"
+    " rlhf_training_run_attempts_total.",
+)  # workers/training/tasks.py
 ADAPTER_VERIFICATIONS = Counter(
     "rlhf_adapter_verifications_total",
     "Adapter artifacts checked (content hash, safetensors only) before use, by who uses them.",

@@ -2,6 +2,8 @@
 (``rlhf-loop worker --queues gpu``) and a beat worker (``--queues default --beat``).
 
 - a queued run whose message was lost is sent again by beat and runs;
+- PostgreSQL unreachable when a run starts (the workers reach it through a proxy that the test kills): the task
+  retries with backoff and the run goes on once the database is back;
 - an exception that is not a TrainingError (an OSError from an artifact write) fails the run with the error
   recorded, the worker lives on, and beat's next check is not busy: it starts the next run;
 - that run's gpu worker SIGKILLed whole (no redelivery until the broker's visibility timeout): beat sends the
@@ -13,6 +15,8 @@ The tests run in file order on one pair of workers.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,7 +48,7 @@ HYPER = {
     "reward": {"epochs": 1},
 }
 LEASE = TrainingSettings(lease_s=3, requeue_after_s=2)
-MIN_NEW = 30
+MIN_NEW = 24
 
 
 def pairs(start: int, n: int) -> list[PairRecord]:
@@ -54,9 +58,27 @@ def pairs(start: int, n: int) -> list[PairRecord]:
     ]
 
 
+class Proxy:
+    """The workers' way to PostgreSQL (``tests/support/proxy.py``): killing it is a database outage for them."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port, self.target_port, self.proc = free_port(), target_port, None
+
+    def start(self) -> None:
+        args = [sys.executable, "-m", "tests.support.proxy", str(self.port), str(self.target_port)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE)
+        assert self.proc.stdout.readline().strip() == b"ready"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
 class Stack:
-    def __init__(self, work: Path, env: dict[str, str], sessions: sessionmaker[Session], settings: Settings) -> None:
-        self.work, self.env, self.sessions, self.settings = work, env, sessions, settings
+    def __init__(
+        self, work: Path, env: dict[str, str], sessions: sessionmaker[Session], settings: Settings, proxy: Proxy
+    ) -> None:
+        self.work, self.env, self.sessions, self.settings, self.proxy = work, env, sessions, settings, proxy
         self.gpu_port, self.beat_port = free_port(), free_port()
         self.gpu = self._process("gpu", self.gpu_port, ["worker", "--queues", "gpu"])
         self.beat = self._process("beat", self.beat_port, ["worker", "--queues", "default", "--beat"])
@@ -68,6 +90,12 @@ class Stack:
 
     def start_gpu(self) -> None:
         self.gpu.start(ready_url=f"http://127.0.0.1:{self.gpu_port}/metrics")
+
+    def metric(self, port: int, line: str) -> float:
+        for row in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
+            if row.startswith(line + " "):
+                return float(row.split()[-1])
+        return 0.0
 
     def run(self, run_id: str) -> TrainingRun:
         with self.sessions() as session:
@@ -87,10 +115,7 @@ class Stack:
         raise AssertionError(f"no run matched in {timeout_s} s:\n{self.gpu.tail()}\n{self.beat.tail()}")
 
     def beat_metric(self, line: str) -> float:
-        for row in httpx.get(f"http://127.0.0.1:{self.beat_port}/metrics").text.splitlines():
-            if row.startswith(line + " "):
-                return float(row.split()[-1])
-        return 0.0
+        return self.metric(self.beat_port, line)
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +126,11 @@ def stack(module_pg_url: str, demo_model_dir: Path, tmp_path_factory: pytest.Tem
     engine = make_engine(DatabaseSettings(url=module_pg_url))
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
-        store_pairs(session, pairs(0, 20))  # below MIN_NEW: beat starts nothing by itself yet
+        store_pairs(session, pairs(0, 16))  # below MIN_NEW: beat starts nothing by itself yet
+    proxy = Proxy(5432)
+    proxy.start()
     env = {
-        "RLHF_DATABASE__URL": module_pg_url,
+        "RLHF_DATABASE__URL": module_pg_url.replace("127.0.0.1:5432/", f"127.0.0.1:{proxy.port}/"),
         "RLHF_REDIS__URL": REDIS_URL,
         "RLHF_DATA_DIR": str(work),
         "RLHF_ARTIFACTS_DIR": str(work / "artifacts"),
@@ -122,12 +149,16 @@ def stack(module_pg_url: str, demo_model_dir: Path, tmp_path_factory: pytest.Tem
         artifacts_dir=work / "artifacts",
         training={"hyperparameters": HYPER},
     )
-    s = Stack(work, env, sessions, settings)
-    s.start_gpu()
-    s.beat.start(ready_url=f"http://127.0.0.1:{s.beat_port}/metrics")
+    assert env["RLHF_DATABASE__URL"] != module_pg_url
+    s = Stack(work, env, sessions, settings, proxy)
+    s.gpu.start()
+    s.beat.start()  # both start at once
+    s.gpu.wait_ready(f"http://127.0.0.1:{s.gpu_port}/metrics", 180)
+    s.beat.wait_ready(f"http://127.0.0.1:{s.beat_port}/metrics", 180)
     yield s
     s.gpu.kill()  # no graceful shutdown to wait for (the gate the finished run enqueued)
     s.beat.kill()
+    proxy.kill()
     engine.dispose()
     redis.Redis.from_url(REDIS_URL).flushdb()
 
@@ -138,6 +169,25 @@ def test_a_queued_run_whose_message_was_lost_is_sent_again_and_runs(stack: Stack
     run = stack.wait_run(lambda r: r.id == run_id and r.status in ("succeeded", "failed"), timeout_s=60)
     assert run.status == "failed" and run.error.startswith("NotEnoughData") and run.attempts == 1  # it ran, once
     assert stack.beat_metric('rlhf_training_runs_requeued_total{reason="queued"}') >= 1
+
+
+def test_a_run_meeting_an_unreachable_database_is_retried_and_goes_on_once_it_is_back(stack: Stack) -> None:
+    retries = "rlhf_training_transient_retries_total"
+    before = stack.metric(stack.gpu_port, retries)
+    stack.proxy.kill()  # the database away for the workers (a restart, a network partition)
+    try:
+        with stack.sessions.begin() as session:
+            run_id = create_run(session, run_config(stack.settings, min_examples=100_000), reason="test")
+        make_celery(stack.settings).send_task(RETRAIN, args=[run_id])
+        deadline = time.monotonic() + 60
+        while stack.metric(stack.gpu_port, retries) < before + 1:
+            assert time.monotonic() < deadline, stack.gpu.tail()
+            time.sleep(0.2)
+        assert stack.run(run_id).status == "queued"  # nothing half-done: the claim itself could not happen
+    finally:
+        stack.proxy.start()
+    run = stack.wait_run(lambda r: r.id == run_id and r.status in ("succeeded", "failed"), timeout_s=60)
+    assert run.error.startswith("NotEnoughData") and run.attempts == 1  # it went on to train, once
 
 
 def test_an_error_that_is_not_a_training_error_fails_the_run_and_the_next_check_is_not_busy(stack: Stack) -> None:
@@ -154,7 +204,7 @@ def test_an_error_that_is_not_a_training_error_fails_the_run_and_the_next_check_
         assert busy_run(session, LEASE) is None
 
     with stack.sessions.begin() as session:
-        store_pairs(session, pairs(20, MIN_NEW + 5))
+        store_pairs(session, pairs(16, MIN_NEW + 2))
     started = stack.wait_run(lambda r: r.metrics.get("reason", "").endswith("new training examples"), timeout_s=30)
     assert started.created_at > run.finished_at  # beat's next check found nothing busy and started a run
 

@@ -52,6 +52,8 @@ def forget_in_snapshots(
         still_logged = set(session.scalars(select(Response.prompt).where(Response.prompt.in_(user_prompts))))
     rewritten = []
     for row in rows:
+        if not Path(row.path).is_dir():  # removed by hand: nothing left to rewrite
+            continue
         data = load_snapshot(row)
         kept = SnapshotData(
             [p for p in data.pairs if prompt_hash(p.prompt) not in groups],

@@ -34,8 +34,9 @@ def _sessions() -> sessionmaker[Session]:
 @app.task(bind=True, name=RETRAIN, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def retrain(self, run_id: str, transient: int = 0) -> str | None:  # noqa: ANN001 - the bound task
     """Run or resume training run ``run_id``, then enqueue the gate of its candidate; returns the candidate
-    adapter id (None when the run failed: its record says why). While another live worker holds the run,
-    retries after the lease; after a transient error (the database away), retries with backoff
+    adapter id (None when the run failed: its record says why). While another live worker holds the run, ends
+    at once: a duplicate message (beat's re-send, a redelivery) has nothing to do, and if that worker dies, beat
+    sends the run again once its lease is stale (so duplicates never pile up as retries); after a transient error (the database away), retries with backoff
     ``training.transient_retries`` times (``transient`` counts them), then fails the run. Any other error has
     failed the run by the time it reaches here, and fails the task loudly."""
     from rlhf_loop.models.loading import resolve_base_model
@@ -46,12 +47,16 @@ def retrain(self, run_id: str, transient: int = 0) -> str | None:  # noqa: ANN00
     try:
         adapter_id = run(settings, _sessions(), run_id, resolve_base_model(settings.model, progress=False))
     except RunBusy as e:
-        raise self.retry(args=[run_id], kwargs={"transient": transient}, countdown=settings.training.lease_s) from e
+        log.info("%s; leaving it to that worker", e)
+        return None
     except TRANSIENT as e:
         if transient >= settings.training.transient_retries:
             error = f"{type(e).__name__} after {transient} retries: {str(e).strip()[:500]}"
             fail_unheld(_sessions(), run_id, settings.training.lease_s, error)
             raise
+        from rlhf_loop import metrics as m
+
+        m.TRAINING_TRANSIENT_RETRIES.inc()
         log.warning("run %s: transient error, retry %d: %s", run_id, transient + 1, e)
         countdown = min(2.0**transient, settings.training.lease_s)
         raise self.retry(args=[run_id], kwargs={"transient": transient + 1}, countdown=countdown) from e
