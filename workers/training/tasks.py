@@ -38,8 +38,8 @@ def retrain(self, run_id: str, transient: int = 0) -> str | None:  # noqa: ANN00
     at once: a duplicate message (beat's re-send, a redelivery) has nothing to do, and if that worker dies, beat
     sends the run again once its lease is stale (so duplicates never pile up as retries). After a transient error
     (the database away), retries with backoff ``training.transient_retries`` times (``transient`` counts them),
-    then fails the run. Any other error has
-    failed the run by the time it reaches here, and fails the task loudly."""
+    then fails the run. Any other error has failed the run by the time it reaches here, and fails the task
+    loudly."""
     from rlhf_loop.models.loading import resolve_base_model
     from workers.training.lease import TRANSIENT, RunBusy, fail_unheld
     from workers.training.pipeline import run
