@@ -2,7 +2,8 @@
 
 An artifact (adapter, reward model, dataset snapshot) is written into a temporary sibling
 directory, fsynced, then renamed into place, so a reader never sees a half-written one and a crash
-leaves at most a ``.tmp-*`` directory that :func:`sweep_temp` removes.
+leaves at most a ``.tmp-*`` directory that :func:`sweep_temp` removes. Before an adapter is used (attached
+for serving, trained from), :func:`verify_adapter` checks it is the one the registry recorded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
+UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Files torch would unpickle: an adapter holding one is refused (its weights must be ``.safetensors``)."""
+
+
+class AdapterRefused(ValueError):
+    """An adapter's files are not what the registry recorded, or could run code when loaded."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """Bounded, for the metric label: hash_mismatch, unsafe_format or missing."""
 
 
 def dir_sha256(path: Path) -> str:
@@ -27,6 +39,37 @@ def dir_sha256(path: Path) -> str:
                 digest.update(chunk)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def verify_adapter(path: Path, sha256: str, consumer: str) -> None:
+    """Refuse (AdapterRefused) an adapter directory that is missing, holds a pickle-format file or no
+    ``.safetensors`` weights, or whose content hash is not ``sha256`` (the one recorded at registration); counts
+    the check and any refusal under ``consumer`` ("serving", "training"). Reads every byte: call it once per load."""
+    from rlhf_loop import metrics as m
+
+    m.ADAPTER_VERIFICATIONS.labels(consumer).inc()
+    try:
+        _check_adapter(Path(path), sha256)
+    except AdapterRefused as e:
+        m.ADAPTER_VERIFICATION_FAILURES.labels(consumer, e.reason).inc()
+        raise
+
+
+def _check_adapter(path: Path, sha256: str) -> None:
+    if not path.is_dir():
+        raise AdapterRefused(f"adapter directory {path} does not exist", "missing")
+    files = [p for p in path.rglob("*") if p.is_file()]
+    unsafe = sorted(p.name for p in files if p.suffix.lower() in UNSAFE_SUFFIXES)
+    if unsafe:
+        raise AdapterRefused(f"adapter {path} holds pickle files {unsafe}; only safetensors load", "unsafe_format")
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise AdapterRefused(f"adapter {path} has no .safetensors weights", "unsafe_format")
+    actual = dir_sha256(path)
+    if actual != sha256:
+        raise AdapterRefused(
+            f"adapter {path} was altered after registration: sha256 {actual[:16]}..., recorded {sha256[:16]}...",
+            "hash_mismatch",
+        )
 
 
 def write_dir_atomic(dest: Path, write: Callable[[Path], None]) -> str:

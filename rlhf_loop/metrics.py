@@ -258,6 +258,38 @@ CANARY_SHARE = Gauge(
     "Share of users routed to the canary adapter by this API process.",
     multiprocess_mode="max",
 )  # services/inference/deployment.py
+TRAINING_LEASES_LOST = Counter(
+    "rlhf_training_leases_lost_total",
+    "Times a worker found its training run taken over by another (a newer fencing token) and stopped writing.",
+)  # workers/training/lease.py
+TRAINING_RUNS_REQUEUED = Counter(
+    "rlhf_training_runs_requeued_total",
+    "Training run tasks sent again by beat, by why (queued: message lost; stale_lease: the worker vanished).",
+    ["reason"],
+)  # workers/training/tasks.py
+TRAINING_TRANSIENT_RETRIES = Counter(
+    "rlhf_training_transient_retries_total",
+    "Training run tasks retried after a transient error (the database unreachable); the runs tried are"
+    " rlhf_training_run_attempts_total.",
+)  # workers/training/tasks.py
+ADAPTER_VERIFICATIONS = Counter(
+    "rlhf_adapter_verifications_total",
+    "Adapter artifacts checked (content hash, safetensors only) before use, by who uses them.",
+    ["consumer"],
+)  # rlhf_loop/artifacts.py
+ADAPTER_VERIFICATION_FAILURES = Counter(
+    "rlhf_adapter_verification_failures_total",
+    "Adapter artifacts refused before use, by who refused them and why (hash_mismatch, unsafe_format, missing).",
+    ["consumer", "reason"],
+)  # rlhf_loop/artifacts.py
+ADAPTER_CONSUMERS = ("serving", "training")
+ADAPTER_REFUSALS = ("hash_mismatch", "unsafe_format", "missing")
+for _consumer in ADAPTER_CONSUMERS:
+    ADAPTER_VERIFICATIONS.labels(_consumer)
+    for _reason in ADAPTER_REFUSALS:
+        ADAPTER_VERIFICATION_FAILURES.labels(_consumer, _reason)
+for _reason in ("queued", "stale_lease"):
+    TRAINING_RUNS_REQUEUED.labels(_reason)
 TRAINING_STAGES = ("snapshot", "reward", "ppo", "evaluate", "register")
 for _stage in TRAINING_STAGES:
     TRAINING_STAGE_SECONDS.labels(_stage)

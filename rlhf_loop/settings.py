@@ -234,6 +234,13 @@ class TrainingSettings(_Group):
     """A running run whose worker has not reported for this long is taken over by a redelivered task."""
     visibility_timeout_s: int = Field(21_600, ge=10)
     """Redis broker: a task held by a worker that vanished whole is redelivered after this long."""
+    requeue_after_s: float = Field(600.0, gt=0)
+    """Beat sends a run's task again when the run is still queued this long after its last send (a lost message),
+    or is running with a stale lease (its worker vanished whole)."""
+    max_attempts: int = Field(3, ge=1)
+    """A run whose workers died this many times is failed instead of resumed again."""
+    transient_retries: int = Field(5, ge=0)
+    """Retries of a run after a transient error (the database unreachable); then the run fails."""
     metrics_port: int = Field(9101, ge=0, le=65535)
     """Port of the worker's /metrics endpoint (0: none)."""
 

@@ -7,6 +7,9 @@ Version 2 (this one) logs the prompt the model saw: ``ResponseLogged.prompt`` is
 prompt as generation got them (``model_input``), and ``prompt_hash`` hashes that; ``context`` keeps the
 context part on its own, ``comparison_id`` names the response's comparison group, and the choices
 topic is new. Version 1 events still decode: their ``prompt`` is the prompt without its context.
+
+``rlhf.forgotten.v1`` (UserForgotten, keyed by ``user_ref``) is the tombstone of a forgotten user: a consumer
+replaying the other topics skips that user's events.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class Topics:
     FEEDBACK: Final = "rlhf.feedback.v1"
     CHOICES: Final = "rlhf.choices.v1"
     DEADLETTER: Final = "rlhf.deadletter.v1"
-    ALL: Final = (RESPONSES, FEEDBACK, CHOICES, DEADLETTER)
+    FORGOTTEN: Final = "rlhf.forgotten.v1"
+    ALL: Final = (RESPONSES, FEEDBACK, CHOICES, DEADLETTER, FORGOTTEN)
 
 
 _WS = re.compile(r"\s+")
@@ -148,9 +152,18 @@ class DeadLetter(Event):
     """The original bytes, decoded as UTF-8 with replacement characters."""
 
 
+class UserForgotten(Event):
+    """A user's data was deleted (``rlhf-loop users forget``), topic ``rlhf.forgotten.v1``: their responses,
+    ratings and choices on the other topics are to be skipped by every consumer, also on a replay from the
+    start."""
+
+    user_ref: Id
+
+
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
     Topics.RESPONSES: ResponseLogged,
     Topics.FEEDBACK: FeedbackGiven,
     Topics.CHOICES: ChoiceMade,
     Topics.DEADLETTER: DeadLetter,
+    Topics.FORGOTTEN: UserForgotten,
 }

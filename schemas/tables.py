@@ -199,6 +199,12 @@ class TrainingRun(Base):
     """Last progress report of the worker running it: a stale one lets a redelivered task take over."""
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """How many times a worker started (or resumed) the run."""
+    enqueued_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    """When the run's task was last sent: beat sends it again when the run is still queued (a lost message) or its
+    lease went stale (its worker vanished) ``training.requeue_after_s`` after that."""
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Fencing token: incremented each time a worker takes the run over; every write of run state checks it, so a
+    worker that lost its lease cannot overwrite the run."""
 
 
 class Adapter(Base):
@@ -263,3 +269,12 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class ForgottenUser(Base):
+    """A user whose data was deleted (``rlhf-loop users forget``): the aggregator skips their events on replay."""
+
+    __tablename__ = "forgotten_users"
+
+    user_ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    forgotten_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())

@@ -22,18 +22,37 @@ def users_forget(
         typer.Option(help="The app (its key's name) whose user this is; without it USER_REF is the stored id."),
     ] = None,
 ) -> None:
-    """Delete one app's user's ratings and responses and re-derive the preference pairs they contributed to."""
+    """Delete one app's user's ratings and responses, re-derive the preference pairs they contributed to, rewrite
+    the dataset snapshots holding them and publish their tombstone (a replay then skips them). Safe to rerun."""
+    from kafka.errors import KafkaError
+
     from rlhf_loop.db import make_engine, make_sessionmaker
     from services.inference.user_scope import scoped_user
-    from workers.aggregator.forget import forget_user
+    from workers.aggregator.forget import forget_user, publish_tombstone
     from workers.aggregator.main import rules
+    from workers.training.forget import forget_in_snapshots
 
     settings = load_settings()
     stored = scoped_user(app, user_ref) if app else user_ref
     engine = make_engine(settings.database)
-    groups = forget_user(make_sessionmaker(engine), stored, rules(settings))
-    engine.dispose()
-    typer.echo(f"forgot {user_ref}{f' of {app}' if app else ''}; re-derived the pairs of {groups} prompt group(s)")
+    sessions = make_sessionmaker(engine)
+    try:
+        gone = forget_user(sessions, stored, rules(settings))
+        snapshots = forget_in_snapshots(sessions, stored, gone.groups, gone.responses, gone.rated)
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"forgot {user_ref}{f' of {app}' if app else ''}; re-derived the pairs of {len(gone.groups)} prompt "
+        f"group(s); rewrote {len(snapshots)} dataset snapshot(s)"
+    )
+    if not settings.kafka.bootstrap_servers:
+        typer.echo("no Kafka bootstrap servers set: no tombstone published (the forgotten-users table still applies)")
+        return
+    try:
+        publish_tombstone(settings.kafka.bootstrap_servers, settings.kafka, stored)
+    except KafkaError as e:
+        raise click.ClickException(f"the tombstone of {stored} was not published ({e}); run this again") from e
+    typer.echo(f"published the tombstone of {stored} on {settings.kafka.topic_prefix}rlhf.forgotten.v1")
 
 
 @keys_app.command("create")

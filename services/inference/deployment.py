@@ -4,8 +4,9 @@ Two triggers, one worker thread: a Redis pub/sub subscriber wakes it the moment 
 publishes on ``rlhf:deployments``, and it re-reads the pointers every ``poll_interval_s`` anyway
 (a missed message, Redis down, a replica that was restarting). Applying a change attaches the new
 adapter between two generation batches, then switches routing atomically (AdapterManager.deploy),
-so no request fails and none waits for more than one batch. A change that cannot be applied (a
-missing or incompatible adapter) is logged and counted (``rlhf_adapter_swaps_total{result="failed"}``,
+so no request fails and none waits for more than one batch. Each adapter is verified against the content
+hash its registry row recorded before it is attached. A change that cannot be applied (a missing,
+incompatible or altered adapter) is logged and counted (``rlhf_adapter_swaps_total{result="failed"}``,
 ``rlhf_deployment_applied`` 0: the AdapterAttachFailed alert); the replica keeps serving what it served
 and tries again on the next trigger. A replica that has never applied the pointers (the active
 adapter's files unreadable at start) is not ready (/readyz), so it never serves the base model in
@@ -46,19 +47,26 @@ class Target:
     canary: str | None = None
     canary_path: str | None = None
     share: float = 0.0
+    hashes: tuple[tuple[str, str], ...] = ()
+    """(adapter id, content sha256 recorded at registration) of the adapters above."""
 
 
 def read_target(session: Session) -> Target:
     rows = session.execute(
-        select(DeploymentPointer.role, DeploymentPointer.adapter_id, DeploymentPointer.share, Adapter.path).join(
-            Adapter, Adapter.id == DeploymentPointer.adapter_id
-        )
+        select(
+            DeploymentPointer.role, DeploymentPointer.adapter_id, DeploymentPointer.share, Adapter.path, Adapter.sha256
+        ).join(Adapter, Adapter.id == DeploymentPointer.adapter_id)
     ).all()
-    by_role = {role: (adapter_id, share, path) for role, adapter_id, share, path in rows}
+    by_role = {role: (adapter_id, share, path) for role, adapter_id, share, path, _ in rows}
     active = by_role.get("active", (BASE, 1.0, None))
     canary = by_role.get("canary")
     return Target(
-        active[0], active[2], canary[0] if canary else None, canary[2] if canary else None, canary[1] if canary else 0.0
+        active[0],
+        active[2],
+        canary[0] if canary else None,
+        canary[2] if canary else None,
+        canary[1] if canary else 0.0,
+        tuple(sorted((adapter_id, sha) for _, adapter_id, _, _, sha in rows)),
     )
 
 
@@ -106,7 +114,12 @@ class DeploymentWatcher:
             return False
         try:
             self._adapters.deploy(
-                target.active, _path(target.active_path), target.canary, _path(target.canary_path), target.share
+                target.active,
+                _path(target.active_path),
+                target.canary,
+                _path(target.canary_path),
+                target.share,
+                hashes=dict(target.hashes),
             )
         except Exception:  # noqa: BLE001 - anything an adapter load raises must leave the old one serving
             log.exception("could not apply deployment %s; still serving %s", target, self._adapters.routing)

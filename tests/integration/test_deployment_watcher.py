@@ -1,14 +1,18 @@
 """An API process's DeploymentWatcher when things go wrong (real serving runtime on the demo model, a
 real database): with Redis unreachable the poll alone applies a deployment; an adapter that cannot be
-attached is counted as a failed swap and the replica keeps serving what it served."""
+attached, or whose files are not the registered ones (altered, or pickle instead of safetensors), is counted
+as a failed swap and the replica keeps serving what it served."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from sqlalchemy.orm import sessionmaker
 
 from rlhf_loop import metrics as m
@@ -93,5 +97,41 @@ def test_without_redis_the_poll_deploys_and_a_broken_adapter_changes_nothing(
         _point(sessions, "canary", "ad-b", share=0.5)
         _until(lambda: manager.routing == Routing("ad-a", "ad-b", 0.5))
         assert {manager.route(f"user-{i}") for i in range(200)} == {"ad-a", "ad-b"}
+    finally:
+        watcher.stop()
+
+
+@pytest.mark.allow_error_logs  # each refused attach is logged as an error, by design
+def test_an_adapter_altered_after_registration_or_pickled_is_refused_and_the_previous_one_keeps_serving(
+    sessions: sessionmaker, manager: AdapterManager, demo_model_dir: Path, tmp_path: Path
+) -> None:
+    prompts = ["Where is my parcel #1042?"]
+    good = taught_adapter(demo_model_dir, tmp_path / "ad-good", "Thanks!", prompts, steps=1)
+    with sessions.begin() as session:
+        register(session, "ad-good", good)
+        register(session, "ad-altered", shutil.copytree(good, tmp_path / "ad-altered"))
+    weights = tmp_path / "ad-altered" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = b"\x7f\x7f\x7f\x7f"  # a valid file still (PEFT would load it), but not the registered one
+    weights.write_bytes(bytes(data))
+    pickled = shutil.copytree(good, tmp_path / "ad-pickled")
+    weights = pickled / "adapter_model.safetensors"
+    torch.save(load_file(weights), pickled / "adapter_model.bin")  # what torch would unpickle
+    weights.unlink()
+    with sessions.begin() as session:
+        register(session, "ad-pickled", pickled)  # its hash recorded as it is: the format alone refuses it
+
+    def refused(reason: str) -> float:
+        return m.ADAPTER_VERIFICATION_FAILURES.labels("serving", reason)._value.get()
+
+    watcher = DeploymentWatcher(sessions, manager, NO_REDIS, poll_interval_s=0.2).start()
+    try:
+        _point(sessions, "active", "ad-good")
+        _until(lambda: manager.active == "ad-good")
+        for adapter_id, reason in (("ad-altered", "hash_mismatch"), ("ad-pickled", "unsafe_format")):
+            before = refused(reason)
+            _point(sessions, "active", adapter_id)
+            _until(lambda reason=reason, before=before: refused(reason) > before)
+            assert manager.routing == Routing("ad-good") and adapter_id not in manager.loaded
     finally:
         watcher.stop()

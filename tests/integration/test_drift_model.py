@@ -4,6 +4,7 @@ scores equal the reward model's own scoring, normalized; gauges carry live and p
 
 from __future__ import annotations
 
+import gc
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,6 +83,7 @@ def reward_scores(base: str, adapter: Path, reward_dir: Path) -> list[float]:
 def test_model_drift_matches_an_independent_computation(
     perturb: bool, demo_model_dir: Path, pg_url: str, tmp_path: Path
 ) -> None:
+    from workers.training.model import drift_scoring
     from workers.training.model.drift_scoring import record
 
     base = str(demo_model_dir)
@@ -136,6 +138,10 @@ def test_model_drift_matches_an_independent_computation(
     )
     drift = record(settings, sessions, base, now=now + timedelta(seconds=1))
     engine.dispose()
+    gc.collect()  # released after the task: nothing left for the next gpu task (a retrain) to share memory with
+    assert not [o for o in gc.get_objects() if isinstance(o, drift_scoring.Scorer)]
+    held = {k: v for k, v in vars(drift_scoring).items() if not k.startswith("__")}
+    assert not [k for k, v in held.items() if isinstance(v, torch.nn.Module | dict) and v]
 
     kls = sequence_kl(base, adapter_dir)
     assert drift.samples == len(LIVE)

@@ -31,6 +31,7 @@ TABLES = {
     "promotion_audit",
     "api_keys",
     "comparison_choices",
+    "forgotten_users",
 }
 
 

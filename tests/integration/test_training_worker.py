@@ -35,7 +35,7 @@ from workers.training.pipeline import create_run, run_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-HYPER = {"ppo": {"episodes": 1024, "checkpoint_every": 2}, "reward": {"epochs": 1}}
+HYPER = {"ppo": {"episodes": 256, "checkpoint_every": 2}, "reward": {"epochs": 1}}
 
 
 class Worker:

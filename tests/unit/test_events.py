@@ -60,7 +60,13 @@ def test_response_logged_json_round_trip() -> None:
 
 
 def test_topic_names() -> None:
-    assert Topics.ALL == ("rlhf.responses.v1", "rlhf.feedback.v1", "rlhf.choices.v1", "rlhf.deadletter.v1")
+    assert Topics.ALL == (
+        "rlhf.responses.v1",
+        "rlhf.feedback.v1",
+        "rlhf.choices.v1",
+        "rlhf.deadletter.v1",
+        "rlhf.forgotten.v1",
+    )
 
 
 def test_checked_in_json_schemas_are_current() -> None:

@@ -7,6 +7,10 @@ Redelivered events are harmless: the SQL constraints make their writes no-ops, a
 report which rows they changed (RETURNING), so only the prompt groups that changed are re-derived
 and only ratings written for the first time are counted into the Redis window.
 
+Forgotten users: events of a user in ``forgotten_users`` are dropped, and a UserForgotten tombstone records
+its user there and deletes what is stored of them (after the batch's own writes), so a replay from the start
+brings none of their data back in whichever order the topics are read.
+
 A batch the database refuses for its data (DataError, IntegrityError: a valid event with, say, a
 token count beyond the column's range) is split in halves, each its own transaction, down to the
 single events it refuses; those are returned as Refused for the consumer to dead-letter, and the rest
@@ -34,10 +38,12 @@ from rlhf_loop.metrics import (
 )
 from rlhf_loop.preferences.comparisons import group_pairs
 from rlhf_loop.preferences.pairs import PairRules
-from schemas.events import ChoiceMade, FeedbackGiven, ResponseLogged
+from schemas.events import ChoiceMade, FeedbackGiven, ResponseLogged, UserForgotten
+from workers.aggregator.forgotten import forgotten_among, record_forgotten
 from workers.aggregator.group_reads import choices_by_group, votes_by_group
 from workers.aggregator.hot_state import HotState
 from workers.aggregator.store import (
+    delete_user_data,
     insert_responses,
     orphan_feedback,
     replace_pairs,
@@ -76,7 +82,8 @@ class AggregatorHandler:
 
     def __call__(self, records: list[Record]) -> list[Refused]:
         started = time.perf_counter()
-        refused, written = self._store(records)
+        records = self._not_forgotten(records)
+        refused, written = self._store(records) if records else ([], set())
         gone = {id(x.record) for x in refused}
         stored = [r.event for r in records if id(r) not in gone]
         if self._hot:
@@ -88,10 +95,17 @@ class AggregatorHandler:
             self.housekeeping()
         return refused
 
+    def _not_forgotten(self, records: list[Record]) -> list[Record]:
+        """Drop the events of users forgotten earlier: a replay must not bring them back."""
+        refs = {r.event.user_ref for r in records if not isinstance(r.event, UserForgotten)}  # type: ignore[attr-defined]
+        with self._sessions() as session:
+            gone = forgotten_among(session, refs)
+        return [r for r in records if isinstance(r.event, UserForgotten) or r.event.user_ref not in gone]  # type: ignore[attr-defined]
+
     def _store(self, records: list[Record]) -> tuple[list[Refused], set[uuid.UUID]]:
-        """Store the records' events and re-derive the groups whose rows changed, in one transaction;
-        if the database refuses the data, split (see the module docstring). Returns the refused
-        records and the event ids written."""
+        """Store the records' events (a tombstone deletes its user's rows) and re-derive the groups whose
+        rows changed, in one transaction; if the database refuses the data, split (see the module
+        docstring). Returns the refused records and the event ids written."""
         responses = [r.event for r in records if isinstance(r.event, ResponseLogged)]
         feedback = [r.event for r in records if isinstance(r.event, FeedbackGiven)]
         choices = [r.event for r in records if isinstance(r.event, ChoiceMade)]
@@ -101,6 +115,9 @@ class AggregatorHandler:
                 written |= upsert_feedback(session, feedback)
                 written |= upsert_choices(session, choices)
                 touched = {e.prompt_hash for e in [*responses, *feedback, *choices] if e.event_id in written}
+                for e in (r.event for r in records if isinstance(r.event, UserForgotten)):
+                    record_forgotten(session, e.user_ref)
+                    touched |= delete_user_data(session, e.user_ref)
                 new_pairs = rederive(session, touched, self._rules)
         except REFUSED_DATA as e:
             if len(records) > 1:

@@ -41,7 +41,7 @@ def build(settings: Settings) -> BatchConsumer:
     bootstrap = settings.kafka.bootstrap_servers
     return BatchConsumer(
         make_consumer(bootstrap, settings.kafka),
-        [Topics.RESPONSES, Topics.FEEDBACK, Topics.CHOICES],
+        [Topics.RESPONSES, Topics.FEEDBACK, Topics.CHOICES, Topics.FORGOTTEN],
         handler,
         make_dead_letter_producer(bootstrap, settings.kafka),
         settings.kafka,

@@ -26,3 +26,7 @@ class BaseModelMismatch(TrainingError):
 
 class RunGone(TrainingError):
     """The task names a run that is not in the database."""
+
+
+class ParentRefused(TrainingError):
+    """The parent adapter's files are not what the registry recorded (altered, or not safetensors)."""

@@ -2,22 +2,25 @@
 evaluation) -> candidate adapter registered with metrics and lineage. Idempotent by run id:
 
 - a succeeded run is not run again (its adapter id is returned);
-- a running run whose worker reported within ``lease_s`` belongs to that worker (:class:`RunBusy`);
+- a running run whose worker reported within ``lease_s`` belongs to that worker (``lease.RunBusy``);
 - anything else (queued, or running with a stale heartbeat: its worker died) is started or resumed
   from what the work directory holds (snapshot row, reward model, PPO checkpoint).
-A TrainingError (or a DatasetError: an unreadable data file) fails the run with its message on the record
-and registers nothing.
+Every exception ends the run or hands it back: a TrainingError (or a DatasetError: an unreadable data file)
+fails it with its message on the record; a transient error (``lease.TRANSIENT``) hands it back for the task to
+retry; any other exception (out of memory, a full disk) fails it with the error recorded and is raised on.
+Every write of run state is fenced by the worker's lease token (``lease.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
 import subprocess
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,20 +28,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rlhf_loop import metrics as m
+from rlhf_loop.artifacts import AdapterRefused, verify_adapter
 from rlhf_loop.preferences.dataset import DatasetError
 from rlhf_loop.settings import Settings
 from schemas.tables import Adapter, DatasetSnapshot, DeploymentPointer, TrainingRun
 from workers.training.config import TrainConfig
-from workers.training.errors import BaseModelMismatch, RunGone, TrainingError
+from workers.training.errors import BaseModelMismatch, ParentRefused, TrainingError
+from workers.training.lease import TRANSIENT, Lease, LeaseLost, claim
 
 if TYPE_CHECKING:
     from workers.training.model.trainer import Report
 
+log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 2.0
-
-
-class RunBusy(Exception):
-    """Another live worker holds the run; try again after its lease."""
 
 
 def now() -> datetime:
@@ -46,9 +48,10 @@ def now() -> datetime:
 
 
 def create_run(session: Session, cfg: TrainConfig, reason: str) -> str:
-    """Add a queued run (the caller commits and enqueues it); the config is validated first."""
+    """Add a queued run, sent now (the caller commits and enqueues it); the config is validated first."""
     run_id = f"run-{uuid.uuid4().hex[:12]}"
-    session.add(TrainingRun(id=run_id, status="queued", config=cfg.to_dict(), metrics={"reason": reason}))
+    row = TrainingRun(id=run_id, status="queued", config=cfg.to_dict(), metrics={"reason": reason}, enqueued_at=now())
+    session.add(row)
     return run_id
 
 
@@ -65,32 +68,18 @@ def _deep_merge(a: dict, b: dict) -> dict:
     }
 
 
-def _claim(sessions: sessionmaker[Session], run_id: str, lease_s: float) -> TrainingRun | None:
-    """Mark the run running for this worker; None when it already succeeded. Raises RunBusy or RunGone."""
-    with sessions.begin() as session:
-        run = session.get(TrainingRun, run_id, with_for_update=True)
-        if run is None:
-            raise RunGone(f"training run {run_id} does not exist")
-        if run.status in ("succeeded", "failed"):
-            return None
-        beat = run.heartbeat_at.replace(tzinfo=run.heartbeat_at.tzinfo or UTC) if run.heartbeat_at else None
-        if run.status == "running" and beat and now() - beat < timedelta(seconds=lease_s):
-            raise RunBusy(f"run {run_id} is held by a worker that reported {(now() - beat).total_seconds():.0f} s ago")
-        run.status, run.heartbeat_at, run.attempts = "running", now(), (run.attempts or 0) + 1
-        run.started_at = run.started_at or now()
-        return run
-
-
 class _Progress:
     """The trainer's ``report``: Prometheus on every call, the run record (progress + heartbeat) every few seconds,
     stage durations when the stage changes."""
 
-    def __init__(self, sessions: sessionmaker[Session], run_id: str, also: Report | None = None) -> None:
-        self.sessions, self.run_id, self.also = sessions, run_id, also
+    def __init__(self, lease: Lease, also: Report | None = None) -> None:
+        self.lease, self.also = lease, also
         self.stage, self.stage_started, self.last_write = "", time.monotonic(), 0.0
         self.progress: dict[str, Any] = {}
 
     def __call__(self, stage: str, step: int, total: int, values: dict[str, float]) -> None:
+        if self.lease.lost:  # the heartbeat thread found the run taken over: stop here
+            raise LeaseLost(f"run {self.lease.run_id} was taken over")
         self.enter(stage)
         if self.also:
             self.also(stage, step, total, values)
@@ -118,14 +107,15 @@ class _Progress:
             m.TRAINING_LAST_SUCCESS.labels(self.stage).set(time.time())
 
     def write(self) -> None:
-        with self.sessions.begin() as session:
-            run = session.get(TrainingRun, self.run_id)
-            run.stage, run.heartbeat_at = self.stage or run.stage, now()
+        def update(run: TrainingRun) -> None:
+            run.stage = self.stage or run.stage
             run.metrics = {
                 **(run.metrics or {}),
                 "progress": self.progress,
                 "worker": {"host": socket.gethostname(), "pid": os.getpid()},
             }  # who holds the lease
+
+        self.lease.write(update)
         self.last_write = time.monotonic()
 
 
@@ -133,34 +123,66 @@ def run(
     settings: Settings, sessions: sessionmaker[Session], run_id: str, base_model: str, report: Report | None = None
 ) -> str | None:
     """Run or resume ``run_id`` to the end; returns the registered adapter id (None when the run failed).
-    ``report`` also receives the trainer's progress (the CLI's bars)."""
-    run_row = _claim(sessions, run_id, settings.training.lease_s)
-    if run_row is None:
+    ``report`` also receives the trainer's progress (the CLI's bars). Raises RunBusy while another worker holds
+    the run, a ``lease.TRANSIENT`` error after handing the run back, and any other non-TrainingError after
+    failing the run with it; returns None when another worker took the run over meanwhile (LeaseLost)."""
+    token = claim(sessions, run_id, settings.training)
+    if token is None:
         with sessions() as session:
             return session.scalar(select(Adapter.id).where(Adapter.run_id == run_id))
     m.TRAINING_RUN_ATTEMPTS.inc()
-    progress = _Progress(sessions, run_id, report)
+    lease = Lease(sessions, run_id, token, min(HEARTBEAT_EVERY_S, settings.training.lease_s / 3))
+    progress = _Progress(lease, report)
+    with lease.beating():
+        try:
+            adapter_id = _run_stages(settings, sessions, lease, base_model, progress)
+            progress.finish()
+            lease.finish("succeeded")
+            return adapter_id
+        except LeaseLost as e:
+            log.warning("%s; leaving it to that worker", e)
+            return None
+        except (TrainingError, DatasetError) as e:
+            _end(lease, f"{type(e).__name__}: {e}")
+            return None
+        except TRANSIENT:
+            _hand_back(lease)
+            raise
+        except Exception as e:
+            _end(lease, f"{type(e).__name__}: {e}")
+            raise
+        except BaseException:  # the worker shutting down: the next worker may take the run at once
+            _hand_back(lease)
+            raise
+
+
+def _end(lease: Lease, error: str) -> None:
+    """Fail the run; another worker holding it by now owns its outcome."""
     try:
-        adapter_id = _run_stages(settings, sessions, run_row, base_model, progress)
-    except (TrainingError, DatasetError) as e:
-        _finish(sessions, run_id, "failed", error=f"{type(e).__name__}: {e}")
-        return None
-    progress.finish()
-    _finish(sessions, run_id, "succeeded")
-    return adapter_id
+        lease.finish("failed", error)
+    except LeaseLost as e:
+        log.warning("%s before it could be failed (%s)", e, error)
+
+
+def _hand_back(lease: Lease) -> None:
+    """Release the run for the retry; when the database is away too, the lease goes stale instead."""
+    try:
+        lease.release()
+    except (LeaseLost, *TRANSIENT) as e:
+        log.warning("run %s not handed back (%s); its lease goes stale instead", lease.run_id, e)
 
 
 def _run_stages(
-    settings: Settings, sessions: sessionmaker[Session], run_row: TrainingRun, base_model: str, progress: _Progress
+    settings: Settings, sessions: sessionmaker[Session], lease: Lease, base_model: str, progress: _Progress
 ) -> str:
     from workers.training.dataset import snapshot_dataset
     from workers.training.model.trainer import train
     from workers.training.snapshot import load_snapshot, snapshot_counts, take_snapshot
 
-    cfg = TrainConfig.from_dict(run_row.config)
     progress.enter("snapshot")
     with sessions.begin() as session:
-        run = session.get(TrainingRun, run_row.id)
+        run = lease.locked(session)
+        cfg = TrainConfig.from_dict(run.config)
         taken = run.snapshot_id is None
         if taken:
             run.snapshot_id = take_snapshot(session, settings.artifacts_dir, cfg.heldout_fraction, cfg.reward.seed).id
@@ -170,20 +192,26 @@ def _run_stages(
             run.metrics = {**(run.metrics or {}), "dataset": counts.as_metrics()}
         parent = _active_adapter(session)
         run.parent_adapter_id = parent.id if parent else None
+        run_id = run.id
     if taken and counts is not None:
         m.TRAINING_EXAMPLES.labels("pairs").set(counts.pairs_train + counts.pairs_heldout)
         m.TRAINING_EXAMPLES.labels("thumbs").set(counts.ratings_in_snapshot)
         m.TRAINING_RATINGS_USED.set(counts.ratings_used_share if counts.ratings_used_share is not None else math.nan)
     if parent is not None and parent.base_model != base_model:
         raise BaseModelMismatch(f"active adapter {parent.id} was trained on {parent.base_model!r}, not {base_model!r}")
+    if parent is not None:
+        try:
+            verify_adapter(Path(parent.path), parent.sha256, consumer="training")
+        except AdapterRefused as e:
+            raise ParentRefused(f"active adapter {parent.id}: {e}") from e
     dataset = snapshot_dataset(load_snapshot(snapshot), cfg)
-    work = Path(settings.artifacts_dir) / "runs" / run_row.id
+    work = Path(settings.artifacts_dir) / "runs" / run_id
     result = train(
         base_model,
         dataset,
         cfg,
         work,
-        run_row.id,
+        run_id,
         settings.model.device,
         Path(parent.path) if parent else None,
         report=progress,
@@ -200,10 +228,11 @@ def _run_stages(
         "base_model": base_model,
         "code_version": code_version(),
         "hyperparameters": cfg.to_dict(),
-        "run_id": run_row.id,
+        "run_id": run_id,
     }
-    adapter_id = f"ad-{run_row.id.removeprefix('run-')}"
+    adapter_id = f"ad-{run_id.removeprefix('run-')}"
     with sessions.begin() as session:
+        run = lease.locked(session)
         if session.get(Adapter, adapter_id) is None:
             session.add(
                 Adapter(
@@ -212,13 +241,12 @@ def _run_stages(
                     base_model=base_model,
                     path=str(result.adapter_dir),
                     sha256=result.adapter_sha256,
-                    run_id=run_row.id,
+                    run_id=run_id,
                     parent_id=lineage["parent_adapter"],
                     metrics=metrics,
                     lineage=lineage,
                 )
             )
-        run = session.get(TrainingRun, run_row.id)
         run.metrics = {**(run.metrics or {}), **metrics, "adapter_id": adapter_id}
     return adapter_id
 
@@ -226,13 +254,6 @@ def _run_stages(
 def _active_adapter(session: Session) -> Adapter | None:
     pointer = session.get(DeploymentPointer, "active")
     return session.get(Adapter, pointer.adapter_id) if pointer else None
-
-
-def _finish(sessions: sessionmaker[Session], run_id: str, status: str, error: str | None = None) -> None:
-    with sessions.begin() as session:
-        run = session.get(TrainingRun, run_id)
-        run.status, run.error, run.finished_at, run.heartbeat_at = status, error, now(), now()
-    m.TRAINING_RUNS.labels(status).inc()
 
 
 def code_version() -> str:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import logging
 from functools import cache
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rlhf_loop.settings import Settings, get_settings
-from schemas.tables import TrainingRun
 from workers.training.celery_app import (
     CHECK_DRIFT,
     CHECK_MODEL_DRIFT,
@@ -34,18 +32,35 @@ def _sessions() -> sessionmaker[Session]:
 
 
 @app.task(bind=True, name=RETRAIN, acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def retrain(self, run_id: str) -> str | None:  # noqa: ANN001 - the bound task
+def retrain(self, run_id: str, transient: int = 0) -> str | None:  # noqa: ANN001 - the bound task
     """Run or resume training run ``run_id``, then enqueue the gate of its candidate; returns the candidate
-    adapter id (None when the run failed: its record says why). While another live worker holds the run,
-    retries after the lease."""
+    adapter id (None when the run failed: its record says why). While another live worker holds the run, ends
+    at once: a duplicate message (beat's re-send, a redelivery) has nothing to do, and if that worker dies, beat
+    sends the run again once its lease is stale (so duplicates never pile up as retries). After a transient error
+    (the database away), retries with backoff ``training.transient_retries`` times (``transient`` counts them),
+    then fails the run. Any other error has failed the run by the time it reaches here, and fails the task
+    loudly."""
     from rlhf_loop.models.loading import resolve_base_model
-    from workers.training.pipeline import RunBusy, run
+    from workers.training.lease import TRANSIENT, RunBusy, fail_unheld
+    from workers.training.pipeline import run
 
     settings = get_settings()
     try:
         adapter_id = run(settings, _sessions(), run_id, resolve_base_model(settings.model, progress=False))
     except RunBusy as e:
-        raise self.retry(countdown=settings.training.lease_s, exc=e) from e
+        log.info("%s; leaving it to that worker", e)
+        return None
+    except TRANSIENT as e:
+        if transient >= settings.training.transient_retries:
+            error = f"{type(e).__name__} after {transient} retries: {str(e).strip()[:500]}"
+            fail_unheld(_sessions(), run_id, settings.training.lease_s, error)
+            raise
+        from rlhf_loop import metrics as m
+
+        m.TRAINING_TRANSIENT_RETRIES.inc()
+        log.warning("run %s: transient error, retry %d: %s", run_id, transient + 1, e)
+        countdown = min(2.0**transient, settings.training.lease_s)
+        raise self.retry(args=[run_id], kwargs={"transient": transient + 1}, countdown=countdown) from e
     if adapter_id is not None:
         gate.delay(adapter_id)
     return adapter_id
@@ -71,14 +86,30 @@ def watch_canary() -> dict:
     return {"decision": verdict.decision, "canary": verdict.canary_id, "p_value": verdict.p_value}
 
 
+def requeue_stranded(settings: Settings, sessions: sessionmaker[Session]) -> list[str]:
+    """Send again the task of every stranded run (``lease.mark_stranded``); returns their ids."""
+    from rlhf_loop import metrics as m
+    from workers.training.lease import mark_stranded
+
+    with sessions.begin() as session:
+        stranded = mark_stranded(session, settings.training)
+    for run_id, reason in stranded:
+        retrain.delay(run_id)
+        m.TRAINING_RUNS_REQUEUED.labels(reason).inc()
+        log.warning("sent retrain %s again (%s)", run_id, reason)
+    return [run_id for run_id, _ in stranded]
+
+
 def start_if_due(settings: Settings, sessions: sessionmaker[Session]) -> str | None:
-    """Create and enqueue a run when enough new training examples (pairs and ratings) exist and no run is
-    queued or running."""
+    """Send stranded runs again; then create and enqueue a run when enough new training examples (pairs and
+    ratings) exist and no run is busy (``lease.busy_run``)."""
+    from workers.training.lease import busy_run
     from workers.training.pipeline import create_run, run_config
     from workers.training.snapshot import new_examples_since_last_snapshot
 
+    requeue_stranded(settings, sessions)
     with sessions.begin() as session:
-        busy = session.scalar(select(TrainingRun.id).where(TrainingRun.status.in_(("queued", "running"))).limit(1))
+        busy = busy_run(session, settings.training)
         fresh = new_examples_since_last_snapshot(session)
         if busy or fresh < settings.training.min_new_examples:
             return None

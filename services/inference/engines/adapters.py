@@ -3,7 +3,9 @@
 A hot-swap never fails a request: the new adapter is read and checked on the caller's thread,
 attached to the model on the batcher thread between two batches, and only then becomes the one
 new requests are routed to. Requests already queued keep the adapter id they were routed with;
-an adapter is detached only when it is neither active, canary, nor among the recent slots.
+an adapter is detached only when it is neither active, canary, nor among the recent slots. An adapter
+given with its recorded content hash (the deployment watcher gives every one the registry's) is verified
+first (``rlhf_loop.artifacts.verify_adapter``: the hash, safetensors only) and refused when it differs.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlhf_loop.artifacts import AdapterRefused, verify_adapter
 from rlhf_loop.generation import BASE
 
 if TYPE_CHECKING:
@@ -31,6 +35,10 @@ class AdapterLoadError(RuntimeError):
 
 class AdapterIncompatible(AdapterLoadError):
     """The adapter does not fit the served base model or the adapters already served."""
+
+
+class AdapterUnverified(AdapterLoadError):
+    """The adapter's files are not the ones the registry recorded, or are not safetensors."""
 
 
 def read_adapter_config(path: Path) -> dict:
@@ -125,14 +133,16 @@ class AdapterManager:
         canary_path: Path | None = None,
         share: float = 0.0,
         timeout_s: float = 120.0,
+        hashes: Mapping[str, str] | None = None,
     ) -> None:
-        """Serve ``active`` to everyone but ``share`` of users, who get ``canary``. Both are attached first;
-        on any error nothing changes (AdapterLoadError, AdapterIncompatible)."""
+        """Serve ``active`` to everyone but ``share`` of users, who get ``canary``. Both are attached first (each
+        verified against its recorded content hash in ``hashes``, by adapter id); on any error nothing changes
+        (AdapterLoadError, AdapterIncompatible, AdapterUnverified)."""
         for adapter_id, path in ((active, active_path), (canary, canary_path)):
             if adapter_id is not None and adapter_id != BASE and adapter_id not in self._configs:
                 if path is None:
                     raise AdapterLoadError(f"adapter {adapter_id!r} is not loaded and no path was given")
-                self.attach(adapter_id, path, timeout_s)
+                self.attach(adapter_id, path, timeout_s, sha256=(hashes or {}).get(adapter_id))
         with self._lock:
             self._routing = Routing(active, canary, share if canary else 0.0)
             self.deployed = True
@@ -152,8 +162,14 @@ class AdapterManager:
         """
         self.deploy(adapter_id, path, timeout_s=timeout_s)
 
-    def attach(self, adapter_id: str, path: Path, timeout_s: float = 120.0) -> None:
-        """Validate and attach an adapter without routing requests to it (canary, warm-up)."""
+    def attach(self, adapter_id: str, path: Path, timeout_s: float = 120.0, sha256: str | None = None) -> None:
+        """Validate and attach an adapter without routing requests to it (canary, warm-up). With ``sha256`` (the
+        registry's record) its files are verified first; raises AdapterUnverified when they differ."""
+        if sha256 is not None:
+            try:
+                verify_adapter(Path(path), sha256, consumer="serving")
+            except AdapterRefused as e:
+                raise AdapterUnverified(f"adapter {adapter_id!r} refused: {e}") from e
         config = read_adapter_config(path)
         reference = next(iter(self._configs.values()), None)
         check_compatible(config, self._module_names, reference)

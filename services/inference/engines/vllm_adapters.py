@@ -11,8 +11,8 @@ and in /readyz. The deployment fails, and nothing changes, only when no replica 
 A retired adapter is unloaded after ``unload_grace_s``, so requests routed to it just before the swap
 still complete. ``reconcile`` (every poll) reloads what a restarted replica lost.
 
-The adapter files' sha256 should be checked against the registry row before the first load request
-(``deploy``, before ``_load_everywhere``): the replicas read the very files that check covers.
+Each adapter's files are verified against the sha256 its registry row recorded (and safetensors only)
+before the first load request: the replicas read the very files that check covers.
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from rlhf_loop import metrics as m
+from rlhf_loop.artifacts import AdapterRefused, verify_adapter
 from rlhf_loop.generation import BASE
 from rlhf_loop.settings import Settings
-from services.inference.engines.adapters import AdapterLoadError, Routing
+from services.inference.engines.adapters import AdapterLoadError, AdapterUnverified, Routing
 from services.inference.engines.vllm import Replica, ReplicaSet, VllmEngine
 
 log = logging.getLogger(__name__)
@@ -82,14 +84,22 @@ class VllmAdapters:
         canary: str | None = None,
         canary_path: Path | None = None,
         share: float = 0.0,
+        hashes: Mapping[str, str] | None = None,
     ) -> None:
         """Serve ``active`` to everyone but ``share`` of users, who get ``canary``, once every replica that can
-        has loaded both. Raises AdapterLoadError, changing nothing, when some adapter is on no replica."""
+        has loaded both, each first verified against its recorded content hash in ``hashes`` (by adapter id).
+        Raises AdapterLoadError (AdapterUnverified), changing nothing, when some adapter is on no replica."""
         with self._lock:
             self._probe()
             for adapter_id, path in ((active, active_path), (canary, canary_path)):
                 if adapter_id is None or adapter_id == BASE:
                     continue
+                sha256 = (hashes or {}).get(adapter_id)
+                if path is not None and sha256 is not None:
+                    try:
+                        verify_adapter(Path(path), sha256, consumer="serving")
+                    except AdapterRefused as e:
+                        raise AdapterUnverified(f"adapter {adapter_id!r} refused: {e}") from e
                 if path is not None:
                     self._paths[adapter_id] = str(path)
                 for replica in self._replicas.replicas:  # a new deployment asks refusing replicas once more

@@ -8,11 +8,13 @@
 - policy KL: sum_t (log pi_adapter - log pi_base) over the live responses' tokens, a Monte Carlo estimate of
   KL(pi || base) on live prompts (the responses were sampled from the adapter), vs
   ``metrics.evaluation.kl_vs_base``.
-The loaded model is kept for the next check while the active adapter stays the same.
+The model is loaded for each check and released after it (CUDA cache emptied too): the gpu worker's next task
+may be a retrain, which must not find a second model still holding the device memory.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -102,9 +104,6 @@ class Scorer:
         return torch.cat(scores), torch.cat(kls)
 
 
-_cache: dict[str, Scorer] = {}
-
-
 def live_sample(session: Session, adapter_id: str, since: datetime, limit: int) -> list[LiveSample]:
     """The adapter's most recent responses since ``since``, newest first."""
     rows = session.execute(
@@ -138,13 +137,9 @@ def record(
                 gauge.labels(source).set(float("nan"))
         m.DRIFT_CHECKS.labels("model", "skipped").inc()
         return None
-    key = f"{adapter.id}:{adapter.sha256}:{base_model}"
-    if key not in _cache:
-        _cache.clear()
-        _cache[key] = Scorer(
-            base_model, Path(adapter.path), reward_dir, TrainConfig.from_dict(run_row.config), settings.model.device
-        )
-    scores, kls = _cache[key].measure(samples)
+    scores, kls = _measure_once(
+        Path(adapter.path), reward_dir, base_model, TrainConfig.from_dict(run_row.config), settings, samples
+    )
     drift = ModelDrift(
         adapter.id,
         float(scores.mean()),
@@ -161,3 +156,17 @@ def record(
     m.DRIFT_CHECKS.labels("model", "computed").inc()
     m.DRIFT_LAST_SUCCESS.labels("model").set(time.time())
     return drift
+
+
+def _measure_once(
+    adapter_dir: Path, reward_dir: Path, base_model: str, cfg: TrainConfig, settings: Settings, samples: list
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a Scorer, measure, and release it before returning, the device memory included."""
+    scorer = Scorer(base_model, adapter_dir, reward_dir, cfg, settings.model.device)
+    try:
+        return scorer.measure(samples)
+    finally:
+        del scorer
+        gc.collect()  # the PEFT model holds reference cycles: free its tensors now, not at some later collection
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

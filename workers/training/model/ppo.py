@@ -25,6 +25,7 @@ import torch
 from rlhf_loop.generation import GenerationRequest
 from rlhf_loop.models.generator import BatchGenerator
 from workers.training.config import PPOConfig
+from workers.training.model.checkpoint import read_checkpoint
 from workers.training.model.encoding import Encoder
 from workers.training.model.losses import (
     AdaptiveKL,
@@ -259,7 +260,7 @@ class PPOTrainer:
         """Restore from ``path``; returns the step history. Raises ValueError for another run's checkpoint."""
         from peft import set_peft_model_state_dict
 
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = read_checkpoint(path, self.device)  # tensors and plain data only: never unpickles code
         if state["run_id"] != run_id:
             raise ValueError(f"checkpoint {path} belongs to run {state['run_id']}, not {run_id}")
         set_peft_model_state_dict(self.model, state["policy"], adapter_name=POLICY)
