@@ -43,21 +43,25 @@ def _left_behind(root: Path) -> list[str]:
 
 
 def _demo(root: Path, demo_model_dir: Path) -> subprocess.CompletedProcess:
-    """Run the demo in its own process group, so a timeout takes its children (API, worker, ...) down
-    with it: a worker left behind would take the next run's training tasks from the shared Redis."""
+    """Run the demo; on a timeout stop it and every process of its run (API, worker, ...): a worker left
+    behind would take the next run's training tasks from the shared Redis."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlhf_loop", "demo", "--rounds", "2", "--users", "200"],
         env=_env(root, demo_model_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
     )
     try:
         stdout, stderr = proc.communicate(timeout=900)
     except BaseException:  # our timeout or pytest-timeout's: nothing of this run may outlive the test
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(signal.SIGINT)  # the demo's Ctrl-C path stops its children
+        try:
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+            for left in _left_behind(root):
+                os.kill(int(left.split()[0]), signal.SIGKILL)
         raise
     out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
