@@ -117,7 +117,10 @@ def test_sigkill_under_load_loses_no_accepted_rating(
 
         keys = TokenKeys("k1", {"k1": DEMO_TOKEN_SECRET})
         exp = int(time.time()) + 3600
-        toks = [issue(keys, FeedbackClaims(r.response_id, r.prompt_hash, "base", r.user_ref, exp)) for r in logged]
+        toks = [
+            issue(keys, FeedbackClaims(r.response_id, r.prompt_hash, "base", r.user_ref, exp, app="shop-app"))
+            for r in logged
+        ]
         accepted: list[str] = []
         refused, stalled = 0, []
         counter = iter(range(RATINGS))

@@ -52,7 +52,10 @@ def test_replayer_and_poller_faults_restart_the_loops_and_lose_nothing(
     monkeypatch.setenv("RLHF_TEST_FAULTS", "replayer,poller")
     api = start_api(tmp_path, pg_url, f"127.0.0.1:{proxy.listen}", demo_model_dir, redis_url, api__rate_limit="100000")
     keys, run, exp = TokenKeys("k1", {"k1": DEMO_TOKEN_SECRET}), uuid.uuid4().hex[:8], int(time.time()) + 3600
-    toks = [issue(keys, FeedbackClaims(f"r-{run}-{i}", "0" * 32, "base", f"u-{run}-{i}", exp)) for i in range(150)]
+    toks = [
+        issue(keys, FeedbackClaims(f"r-{run}-{i}", "0" * 32, "base", f"shop-app:u-{run}-{i}", exp, app="shop-app"))
+        for i in range(150)
+    ]
     try:
         with httpx.Client(base_url=api.url, headers=api.headers, timeout=30) as client:
             accepted = [rate(client, t) for t in toks[:50]]  # the poller fails on its 20th poll meanwhile
