@@ -212,10 +212,10 @@ def test_an_error_that_is_not_a_training_error_fails_the_run_and_the_next_check_
 def test_a_run_whose_worker_dies_whole_is_sent_again_by_beat_and_finishes(stack: Stack) -> None:
     auto = lambda r: r.metrics.get("reason", "").endswith("new training examples")  # noqa: E731 - the run above
     late = lambda r: auto(r) and r.stage == "ppo" and r.metrics.get("progress", {}).get("step", 0) >= 3  # noqa: E731
-    in_ppo = stack.wait_run(late, timeout_s=240)  # mid-run: 3 of the 4 PPO steps checkpointed
+    in_ppo = stack.wait_run(late, timeout_s=480)  # mid-run: 3 of the 4 PPO steps checkpointed
     stack.gpu.kill()  # SIGKILL to the whole worker: main process and pool, nobody gives the message back
     stack.start_gpu()
-    run = stack.wait_run(lambda r: r.id == in_ppo.id and r.status in ("succeeded", "failed"))
+    run = stack.wait_run(lambda r: r.id == in_ppo.id and r.status in ("succeeded", "failed"), timeout_s=300)
     assert run.status == "succeeded", run.error
     assert (run.attempts, run.lease_token) == (2, 2)  # taken over once, by a new fencing token
     with stack.sessions() as session:
