@@ -178,6 +178,18 @@ def test_learning_rate_is_scaled_by_the_adapter_size() -> None:
     assert scaled_lr(1e-3, LoraShape(r=8, alpha=32)) == pytest.approx(5e-4)
 
 
+def test_ppo_learning_rate_decays_linearly_over_the_run_unless_turned_off() -> None:
+    from workers.training.config import step_lr
+
+    cfg = PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=True)  # 8 steps, the reference adapter shape
+    rates = [step_lr(cfg, step) for step in range(cfg.steps)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[4] == pytest.approx(5e-4)
+    assert all(a > b > 0 for a, b in zip(rates, rates[1:], strict=False))
+    flat = PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=False)
+    assert [step_lr(flat, step) for step in range(flat.steps)] == pytest.approx([1e-3] * flat.steps)
+
+
 def _run_metrics(accuracy: float, before: float, after: float, kl: float, spent: bool) -> dict:
     return {
         "reward": {"mode": "bt", "heldout_accuracy": accuracy, "heldout_thumbs_auc": None},

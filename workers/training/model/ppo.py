@@ -24,7 +24,7 @@ import torch
 
 from rlhf_loop.generation import GenerationRequest
 from rlhf_loop.models.generator import BatchGenerator
-from workers.training.config import PPOConfig, scaled_lr
+from workers.training.config import PPOConfig, step_lr
 from workers.training.model.checkpoint import read_checkpoint
 from workers.training.model.encoding import Encoder
 from workers.training.model.losses import (
@@ -109,7 +109,7 @@ class PPOTrainer:
         self.params = [p for n, p in model.named_parameters() if f".{POLICY}." in n] + list(value_head.parameters())
         for p in self.params:
             p.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.params, lr=scaled_lr(cfg.lr, cfg.lora), weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.params, lr=step_lr(cfg, 0), weight_decay=0.0)
         self.kl = AdaptiveKL(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.engine = BatchGenerator(model, enc.tokenizer, device=device)
         self.step = 0
@@ -219,6 +219,8 @@ class PPOTrainer:
         mean_kl = float(ro.kl.mean())
         # Over the budget already: no update (it would only move further), and the run ends here.
         self.budget_spent = mean_kl > self.cfg.kl_budget
+        for group in self.optimizer.param_groups:
+            group["lr"] = step_lr(self.cfg, self.step)
         pg, vf, cf, ak, epochs = (0.0, 0.0, 0.0, 0.0, 0) if self.budget_spent else self.update(ro)
         stats = StepStats(
             self.step,
