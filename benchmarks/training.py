@@ -1,27 +1,30 @@
-"""Training on CPU, ours vs TRL, in one run: the LoRA reward model (vs ``trl.RewardTrainer``) and LoRA PPO
-(vs TRL 1.12's ``trl.experimental.ppo.PPOTrainer``) on the demo model, with the same data, seeds, sizes
-and hyperparameters.
+"""Training on CPU, ours vs TRL, in one run, on several worlds: the LoRA reward model (vs
+``trl.RewardTrainer``) and LoRA PPO (vs TRL 1.12's ``trl.experimental.ppo.PPOTrainer``), with the same data,
+seeds, sizes and hyperparameters: ours are the defaults of ``workers/training/config.py`` (one set for every
+world), TRL gets the same values where it has the knob.
 
-Each stage runs in its own child process (this module with ``--stage``; TRL's in its own virtualenv via
-``benchmarks/trl_baseline.py``, built on first use), so peak RSS is per stage and only the training loop
-is timed. The parent imports no torch: a child's ``ru_maxrss`` starts from its parent's RSS at spawn.
-The hidden-preference score (the simulator's, which the RM only sees through noisy votes) is measured on
-64 prompts no stage trained on, 8 samples each, for the base (``hidden_before``) and both trained adapters,
-with our sampler and the same seeds: one sample per prompt moves the mean by about +-0.04 from seed to
-seed. ``ours_minus_trl_hidden`` is the difference of the two trained adapters' scores with its standard
-error (prompts as units); ``ppo_gain_at_least_trl`` holds when ours is not below TRL's by more than two
-standard errors (the gains are equal within the measurement, or ours is larger). TRL's own 64 samples
-(its sampler) are scored too, as a cross-check.
+Worlds: ``demo`` (the demo model and simulator) and the independent ones of ``benchmarks/worlds.py``
+(their own corpus, tokenizer, model shape, chat format, response length and hidden preference; ``garden``
+favours longer answers). Each stage runs in its own child process (this module with ``--stage``; TRL's in
+its own virtualenv via ``benchmarks/trl_baseline.py``, built on first use), so peak RSS is per stage and
+only the training loop is timed. The parent imports no torch: a child's ``ru_maxrss`` starts from its
+parent's RSS at spawn. The hidden-preference score (the world's, which the RM only sees through noisy
+votes) is measured on 64 prompts no stage trained on, 8 samples each, for the base (``hidden_before``) and
+both trained adapters, with our sampler and the same seeds. ``ours_minus_trl_hidden`` is the difference of
+the two trained adapters' scores with its standard error (prompts as units); ``ppo_gain_vs_trl`` is our
+gain over TRL's and ``ppo_gain_vs_trl_se`` that standard error over TRL's gain; ``ppo_gain_at_least_trl``
+holds when ``ppo_gain_vs_trl`` is at least 1 within one standard error. TRL's own 64 samples (its sampler)
+are scored too, as a cross-check.
 
 Differences kept on purpose (each side at its defaults): TRL decays the learning rate linearly, ours is
 constant; TRL's RM has no per-pair weights and shuffles pairs freely (ours batches a prompt group's pairs
 together and scores each shared response once); TRL's PPO trains a separate full value model (ours: a head
 on the policy's detached trunk, vf_coef 0.5 vs 0.1) with GAE lambda 0.95 (ours 1.0), keeps the KL
-coefficient fixed (ours adapts it), rewards raw RM
-scores (a wider scale than ours, which are normalized, so the same KL coefficient weighs less) with no
-missing-end penalty (ours: -1) and has no KL early stop.
+coefficient fixed (ours adapts it toward ``target_kl`` and stops at ``kl_budget``), rewards raw RM scores
+(a wider scale than ours, which are normalized, so the same KL coefficient weighs less) with no missing-end
+penalty (ours: -1) and has no KL early stop.
 
-    python -m benchmarks.training [--quick]
+    python -m benchmarks.training [--quick] [--worlds demo,garden,ledger,glyph] [--threads N]
 """
 
 from __future__ import annotations
@@ -38,79 +41,91 @@ from pathlib import Path
 
 from benchmarks import trl_baseline
 from benchmarks.report import emit
-from rlhf_loop.simulator import mean_score, score_response
+from rlhf_loop.simulator import score_response
 
 WORK, VENV = Path("var/bench/training"), Path("var/bench/trl-venv")
 N_EVAL, SAMPLES_PER_PROMPT = trl_baseline.N_SAMPLES, 8
 
 
-def workload(quick: bool, threads: int) -> tuple[dict, dict]:
-    """(data sizes, hyperparameters); the hyperparameters' names are trl_baseline's flags."""
-    data = {"prompts": 200 if quick else 240, "per_prompt": 4 if quick else 6, "raters": 5}
+def workload(quick: bool, threads: int, max_new_tokens: int) -> tuple[dict, dict]:
+    """(data sizes, hyperparameters): our defaults, under trl_baseline's flag names; the response length is
+    the world's."""
+    from workers.training.config import PPOConfig, RewardConfig, scaled_lr
+
+    rm, ppo = RewardConfig(), PPOConfig()
+    data = {"prompts": 120 if quick else 240, "per_prompt": 4 if quick else 6, "raters": 5}
     hp = {
         "seed": 0,
         "threads": threads,
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "rm_epochs": 1 if quick else 2,
-        "rm_batch_size": 16,
-        "rm_lr": 2e-3,
-        "ppo_episodes": 256 if quick else 1024,
-        "ppo_batch_size": 32,
-        "ppo_minibatch": 8,
-        "ppo_epochs": 2,
-        "ppo_lr": 1e-3,
-        "max_new_tokens": 48,
-        "temperature": 1.0,
-        "kl_coef": 0.05,
+        "lora_r": ppo.lora.r,
+        "lora_alpha": ppo.lora.alpha,
+        "rm_epochs": rm.epochs,
+        "rm_batch_size": rm.batch_size,
+        "rm_lr": scaled_lr(rm.lr, rm.lora),
+        "ppo_episodes": 256 if quick else 768,
+        "ppo_batch_size": ppo.batch_size,
+        "ppo_minibatch": ppo.minibatch_size,
+        "ppo_epochs": ppo.ppo_epochs,
+        "ppo_lr": scaled_lr(ppo.lr, ppo.lora),
+        "max_new_tokens": max_new_tokens,
+        "temperature": ppo.temperature,
+        "kl_coef": ppo.init_kl_coef,
     }
     return data, hp
 
 
 def train_config(hp: dict):  # noqa: ANN201 - TrainConfig, imported in the child
-    from workers.training.config import LoraShape, PPOConfig, RewardConfig, TrainConfig
+    from workers.training.config import PPOConfig, RewardConfig, TrainConfig
 
-    lora = LoraShape(hp["lora_r"], hp["lora_alpha"])
     steps = hp["ppo_episodes"] // hp["ppo_batch_size"]
+    # Our defaults but the data's sizes and the world's response length; one checkpoint, at the end.
     return TrainConfig(
-        reward=RewardConfig(
-            lora=lora, epochs=hp["rm_epochs"], batch_size=hp["rm_batch_size"], lr=hp["rm_lr"], seed=hp["seed"]
-        ),
-        # grad_accum=1: one optimizer step per minibatch, as TRL; one checkpoint, at the end
+        reward=RewardConfig(seed=hp["seed"]),
         ppo=PPOConfig(
-            lora=lora,
             episodes=hp["ppo_episodes"],
-            batch_size=hp["ppo_batch_size"],
-            minibatch_size=hp["ppo_minibatch"],
-            grad_accum=1,
-            ppo_epochs=hp["ppo_epochs"],
-            lr=hp["ppo_lr"],
             max_new_tokens=hp["max_new_tokens"],
-            temperature=hp["temperature"],
-            init_kl_coef=hp["kl_coef"],
             seed=hp["seed"],
             checkpoint_every=steps,
         ),
     )
 
 
+def world_of(name: str):  # noqa: ANN201 - (model dir, simulator, hidden score)
+    if name == "demo":
+        from rlhf_loop.models.demo_kit import build_demo_model
+        from rlhf_loop.settings import ModelSettings
+        from rlhf_loop.simulator import Simulator
+
+        return build_demo_model(ModelSettings().demo_dir, progress=False), Simulator(7), score_response
+    from benchmarks import worlds
+
+    world = worlds.WORLDS[name]
+    return worlds.build(world), worlds.WorldSim(world), world.score
+
+
+def response_length(name: str) -> int:
+    if name == "demo":
+        return 48
+    from benchmarks import worlds
+
+    return worlds.WORLDS[name].max_new_tokens
+
+
 # --- child stages: each returns its figures; the child prints them as its last line -------------------
 def stage_data(work: Path, s: dict) -> dict:
     """Simulated pairs from the demo model -> train/held-out pairs, PPO prompts and evaluation prompts."""
-    from rlhf_loop.models.demo_kit import build_demo_model
     from rlhf_loop.models.loading import load_base
     from rlhf_loop.preferences.dataset import unique, write_pairs
-    from rlhf_loop.settings import ModelSettings
-    from rlhf_loop.simulator import Simulator
     from workers.training.dataset import make_dataset
     from workers.training.model.synthetic import distinct_prompts, simulated_pairs
 
     data, hp, cfg = s["data"], s["hp"], train_config(s["hp"])
-    model_dir = build_demo_model(ModelSettings().demo_dir)
+    model_dir, sim, _ = world_of(s["world"])
     model, tokenizer = load_base(model_dir)
-    sim = Simulator(7)
     prompts = distinct_prompts(sim, data["prompts"], hp["seed"])
-    pairs = simulated_pairs(sim, model, tokenizer, prompts, data["per_prompt"], data["raters"], hp["seed"])
+    pairs = simulated_pairs(
+        sim, model, tokenizer, prompts, data["per_prompt"], data["raters"], hp["seed"], hp["max_new_tokens"]
+    )
     ds = make_dataset(pairs, None, cfg.heldout_fraction, cfg.min_examples, cfg.reward.seed)
     write_pairs(work / "pairs.jsonl", ds.train)
     write_pairs(work / "heldout.jsonl", ds.heldout)
@@ -182,12 +197,14 @@ def stage_ours_ppo(work: Path, s: dict) -> dict:
     checkpoint = work / "ours" / "ppo.ckpt"
     checkpoint.unlink(missing_ok=True)  # else train_ppo resumes a finished run
     started = time.perf_counter()
-    train_ppo(trainer, read_prompts(work / "prompts.jsonl"), checkpoint, "benchmark")
+    history = train_ppo(trainer, read_prompts(work / "prompts.jsonl"), checkpoint, "benchmark")
     seconds = time.perf_counter() - started
     model.save_pretrained(str(work / "ours" / "policy"), selected_adapters=[POLICY])
-    episodes = cfg.ppo.steps * cfg.ppo.batch_size
+    episodes = len(history) * cfg.ppo.batch_size  # fewer than asked when the KL budget ended the run
     return {
         "ppo_episodes": episodes,
+        "ppo_kl_last": round(history[-1].kl, 3),
+        "ppo_kl_budget_spent": trainer.budget_spent,
         "ppo_train_s": round(seconds, 3),
         "ppo_episodes_per_s": round(episodes / seconds, 2),
     }
@@ -201,7 +218,7 @@ def stage_eval(work: Path, s: dict) -> dict:
     from rlhf_loop.models.loading import generate, load_base
     from rlhf_loop.preferences.dataset import read_prompts
 
-    hp = s["hp"]
+    hp, (_, _, hidden_score) = s["hp"], world_of(s["world"])
     base, tokenizer = load_base(s["model"])
     model = PeftModel.from_pretrained(base, str(work / "ours" / "policy"), adapter_name="ours")
     model.load_adapter(str(work / "trl" / "policy"), adapter_name="trl")  # GPT-2 LoRA, as TRL saved it
@@ -218,7 +235,7 @@ def stage_eval(work: Path, s: dict) -> dict:
             temperature=hp["temperature"],
             adapter_id=adapter,
         )
-        scores[name] = [score_response(p, t) for p, t in zip(prompts, texts, strict=True)]
+        scores[name] = [hidden_score(p, t) for p, t in zip(prompts, texts, strict=True)]
         out[name] = round(statistics.fmean(scores[name]), 4)
     diff, se = paired_difference(prompts, scores["ours_hidden_after"], scores["trl_hidden_after"])
     out |= {"ours_minus_trl_hidden": round(diff, 4), "ours_minus_trl_hidden_se": round(se, 4)}
@@ -276,15 +293,97 @@ def trl_python() -> str:
     return str(python)
 
 
-def hidden(path: Path) -> float:
+def hidden(path: Path, score) -> float:  # noqa: ANN001 - the world's hidden score
     rows = trl_baseline.read_jsonl(str(path))
-    return round(mean_score([(r["prompt"], r["response"]) for r in rows]), 4)
+    return round(statistics.fmean(score(r["prompt"], r["response"]) for r in rows), 4)
+
+
+def run_world(name: str, quick: bool, threads: int, work: Path) -> dict:
+    """Every stage of one world, both sides; returns the world's entry of the JSON line."""
+    (work / "trl").mkdir(parents=True, exist_ok=True)
+    data, hp = workload(quick, threads, response_length(name))
+    settings = {"data": data, "hp": hp, "world": name}
+    (work / "settings.json").write_text(json.dumps(settings))
+    ours = [sys.executable, "-m", "benchmarks.training", "--work", str(work), "--stage"]
+    sizes = child([*ours, "data"], work / "data.log")
+    (work / "settings.json").write_text(json.dumps({**settings, "model": sizes["model"]}))
+
+    flags = [a for k, v in hp.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    files = ("pairs", "heldout", "prompts", "eval_prompts")
+    trl = [
+        trl_python(),
+        trl_baseline.__file__,
+        "--model",
+        sizes["model"],
+        "--out",
+        str(work / "trl"),
+        *(a for f in files for a in (f"--{f.replace('_', '-')}", str(work / f"{f}.jsonl"))),
+        *flags,
+        "--stage",
+    ]
+    ours_rm, trl_rm = child([*ours, "ours-rm"], work / "ours-rm.log"), child([*trl, "rm"], work / "trl-rm.log")
+    ours_ppo, trl_ppo = child([*ours, "ours-ppo"], work / "ours-ppo.log"), child([*trl, "ppo"], work / "trl-ppo.log")
+    score = child([*ours, "eval"], work / "eval.log")
+    hidden_score = score_response if name == "demo" else _world_score(name)
+    trl_sampler = [hidden(work / "trl" / f, hidden_score) for f in ("samples_before.jsonl", "samples.jsonl")]
+    ours_gain = score["ours_hidden_after"] - score["hidden_before"]
+    trl_gain = max(score["trl_hidden_after"] - score["hidden_before"], 1e-9)
+    gain_ratio, gain_se = ours_gain / trl_gain, score["ours_minus_trl_hidden_se"] / trl_gain
+    return {
+        "world": name,
+        "rm_vs_trl": round(ours_rm["rm_pairs_per_s"] / trl_rm["rm_pairs_per_s"], 2),
+        "ppo_vs_trl": round(ours_ppo["ppo_episodes_per_s"] / trl_ppo["ppo_episodes_per_s"], 2),
+        "ppo_gain_vs_trl": round(gain_ratio, 3),
+        "ppo_gain_vs_trl_se": round(gain_se, 3),
+        "ppo_gain_at_least_trl": gain_ratio + gain_se >= 1.0,
+        "ppo_peak_rss_vs_trl": round(ours_ppo["peak_rss_mb"] / trl_ppo["peak_rss_mb"], 2),
+        "rm_peak_rss_vs_trl": round(ours_rm["peak_rss_mb"] / trl_rm["peak_rss_mb"], 2),
+        "ours_rm_pairs_per_s": ours_rm["rm_pairs_per_s"],
+        "trl_rm_pairs_per_s": trl_rm["rm_pairs_per_s"],
+        "ours_rm_heldout_accuracy": ours_rm["rm_heldout_accuracy"],
+        "trl_rm_heldout_accuracy": trl_rm["rm_heldout_accuracy"],
+        "ours_rm_peak_rss_mb": ours_rm["peak_rss_mb"],
+        "trl_rm_peak_rss_mb": trl_rm["peak_rss_mb"],
+        "ours_ppo_episodes_per_s": ours_ppo["ppo_episodes_per_s"],
+        "trl_ppo_episodes_per_s": trl_ppo["ppo_episodes_per_s"],
+        "ours_ppo_episodes": ours_ppo["ppo_episodes"],
+        "trl_ppo_episodes": trl_ppo["ppo_episodes"],
+        "ours_ppo_kl_last": ours_ppo["ppo_kl_last"],
+        "ours_ppo_kl_budget_spent": ours_ppo["ppo_kl_budget_spent"],
+        **{
+            k: score[k]
+            for k in (
+                "hidden_before",
+                "ours_hidden_after",
+                "trl_hidden_after",
+                "eval_samples",
+                "ours_minus_trl_hidden",
+                "ours_minus_trl_hidden_se",
+            )
+        },
+        "trl_sampler_hidden_before": trl_sampler[0],
+        "trl_sampler_hidden_after": trl_sampler[1],
+        "ours_ppo_peak_rss_mb": ours_ppo["peak_rss_mb"],
+        "trl_ppo_peak_rss_mb": trl_ppo["peak_rss_mb"],
+        "trl_version": trl_ppo["trl_version"],
+        "torch_version": ours_ppo["torch_version"],
+        "trl_torch_version": trl_ppo["torch_version"],
+        "data": {k: sizes[k] for k in ("train_pairs", "heldout_pairs", "ppo_prompts", "eval_prompts")},
+        "settings": {**data, **hp},
+    }
+
+
+def _world_score(name: str):  # noqa: ANN202 - the world's hidden score, without torch
+    from benchmarks import worlds
+
+    return worlds.WORLDS[name].score
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about a minute on 2 idle cores")
+    parser.add_argument("--quick", action="store_true", help="a few minutes on 2 idle cores")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every stage, both sides")
+    parser.add_argument("--worlds", default="demo,garden,ledger,glyph", help="comma-separated world names")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)  # internal: one child stage
     args = parser.parse_args(argv)
@@ -293,102 +392,39 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     started, work, load = time.perf_counter(), args.work.resolve(), os.getloadavg()[0]
-    (work / "trl").mkdir(parents=True, exist_ok=True)
-    data, hp = workload(args.quick, args.threads)
-    (work / "settings.json").write_text(json.dumps({"data": data, "hp": hp}))
-    ours = [sys.executable, "-m", "benchmarks.training", "--work", str(work), "--stage"]
-    sizes = child([*ours, "data"], work / "data.log")
-    (work / "settings.json").write_text(json.dumps({"data": data, "hp": hp, "model": sizes["model"]}))
-
-    flags = [a for k, v in hp.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-    trl = [
-        trl_python(),
-        trl_baseline.__file__,
-        "--model",
-        sizes["model"],
-        "--out",
-        str(work / "trl"),
-        *(
-            a
-            for f in ("pairs", "heldout", "prompts", "eval_prompts")
-            for a in (f"--{f.replace('_', '-')}", str(work / f"{f}.jsonl"))
-        ),
-        *flags,
-        "--stage",
-    ]
-    ours_rm, trl_rm = child([*ours, "ours-rm"], work / "ours-rm.log"), child([*trl, "rm"], work / "trl-rm.log")
-    ours_ppo, trl_ppo = child([*ours, "ours-ppo"], work / "ours-ppo.log"), child([*trl, "ppo"], work / "trl-ppo.log")
-    score = child([*ours, "eval"], work / "eval.log")
-    trl_sampler = (hidden(work / "trl" / "samples_before.jsonl"), hidden(work / "trl" / "samples.jsonl"))
-
-    names = {"ours": "ours", "trl": f"TRL {trl_ppo['trl_version']}"}
-    rows = [
-        [
-            "reward model",
-            names[side],
-            r["rm_pairs_per_s"],
-            "pairs/s",
-            f"held-out acc {r['rm_heldout_accuracy']:.3f}",
-            r["peak_rss_mb"],
-        ]
-        for side, r in (("ours", ours_rm), ("trl", trl_rm))
-    ]
-    rows += [
-        [
-            "PPO",
-            names[side],
-            r["ppo_episodes_per_s"],
-            "episodes/s",
-            f"hidden score {score['hidden_before']:.3f} -> {score[f'{side}_hidden_after']:.3f}",
-            r["peak_rss_mb"],
-        ]
-        for side, r in (("ours", ours_ppo), ("trl", trl_ppo))
-    ]
+    entries = [run_world(n, args.quick, args.threads, work / n) for n in args.worlds.split(",")]
+    rows = []
+    for e in entries:
+        rows.append(
+            [
+                e["world"],
+                f"{e['ours_rm_pairs_per_s']:.1f} / {e['trl_rm_pairs_per_s']:.1f}",
+                f"{e['ours_rm_heldout_accuracy']:.3f} / {e['trl_rm_heldout_accuracy']:.3f}",
+                f"{e['ours_ppo_episodes_per_s']:.2f} / {e['trl_ppo_episodes_per_s']:.2f}",
+                f"{e['hidden_before']:.3f} -> {e['ours_hidden_after']:.3f} / {e['trl_hidden_after']:.3f}",
+                f"{e['ppo_gain_vs_trl']:.2f} +- {e['ppo_gain_vs_trl_se']:.2f}",
+                f"{e['ours_ppo_kl_last']:.2f}",
+                f"{e['ours_ppo_peak_rss_mb']:.0f} / {e['trl_ppo_peak_rss_mb']:.0f}",
+            ]
+        )
     emit(
-        f"training, demo model, CPU {hp['threads']} threads, {sizes['train_pairs']} pairs x {hp['rm_epochs']} "
-        f"epochs, PPO {hp['ppo_episodes']} episodes, torch {ours_ppo['torch_version']}",
-        ["stage", "trainer", "rate", "unit", "quality", "peak RSS MB"],
+        f"training, ours / TRL {entries[0]['trl_version']}, CPU {args.threads} threads, PPO "
+        f"{entries[0]['settings']['ppo_episodes']} episodes, torch {entries[0]['torch_version']}",
+        ["world", "RM pairs/s", "RM held-out acc", "PPO episodes/s", "hidden score", "gain vs TRL", "KL", "PPO RSS MB"],
         rows,
         {
             "benchmark": "training",
             "quick": args.quick,
-            "rm_vs_trl": round(ours_rm["rm_pairs_per_s"] / trl_rm["rm_pairs_per_s"], 2),
-            "ppo_vs_trl": round(ours_ppo["ppo_episodes_per_s"] / trl_ppo["ppo_episodes_per_s"], 2),
-            "ppo_peak_rss_vs_trl": round(ours_ppo["peak_rss_mb"] / trl_ppo["peak_rss_mb"], 2),
-            "ours_rm_pairs_per_s": ours_rm["rm_pairs_per_s"],
-            "trl_rm_pairs_per_s": trl_rm["rm_pairs_per_s"],
-            "ours_rm_heldout_accuracy": ours_rm["rm_heldout_accuracy"],
-            "trl_rm_heldout_accuracy": trl_rm["rm_heldout_accuracy"],
-            "ours_rm_peak_rss_mb": ours_rm["peak_rss_mb"],
-            "trl_rm_peak_rss_mb": trl_rm["peak_rss_mb"],
-            "ours_ppo_episodes_per_s": ours_ppo["ppo_episodes_per_s"],
-            "trl_ppo_episodes_per_s": trl_ppo["ppo_episodes_per_s"],
-            **{
-                k: score[k]
-                for k in (
-                    "hidden_before",
-                    "ours_hidden_after",
-                    "trl_hidden_after",
-                    "eval_samples",
-                    "ours_minus_trl_hidden",
-                    "ours_minus_trl_hidden_se",
-                )
-            },
-            "ppo_gain_vs_trl": round(
-                (score["ours_hidden_after"] - score["hidden_before"])
-                / max(score["trl_hidden_after"] - score["hidden_before"], 1e-9),
-                3,
+            "worlds": entries,
+            "min_ppo_gain_vs_trl": min(e["ppo_gain_vs_trl"] for e in entries),
+            "min_ppo_vs_trl": min(e["ppo_vs_trl"] for e in entries),
+            "min_rm_vs_trl": min(e["rm_vs_trl"] for e in entries),
+            "max_ppo_peak_rss_vs_trl": max(e["ppo_peak_rss_vs_trl"] for e in entries),
+            "min_rm_heldout_accuracy_minus_trl": round(
+                min(e["ours_rm_heldout_accuracy"] - e["trl_rm_heldout_accuracy"] for e in entries), 4
             ),
-            "ppo_gain_at_least_trl": score["ours_minus_trl_hidden"] >= -2 * score["ours_minus_trl_hidden_se"],
-            "trl_sampler_hidden_before": trl_sampler[0],
-            "trl_sampler_hidden_after": trl_sampler[1],
-            "ours_ppo_peak_rss_mb": ours_ppo["peak_rss_mb"],
-            "trl_ppo_peak_rss_mb": trl_ppo["peak_rss_mb"],
-            "trl_version": trl_ppo["trl_version"],
-            "torch_version": ours_ppo["torch_version"],
-            "trl_torch_version": trl_ppo["torch_version"],
-            "data": {k: sizes[k] for k in ("train_pairs", "heldout_pairs", "ppo_prompts", "eval_prompts")},
-            "settings": {**data, **hp},
+            "ppo_gain_at_least_trl_everywhere": all(e["ppo_gain_at_least_trl"] for e in entries),
+            "threads": args.threads,
             "load_avg_1m_at_start": round(load, 2),
             "wall_s": round(time.perf_counter() - started, 1),
         },

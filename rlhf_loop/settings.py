@@ -254,9 +254,11 @@ class PromotionSettings(_Group):
     must reach it."""
     gate_confidence: float = Field(0.9, gt=0, lt=1)
     """Gate: two-sided confidence of the win-rate intervals (0.9: the lower end is a one-sided 95% bound)."""
-    max_kl_nats: float = Field(12.0, gt=0)
-    """Gate: largest mean sequence KL of the candidate's responses from the base model."""
-    max_kl_vs_active_nats: float = Field(12.0, gt=0)
+    max_kl_nats: float = Field(5.0, gt=0)
+    """Gate: largest mean sequence KL of the candidate's responses from the base model. Sits a nat above the
+    training KL budget (``ppo.kl_budget``, 4 by default), where PPO stops: the gate's prompts and samples
+    differ from the last rollouts', and a candidate past it spent more than its run was allowed."""
+    max_kl_vs_active_nats: float = Field(5.0, gt=0)
     """Gate: largest mean sequence KL of the candidate's responses from the active adapter (the step this
     deployment takes)."""
     min_thumbs_auc: float = Field(0.6, ge=0, le=1)

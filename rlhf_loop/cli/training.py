@@ -54,14 +54,15 @@ def train(
                 result = train_files(
                     base, pairs, prompts, out, cfg, settings.model.device, StageBars(bars), examples=examples
                 )
-            ev, rm = result.metrics["evaluation"], result.metrics["reward"]
-            typer.echo(
-                f"adapter: {result.adapter_dir} (sha256 {result.adapter_sha256[:12]})\n"
-                f"reward model ({rm['mode']}): held-out pair accuracy {_figure(ev['heldout_pair_accuracy'])}, "
-                f"thumbs AUC {_figure(rm['heldout_thumbs_auc'])}; mean reward "
-                f"{ev['base_mean_reward']:+.3f} (base) -> {ev['mean_reward']:+.3f}; KL vs base "
-                f"{ev['kl_vs_base']:.2f} nats; details in {out / 'evaluation.json'}"
-            )
+            from workers.training.verdict import summarize
+
+            lines, warnings = summarize(result.metrics, cfg.to_dict())
+            typer.echo(f"adapter: {result.adapter_dir} (sha256 {result.adapter_sha256[:12]})")
+            for line in lines:
+                typer.echo(line)
+            for warning in warnings:
+                typer.echo(f"warning: {warning}")
+            typer.echo(f"details in {out / 'evaluation.json'}")
             return
         from workers.training.runs import start_run
 
@@ -74,10 +75,6 @@ def train(
         raise click.ClickException(f"run {run_id} failed; see `rlhf-loop runs {run_id}`")
     else:
         typer.echo(f"run {run_id} registered candidate adapter {adapter_id}")
-
-
-def _figure(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def worker(

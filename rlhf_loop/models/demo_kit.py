@@ -91,8 +91,14 @@ def build_corpus(cfg: DemoKitConfig) -> list[str]:
     return texts
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (exact round trip), digits split one by one so ticket numbers can be copied."""
+def train_tokenizer(
+    texts: list[str],
+    vocab_size: int,
+    special: tuple[str, str, str, str] = (PAD, USER, ASSISTANT, END),
+    template: str = CHAT_TEMPLATE,
+) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (exact round trip), digits split one by one so ticket numbers can be copied.
+    ``special`` is (pad, user, assistant, end); end is the EOS token; ``template`` the chat template."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -100,13 +106,14 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[PAD, USER, ASSISTANT, END],
+        special_tokens=list(special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END, pad_token=PAD, bos_token=END)
-    fast.chat_template = CHAT_TEMPLATE
+    pad, _, _, end = special
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=end, pad_token=pad, bos_token=end)
+    fast.chat_template = template
     fast.padding_side = "left"
     return fast
 

@@ -37,7 +37,10 @@ def test_train_on_pairs_and_thumbs_files(demo_model_dir: Path, tmp_path: Path, c
 
     assert main([*args, "--pairs", str(tmp_path / "pairs.jsonl"), "--examples", str(tmp_path / "thumbs.jsonl")]) == 0
 
-    assert "reward model (mixed)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "reward model (mixed): held-out pair accuracy" in printed
+    assert "mean reward (normalized):" in printed and "before PPO ->" in printed
+    assert "KL from the base: 0.00 nats before PPO ->" in printed
     reward = json.loads((out / "evaluation.json").read_text())["reward"]
     assert reward["mode"] == "mixed" and reward["train_pairs"] > 0 and reward["train_examples"] > 0
     assert reward["heldout_thumbs_auc"] is not None and reward["heldout_accuracy"] is not None
@@ -50,3 +53,23 @@ def test_misuse_and_malformed_files_fail_clearly(tmp_path: Path, capsys: pytest.
     assert "give --inline and --out too" in capsys.readouterr().err
     assert main(["train", "--inline", "--examples", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")]) != 0
     assert "bad.jsonl:1: 'rating' must be 1 (thumbs up) or -1" in capsys.readouterr().err
+
+
+def test_a_run_that_spends_its_kl_budget_is_flagged(
+    demo_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A learning rate far too large for a tiny KL budget: the second step's rollouts are already past the
+    budget, PPO stops there, and the summary warns that the run may have over-optimized."""
+    sim, rng = Simulator(5, n_prompts=120), random.Random(0)
+    pairs = [PairRecord(p.text, render(p, "helpful", rng), render(p, "rude", rng)) for p in sim.prompts]
+    write_pairs(tmp_path / "pairs.jsonl", pairs)
+    forced = {**TINY, "ppo": {**TINY["ppo"], "episodes": 96, "lr": 0.05, "target_kl": 0.01, "kl_budget": 0.01}}
+    out = tmp_path / "run"
+    args = ["train", "--inline", "--base-model", str(demo_model_dir), "--out", str(out), "--config", json.dumps(forced)]
+
+    assert main([*args, "--pairs", str(tmp_path / "pairs.jsonl")]) == 0
+
+    printed = capsys.readouterr().out
+    assert "warning: PPO spent its KL budget (0.01 nats) after 2 of 3 steps" in printed
+    ppo = json.loads((out / "evaluation.json").read_text())["ppo"]
+    assert ppo["budget_spent"] and ppo["steps"] == 2  # stopped early: the third step never ran

@@ -170,3 +170,15 @@ def test_mixed_batches_mix_pairs_and_examples_evenly_and_use_each_once() -> None
     assert only_pairs == [(b, []) for b in group_batches(pairs, 4, random.Random(0))]
     only_examples = mixed_batches([], examples, 8, random.Random(0))
     assert [len(e) for _, e in only_examples] == [7, 8, 7, 8] and not any(p for p, _ in only_examples)  # 30 / 4
+
+
+def test_adaptive_kl_acts_within_a_short_run_at_the_default_horizon() -> None:
+    """At the default horizon a run of a few hundred episodes can double (or halve) the coefficient."""
+    from workers.training.config import PPOConfig
+
+    cfg = PPOConfig()
+    up, down = AdaptiveKL(0.05, cfg.target_kl, cfg.kl_horizon), AdaptiveKL(0.05, cfg.target_kl, cfg.kl_horizon)
+    for _ in range(512 // cfg.batch_size):
+        up.update(kl=3 * cfg.target_kl, episodes=cfg.batch_size)
+        down.update(kl=0.0, episodes=cfg.batch_size)
+    assert up.value > 2 * 0.05 and down.value < 0.05 / 2

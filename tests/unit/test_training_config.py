@@ -158,3 +158,65 @@ def test_examples_file_round_trips_and_bad_lines_say_what_is_wrong(tmp_path: Pat
         (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b", "rating": 1}\n' + line + "\n")
         with pytest.raises(DatasetError, match=message):
             read_examples(tmp_path / "bad.jsonl")
+
+
+def test_kl_budget_is_at_least_the_target_and_the_horizon_positive() -> None:
+    with pytest.raises(BadConfig, match="ppo.kl_budget"):
+        PPOConfig(target_kl=3.0, kl_budget=2.0)
+    with pytest.raises(BadConfig, match="ppo.kl_horizon"):
+        PPOConfig(kl_horizon=0)
+    assert PPOConfig().kl_budget >= PPOConfig().target_kl
+
+
+def test_learning_rate_is_scaled_by_the_adapter_size() -> None:
+    from workers.training.config import REFERENCE_LORA, LoraShape, scaled_lr
+
+    assert scaled_lr(1e-3, REFERENCE_LORA) == pytest.approx(1e-3)
+    # same alpha / r, four times the rank: the full update grows like sqrt(r), the rate is halved
+    assert scaled_lr(1e-3, LoraShape(r=32, alpha=64)) == pytest.approx(5e-4)
+    # same rank, twice the scale alpha / r: half the rate
+    assert scaled_lr(1e-3, LoraShape(r=8, alpha=32)) == pytest.approx(5e-4)
+
+
+def test_ppo_learning_rate_decays_linearly_over_the_run_unless_turned_off() -> None:
+    from workers.training.config import step_lr
+
+    cfg = PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=True)  # 8 steps, the reference adapter shape
+    rates = [step_lr(cfg, step) for step in range(cfg.steps)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[4] == pytest.approx(5e-4)
+    assert all(a > b > 0 for a, b in zip(rates, rates[1:], strict=False))
+    flat = PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=False)
+    assert [step_lr(flat, step) for step in range(flat.steps)] == pytest.approx([1e-3] * flat.steps)
+
+
+def _run_metrics(accuracy: float, before: float, after: float, kl: float, spent: bool) -> dict:
+    return {
+        "reward": {"mode": "bt", "heldout_accuracy": accuracy, "heldout_thumbs_auc": None},
+        "ppo": {"steps": 3, "kl_first": 0.0, "budget_spent": spent},
+        "evaluation": {
+            "heldout_pair_accuracy": accuracy,
+            "base_mean_reward": before,
+            "mean_reward": after,
+            "kl_vs_base": kl,
+        },
+    }
+
+
+def test_the_run_summary_states_the_figures_and_warns_on_over_and_under_optimization() -> None:
+    from workers.training.verdict import summarize
+
+    cfg = TrainConfig().to_dict()
+    lines, warnings = summarize(_run_metrics(0.9, -0.1, 0.8, 2.0, False), cfg)
+    assert lines[0].startswith("reward model (bt): held-out pair accuracy 0.900")
+    assert "-0.100 before PPO -> +0.800 after" in lines[1]
+    assert "0.00 nats before PPO -> 2.00 after" in lines[2]
+    assert warnings == []  # a healthy run
+    _, warnings = summarize(_run_metrics(0.9, -0.1, 0.8, 4.2, True), cfg)
+    assert len(warnings) == 1 and "spent its KL budget" in warnings[0] and "after 3 of 16 steps" in warnings[0]
+    _, warnings = summarize(_run_metrics(0.9, 0.0, 2.5, 3.0, False), cfg)
+    assert len(warnings) == 1 and "over-optimized?" in warnings[0]
+    _, warnings = summarize(_run_metrics(0.55, 0.0, 0.02, 0.1, False), cfg)
+    assert len(warnings) == 2 and "close to chance" in warnings[0] and "under-optimized" in warnings[1]
+    _, warnings = summarize(_run_metrics(0.9, 0.0, 0.5, 6.0, False), cfg)
+    assert len(warnings) == 1 and "over the budget" in warnings[0]

@@ -24,7 +24,7 @@ import torch
 
 from rlhf_loop.generation import GenerationRequest
 from rlhf_loop.models.generator import BatchGenerator
-from workers.training.config import PPOConfig
+from workers.training.config import PPOConfig, step_lr
 from workers.training.model.checkpoint import read_checkpoint
 from workers.training.model.encoding import Encoder
 from workers.training.model.losses import (
@@ -109,10 +109,12 @@ class PPOTrainer:
         self.params = [p for n, p in model.named_parameters() if f".{POLICY}." in n] + list(value_head.parameters())
         for p in self.params:
             p.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.params, lr=step_lr(cfg, 0), weight_decay=0.0)
         self.kl = AdaptiveKL(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.engine = BatchGenerator(model, enc.tokenizer, device=device)
         self.step = 0
+        self.budget_spent = False
+        """A step's rollouts passed ``kl_budget``: the run is over (kept in the checkpoint, so a resume stops too)."""
 
     def prompts_for(self, step: int, prompts: list[str]) -> list[str]:
         """The step's prompts: a deterministic draw without replacement within each pass over ``prompts``."""
@@ -214,8 +216,12 @@ class PPOTrainer:
     def train_step(self, prompts: list[str]) -> StepStats:
         started = time.perf_counter()
         ro = self.rollout(self.prompts_for(self.step, prompts), seed=self.cfg.seed * 1_000_003 + self.step * 4096)
-        pg, vf, cf, ak, epochs = self.update(ro)
         mean_kl = float(ro.kl.mean())
+        # Over the budget already: no update (it would only move further), and the run ends here.
+        self.budget_spent = mean_kl > self.cfg.kl_budget
+        for group in self.optimizer.param_groups:
+            group["lr"] = step_lr(self.cfg, self.step)
+        pg, vf, cf, ak, epochs = (0.0, 0.0, 0.0, 0.0, 0) if self.budget_spent else self.update(ro)
         stats = StepStats(
             self.step,
             float(ro.scores.mean()),
@@ -244,6 +250,7 @@ class PPOTrainer:
             "step": self.step,
             "config": asdict(self.cfg),
             "kl_coef": self.kl.value,
+            "budget_spent": self.budget_spent,
             "policy": get_peft_model_state_dict(self.model, adapter_name=POLICY),
             "value_head": self.value_head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -267,6 +274,7 @@ class PPOTrainer:
         self.value_head.load_state_dict(state["value_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl.value, self.step = state["kl_coef"], state["step"]
+        self.budget_spent = state.get("budget_spent", False)  # absent from checkpoints written before the budget
         return [StepStats(**h) for h in state["history"]]
 
 
@@ -277,13 +285,15 @@ def train_ppo(
     run_id: str,
     on_step: Callable[[StepStats], None] | None = None,
 ) -> list[StepStats]:
-    """Run (or resume, when ``checkpoint`` exists) to ``cfg.steps``; checkpoints every ``checkpoint_every`` steps."""
+    """Run (or resume, when ``checkpoint`` exists) to ``cfg.steps``, or until a step's rollouts pass the KL
+    budget; checkpoints every ``checkpoint_every`` steps and at the end."""
     history = trainer.load(checkpoint, run_id) if checkpoint.exists() else []
-    while trainer.step < trainer.cfg.steps:
+    while trainer.step < trainer.cfg.steps and not trainer.budget_spent:
         stats = trainer.train_step(prompts)
         history.append(stats)
         if on_step:
             on_step(stats)
-        if trainer.step % trainer.cfg.checkpoint_every == 0 or trainer.step == trainer.cfg.steps:
+        done = trainer.step == trainer.cfg.steps or trainer.budget_spent
+        if trainer.step % trainer.cfg.checkpoint_every == 0 or done:
             trainer.save(checkpoint, run_id, history)
     return history

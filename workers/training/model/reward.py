@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rlhf_loop.preferences.dataset import ExampleRecord, PairRecord
-from workers.training.config import RewardConfig
+from workers.training.config import RewardConfig, scaled_lr
 from workers.training.model.encoding import Encoder
 from workers.training.model.losses import reward_loss, roc_auc
 from workers.training.model.roles import REWARD, Packed, ScalarHead, last_hidden, pack, sequence_scores
@@ -125,7 +125,7 @@ def train_reward(
     params = [p for n, p in model.named_parameters() if f".{REWARD}." in n] + list(head.parameters())
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=scaled_lr(cfg.lr, cfg.lora), weight_decay=0.0)
     rng = random.Random(cfg.seed)
     tokens = Tokens(enc)
     examples = list(examples)

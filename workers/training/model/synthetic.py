@@ -32,10 +32,13 @@ def simulated_pairs(
     per_prompt: int = 4,
     raters: int = 5,
     seed: int = 0,
+    max_new_tokens: int = 48,
 ) -> list[PairRecord]:
     """Sample ``per_prompt`` responses per prompt, let ``raters`` users rate each, and build the pairs."""
     rng = random.Random(seed)
-    texts = generate(model, tokenizer, [p for p in prompts for _ in range(per_prompt)], seed=seed)
+    texts = generate(
+        model, tokenizer, [p for p in prompts for _ in range(per_prompt)], seed=seed, max_new_tokens=max_new_tokens
+    )
     now = datetime.now(UTC)
     out: list[PairRecord] = []
     for g, prompt in enumerate(prompts):

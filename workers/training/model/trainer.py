@@ -141,7 +141,7 @@ def train(
     history = train_ppo(trainer, dataset.prompts, work / CHECKPOINT, run_id, on_step)  # returns at once when done
     if not (work / ADAPTER_DIR).exists():
         write_dir_atomic(work / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp), selected_adapters=[POLICY]))
-    metrics["ppo"] = _ppo_summary(history)
+    metrics["ppo"] = {**_ppo_summary(history), "budget_spent": trainer.budget_spent}
     (work / "ppo_history.json").write_text(json.dumps([asdict(h) for h in history]))
 
     report("evaluate", 0, 1, {})
@@ -164,6 +164,7 @@ def _ppo_summary(history: list[StepStats]) -> dict[str, float]:
     return {
         "steps": len(history),
         "score_first": history[0].score,
+        "kl_first": history[0].kl,
         "score_last": sum(h.score for h in tail) / len(tail),
         "kl_last": sum(h.kl for h in tail) / len(tail),
         "kl_coef": history[-1].kl_coef,
