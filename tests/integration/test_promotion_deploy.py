@@ -252,7 +252,7 @@ def _click(driver, element_id: str) -> None:  # noqa: ANN001 - a selenium WebDri
 
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, element_id).click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
 
 
 def _sign_in(driver, url: str, key: str) -> None:  # noqa: ANN001 - a selenium WebDriver
@@ -280,7 +280,7 @@ def test_the_approval_page_approves_a_candidate_end_to_end(cluster: Cluster, bro
     _sign_in(browser, api.url, api.approver_key)
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.LINK_TEXT, "ad-page").click()
-    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
     assert browser.find_element(By.ID, "state").text == "awaiting_approval"
     assert "reward_win_rate" in browser.find_element(By.ID, "gate").text
     samples = browser.find_element(By.ID, "samples").text
