@@ -247,12 +247,25 @@ GATE = {
 def _click(driver, element_id: str) -> None:  # noqa: ANN001 - a selenium WebDriver
     """Click a submit button and wait until the page it leads to has replaced this one."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, element_id).click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 30).until(_replaced(page))
+
+
+def _replaced(page):  # noqa: ANN001, ANN202 - selenium types
+    """staleness_of, also for Chrome's "does not belong to the document" answer about a replaced page."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support import expected_conditions
+
+    def check(driver) -> bool:  # noqa: ANN001
+        try:
+            return expected_conditions.staleness_of(page)(driver)
+        except WebDriverException as e:
+            return "does not belong to the document" in str(e)
+
+    return check
 
 
 def _sign_in(driver, url: str, key: str) -> None:  # noqa: ANN001 - a selenium WebDriver
@@ -266,7 +279,6 @@ def _sign_in(driver, url: str, key: str) -> None:  # noqa: ANN001 - a selenium W
 
 def test_the_approval_page_approves_a_candidate_end_to_end(cluster: Cluster, browser) -> None:  # noqa: ANN001
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     api = cluster.apis[0]
@@ -280,7 +292,7 @@ def test_the_approval_page_approves_a_candidate_end_to_end(cluster: Cluster, bro
     _sign_in(browser, api.url, api.approver_key)
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.LINK_TEXT, "ad-page").click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 30).until(_replaced(page))
     assert browser.find_element(By.ID, "state").text == "awaiting_approval"
     assert "reward_win_rate" in browser.find_element(By.ID, "gate").text
     samples = browser.find_element(By.ID, "samples").text

@@ -44,7 +44,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HYPER = {
     "min_examples": 8,
     "eval_prompts": 2,
-    "ppo": {"episodes": 64, "batch_size": 16, "minibatch_size": 8, "max_new_tokens": 8, "checkpoint_every": 1},
+    "ppo": {
+        "episodes": 64,
+        "batch_size": 16,
+        "minibatch_size": 8,
+        "max_new_tokens": 8,
+        "checkpoint_every": 1,
+        "kl_budget": 1000.0,
+    },
     "reward": {"epochs": 1},
 }
 LEASE = TrainingSettings(lease_s=3, requeue_after_s=2)
