@@ -37,6 +37,8 @@ from tests.support.processes import ServiceProcess, free_port
 from tests.support.training import store_pairs
 from workers.training.celery_app import RETRAIN, make_celery
 from workers.training.lease import busy_run
+from workers.training.model.checkpoint import read_checkpoint
+from workers.training.model.trainer import CHECKPOINT
 from workers.training.pipeline import create_run, run_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,7 +47,7 @@ HYPER = {
     "min_examples": 8,
     "eval_prompts": 2,
     "ppo": {
-        "episodes": 64,
+        "episodes": 512,  # 32 PPO steps: a wide window to kill the worker in, however fast the machine
         "batch_size": 16,
         "minibatch_size": 8,
         "max_new_tokens": 8,
@@ -54,6 +56,7 @@ HYPER = {
     },
     "reward": {"epochs": 1},
 }
+STEPS = HYPER["ppo"]["episodes"] // HYPER["ppo"]["batch_size"]
 LEASE = TrainingSettings(lease_s=3, requeue_after_s=2)
 MIN_NEW = 24
 
@@ -216,11 +219,30 @@ def test_an_error_that_is_not_a_training_error_fails_the_run_and_the_next_check_
     assert started.created_at > run.finished_at  # beat's next check found nothing busy and started a run
 
 
+def checkpointed_step(checkpoint: Path, at_least: int, timeout_s: float) -> int:
+    """The PPO step in ``checkpoint`` once it reaches ``at_least``: read from the file itself, because the run
+    record's progress is written only every few seconds and a fast machine finishes PPO in between."""
+    deadline, seen = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            stamp = checkpoint.stat().st_mtime_ns
+            if stamp != seen:  # each save is a new file renamed into place
+                seen, step = stamp, read_checkpoint(checkpoint, "cpu")["step"]
+                if step >= at_least:
+                    return step
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"{checkpoint} did not reach step {at_least} in {timeout_s} s")
+
+
 def test_a_run_whose_worker_dies_whole_is_sent_again_by_beat_and_finishes(stack: Stack) -> None:
     auto = lambda r: r.metrics.get("reason", "").endswith("new training examples")  # noqa: E731 - the run above
-    late = lambda r: auto(r) and r.stage == "ppo" and r.metrics.get("progress", {}).get("step", 0) >= 3  # noqa: E731
-    in_ppo = stack.wait_run(late, timeout_s=480)  # mid-run: 3 of the 4 PPO steps checkpointed
+    in_ppo = stack.wait_run(lambda r: auto(r) and r.stage == "ppo", timeout_s=480)
+    checkpoint = Path(stack.settings.artifacts_dir) / "runs" / in_ppo.id / CHECKPOINT
+    step = checkpointed_step(checkpoint, at_least=3, timeout_s=120)
     stack.gpu.kill()  # SIGKILL to the whole worker: main process and pool, nobody gives the message back
+    assert step < STEPS, "the run finished before the worker could be killed mid-run"
     stack.start_gpu()
     run = stack.wait_run(lambda r: r.id == in_ppo.id and r.status in ("succeeded", "failed"), timeout_s=300)
     assert run.status == "succeeded", run.error
@@ -229,5 +251,5 @@ def test_a_run_whose_worker_dies_whole_is_sent_again_by_beat_and_finishes(stack:
         [adapter] = session.scalars(select(Adapter).where(Adapter.run_id == run.id)).all()
     assert adapter.sha256 == dir_sha256(Path(adapter.path))
     history = json.loads((Path(stack.settings.artifacts_dir) / "runs" / run.id / "ppo_history.json").read_text())
-    assert [h["step"] for h in history] == list(range(64 // 16)), "each PPO step exactly once"
+    assert [h["step"] for h in history] == list(range(STEPS)), "each PPO step exactly once"
     assert stack.beat_metric('rlhf_training_runs_requeued_total{reason="stale_lease"}') >= 1
