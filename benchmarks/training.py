@@ -183,16 +183,17 @@ def stage_ours_rm(work: Path, s: dict) -> dict:
 
 def stage_ours_ppo(work: Path, s: dict) -> dict:
     from rlhf_loop.preferences.dataset import read_prompts
+    from workers.training.config import fit_to_reward_model
     from workers.training.model.ppo import PPOTrainer, RewardNorm, train_ppo
     from workers.training.model.reward import load_reward
     from workers.training.model.roles import POLICY, ScalarHead
 
-    cfg = train_config(s["hp"])
     model, _, enc, width = _model(s)
     reward_head, value_head = ScalarHead(width), ScalarHead(width)
     meta = load_reward(work / "ours" / "reward_model", model, reward_head)
+    cfg = fit_to_reward_model(train_config(s["hp"]).ppo, meta)  # as the trainer does
     trainer = PPOTrainer(
-        model, value_head, reward_head, enc, cfg.ppo, RewardNorm(meta["score_mean"], meta["score_std"]), "cpu"
+        model, value_head, reward_head, enc, cfg, RewardNorm(meta["score_mean"], meta["score_std"]), "cpu"
     )
     checkpoint = work / "ours" / "ppo.ckpt"
     checkpoint.unlink(missing_ok=True)  # else train_ppo resumes a finished run
@@ -200,9 +201,10 @@ def stage_ours_ppo(work: Path, s: dict) -> dict:
     history = train_ppo(trainer, read_prompts(work / "prompts.jsonl"), checkpoint, "benchmark")
     seconds = time.perf_counter() - started
     model.save_pretrained(str(work / "ours" / "policy"), selected_adapters=[POLICY])
-    episodes = len(history) * cfg.ppo.batch_size  # fewer than asked when the KL budget ended the run
+    episodes = len(history) * cfg.batch_size  # fewer than asked when the KL budget ended the run
     return {
         "ppo_episodes": episodes,
+        "ppo_lr_decay": cfg.lr_decay,
         "ppo_kl_last": round(history[-1].kl, 3),
         "ppo_kl_budget_spent": trainer.budget_spent,
         "ppo_train_s": round(seconds, 3),

@@ -178,16 +178,46 @@ def test_learning_rate_is_scaled_by_the_adapter_size() -> None:
     assert scaled_lr(1e-3, LoraShape(r=8, alpha=32)) == pytest.approx(5e-4)
 
 
-def test_ppo_learning_rate_decays_linearly_over_the_run_unless_turned_off() -> None:
+def test_ppo_learning_rate_loses_the_decay_share_linearly_over_the_run() -> None:
     from workers.training.config import step_lr
 
-    cfg = PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=True)  # 8 steps, the reference adapter shape
+    cfg = PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=1.0)  # 8 steps, the reference adapter shape
     rates = [step_lr(cfg, step) for step in range(cfg.steps)]
     assert rates[0] == pytest.approx(1e-3)
     assert rates[4] == pytest.approx(5e-4)
     assert all(a > b > 0 for a, b in zip(rates, rates[1:], strict=False))
-    flat = PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=False)
-    assert [step_lr(flat, step) for step in range(flat.steps)] == pytest.approx([1e-3] * flat.steps)
+    half = PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=0.5)
+    assert step_lr(half, 4) == pytest.approx(7.5e-4)
+    for flat in (PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=0.0), PPOConfig(episodes=256, lr=1e-3)):
+        assert [step_lr(flat, step) for step in range(flat.steps)] == pytest.approx([1e-3] * flat.steps)
+
+
+@pytest.mark.parametrize(
+    ("reward", "decay"),
+    [
+        ({"heldout_accuracy": 0.98, "heldout_thumbs_auc": None}, 0.0),  # trusted: constant rate
+        ({"heldout_accuracy": 0.9}, 0.0),
+        ({"heldout_accuracy": 0.8}, 0.5),
+        ({"heldout_accuracy": 0.68}, 1.0),  # a third of held-out pairs wrong: decay to 0
+        ({"heldout_accuracy": None, "heldout_thumbs_auc": 0.85}, 0.25),  # no pairs held out: the thumbs AUC
+        ({"heldout_accuracy": 0.95, "heldout_thumbs_auc": 0.6}, 0.0),  # pairs first
+        ({"heldout_accuracy": None, "heldout_thumbs_auc": None}, 1.0),  # measured on nothing: not trusted
+    ],
+)
+def test_the_decay_is_fitted_to_the_reward_models_held_out_accuracy(reward: dict, decay: float) -> None:
+    from workers.training.config import fit_to_reward_model
+
+    assert fit_to_reward_model(PPOConfig(), reward).lr_decay == pytest.approx(decay)
+
+
+def test_a_decay_that_is_set_is_kept_and_bad_ones_are_refused() -> None:
+    from workers.training.config import fit_to_reward_model
+
+    assert fit_to_reward_model(PPOConfig(lr_decay=0.3), {"heldout_accuracy": 0.5}).lr_decay == 0.3
+    with pytest.raises(BadConfig, match="ppo.lr_decay"):
+        PPOConfig(lr_decay=1.5)
+    with pytest.raises(BadConfig, match="ppo.lr_decay_accuracy"):
+        TrainConfig.from_dict({"ppo": {"lr_decay_accuracy": [0.9, 0.7]}})
 
 
 def _run_metrics(accuracy: float, before: float, after: float, kl: float, spent: bool) -> dict:
@@ -212,6 +242,10 @@ def test_the_run_summary_states_the_figures_and_warns_on_over_and_under_optimiza
     assert "-0.100 before PPO -> +0.800 after" in lines[1]
     assert "0.00 nats before PPO -> 2.00 after" in lines[2]
     assert warnings == []  # a healthy run
+    fitted = {**_run_metrics(0.8, 0.0, 0.5, 1.0, False)}
+    fitted["ppo"] = {**fitted["ppo"], "lr_decay": 0.5}
+    lines, _ = summarize(fitted, cfg)
+    assert lines[3] == "PPO learning rate: decayed by 50% over the run (fitted to the reward model's held-out accuracy)"
     _, warnings = summarize(_run_metrics(0.9, -0.1, 0.8, 4.2, True), cfg)
     assert len(warnings) == 1 and "spent its KL budget" in warnings[0] and "after 3 of 16 steps" in warnings[0]
     _, warnings = summarize(_run_metrics(0.9, 0.0, 2.5, 3.0, False), cfg)

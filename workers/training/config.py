@@ -108,12 +108,16 @@ class PPOConfig:
     lr: float = 1e-3
     """AdamW learning rate (LoRA and value head) of an adapter of rank 8 and alpha 16; other shapes train at
     :func:`scaled_lr` of it (see docs/training.md)."""
-    lr_decay: bool = False
-    """Decay the learning rate linearly from ``lr`` toward 0 over the run's steps (as TRL's PPO does): the
-    late steps, where the policy is already far from the base and a weak reward model is easiest to
-    exploit, move it less. Off by default: on the demo loop it costs the retrain its margin (the
-    negative-feedback ratio 0.40 -> 0.51); on the "garden" world it is what lifts our PPO to TRL's gain
-    (docs/training.md, "garden")."""
+    lr_decay: float | None = None
+    """Share of the learning rate a linear schedule takes away by the run's last step: 0 keeps it constant,
+    1 decays it to 0 (as TRL's PPO does). The late steps, where the policy is already far from the base,
+    are where an imperfect reward model is exploited; a smaller rate there moves the policy less. None (the
+    default): chosen for each run from its reward model (:func:`fit_to_reward_model`)."""
+    lr_decay_accuracy: tuple[float, float] = (0.7, 0.9)
+    """With ``lr_decay`` None: the reward model's held-out accuracy at or below which the rate decays to 0,
+    and at or above which it stays constant (linear between). Below 0.7 nearly one held-out pair in three
+    is ordered wrongly and the late steps mostly buy the reward model's mistakes; above 0.9 following it
+    for the whole run paid (docs/training.md, "One set of defaults")."""
     clip: float = 0.2
     """Policy ratio clip range."""
     value_clip: float = 0.2
@@ -173,6 +177,13 @@ class PPOConfig:
             "ppo.kl_budget",
             f"must be >= target_kl {self.target_kl}, got {self.kl_budget}",
         )
+        _check(
+            self.lr_decay is None or 0 <= self.lr_decay <= 1,
+            "ppo.lr_decay",
+            f"must be in [0, 1] or null (chosen from the reward model), got {self.lr_decay}",
+        )
+        low, high = self.lr_decay_accuracy
+        _check(0 <= low < high <= 1, "ppo.lr_decay_accuracy", f"must be [low, high] in [0, 1], got {low}, {high}")
         _check(self.kl_horizon >= 1, "ppo.kl_horizon", f"must be >= 1, got {self.kl_horizon}")
         _check(self.max_new_tokens >= 1, "ppo.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature > 0, "ppo.temperature", f"must be > 0, got {self.temperature}")
@@ -196,12 +207,24 @@ def scaled_lr(lr: float, shape: LoraShape, reference: LoraShape = REFERENCE_LORA
     return lr * (reference.alpha / reference.r) * reference.r**0.5 / growth
 
 
+def fit_to_reward_model(cfg: PPOConfig, reward: dict[str, Any]) -> PPOConfig:
+    """``cfg`` with ``lr_decay`` chosen from the reward model's figures (``reward``: its saved metadata) when
+    it is None: from the held-out pair accuracy, else the held-out thumbs ROC-AUC (the same quantity on
+    (up, down) pairs). A reward model measured on neither is not trusted past the early steps: full decay."""
+    if cfg.lr_decay is not None:
+        return cfg
+    measured = next((reward[k] for k in ("heldout_accuracy", "heldout_thumbs_auc") if reward.get(k) is not None), None)
+    low, high = cfg.lr_decay_accuracy
+    trust = 0.0 if measured is None else min(1.0, max(0.0, (measured - low) / (high - low)))
+    return dataclasses.replace(cfg, lr_decay=round(1.0 - trust, 4))
+
+
 def step_lr(cfg: PPOConfig, step: int) -> float:
-    """The learning rate of PPO step ``step`` (0-based): :func:`scaled_lr` of ``cfg.lr``, decayed linearly
-    toward 0 over ``cfg.steps`` when ``cfg.lr_decay``. A function of the step alone, so a resumed run
-    follows the same schedule."""
+    """The learning rate of PPO step ``step`` (0-based): :func:`scaled_lr` of ``cfg.lr``, less the share
+    ``cfg.lr_decay`` of it by the last step, linearly (None, a config not yet fitted to a reward model, as
+    0). A function of the step alone, so a resumed run follows the same schedule."""
     lr = scaled_lr(cfg.lr, cfg.lora)
-    return lr * (1.0 - step / cfg.steps) if cfg.lr_decay else lr
+    return lr * (1.0 - (cfg.lr_decay or 0.0) * step / cfg.steps)
 
 
 @dataclass(frozen=True)

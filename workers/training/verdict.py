@@ -39,6 +39,11 @@ def summarize(metrics: dict[str, Any], config: dict[str, Any]) -> tuple[list[str
         f"KL from the base: {_fmt(kl_before, '.2f')} nats before PPO -> {_fmt(kl_after, '.2f')} after "
         f"(target {target:g}, budget {budget:g})",
     ]
+    if ppo.get("lr_decay") is not None:
+        lines.append(
+            f"PPO learning rate: decayed by {ppo['lr_decay']:.0%} over the run"
+            + (" (fitted to the reward model's held-out accuracy)" if config["ppo"].get("lr_decay") is None else "")
+        )
     warnings = []
     if accuracy is not None and accuracy < WEAK_ACCURACY:
         warnings.append(

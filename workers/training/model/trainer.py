@@ -22,7 +22,7 @@ import torch
 
 from rlhf_loop.artifacts import dir_sha256, sweep_temp, write_dir_atomic
 from rlhf_loop.models.loading import load_base, resolve_device
-from workers.training.config import LoraShape, TrainConfig, target_modules_for
+from workers.training.config import LoraShape, TrainConfig, fit_to_reward_model, target_modules_for
 from workers.training.dataset import Dataset
 from workers.training.errors import BaseModelMismatch
 from workers.training.model.encoding import Encoder
@@ -123,9 +123,10 @@ def train(
     metrics["reward"] = {"mode": dataset.mode, **{k: meta.get(k) for k in REWARD_FIGURES}}
     report("reward", 1, 1, {k: meta[k] for k in ("heldout_accuracy", "heldout_thumbs_auc") if meta.get(k) is not None})
 
+    ppo_cfg = fit_to_reward_model(cfg.ppo, meta)  # the reward model on disk: a resumed run fits it the same
     value_head = ScalarHead(width).to(device)
     trainer = PPOTrainer(
-        model, value_head, reward_head, enc, cfg.ppo, RewardNorm(meta["score_mean"], meta["score_std"]), device
+        model, value_head, reward_head, enc, ppo_cfg, RewardNorm(meta["score_mean"], meta["score_std"]), device
     )
 
     def on_step(s: StepStats) -> None:
@@ -136,12 +137,12 @@ def train(
             "policy_loss": s.policy_loss,
             "value_loss": s.value_loss,
         }
-        report("ppo", s.step + 1, cfg.ppo.steps, figures)
+        report("ppo", s.step + 1, ppo_cfg.steps, figures)
 
     history = train_ppo(trainer, dataset.prompts, work / CHECKPOINT, run_id, on_step)  # returns at once when done
     if not (work / ADAPTER_DIR).exists():
         write_dir_atomic(work / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp), selected_adapters=[POLICY]))
-    metrics["ppo"] = {**_ppo_summary(history), "budget_spent": trainer.budget_spent}
+    metrics["ppo"] = {**_ppo_summary(history), "budget_spent": trainer.budget_spent, "lr_decay": ppo_cfg.lr_decay}
     (work / "ppo_history.json").write_text(json.dumps([asdict(h) for h in history]))
 
     report("evaluate", 0, 1, {})
