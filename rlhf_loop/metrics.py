@@ -282,7 +282,7 @@ ADAPTER_VERIFICATION_FAILURES = Counter(
     "Adapter artifacts refused before use, by who refused them and why (hash_mismatch, unsafe_format, missing).",
     ["consumer", "reason"],
 )  # rlhf_loop/artifacts.py
-ADAPTER_CONSUMERS = ("serving", "training")
+ADAPTER_CONSUMERS = ("serving", "training", "gate")
 ADAPTER_REFUSALS = ("hash_mismatch", "unsafe_format", "missing")
 for _consumer in ADAPTER_CONSUMERS:
     ADAPTER_VERIFICATIONS.labels(_consumer)

@@ -170,6 +170,30 @@ def test_the_gate_fails_an_adapter_that_repeats_itself(trained: Trained, tmp_pat
         promotions.approve("ad-loop", Actor("ml-team", 2), "looks fine to me")
 
 
+def test_the_gate_refuses_a_candidate_whose_files_were_altered_after_registration(
+    trained: Trained, tmp_path: Path, demo_model_dir: Path
+) -> None:
+    from rlhf_loop import metrics as m
+
+    settings, promotions = _fresh(trained, tmp_path)
+    with promotions.sessions() as session:
+        original = Path(session.get(Adapter, trained.candidate).path)
+    shutil.copytree(original, tmp_path / "altered")
+    with promotions.sessions.begin() as session:
+        register(session, "ad-altered", tmp_path / "altered", run_id=trained.run_id, base_model=str(demo_model_dir))
+    [weights] = (tmp_path / "altered").glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # swapped after the hash was recorded
+    refusals = m.ADAPTER_VERIFICATION_FAILURES.labels("gate", "hash_mismatch")
+    before = refusals._value.get()
+
+    assert gate_candidate(settings, promotions.sessions, "ad-altered", str(demo_model_dir)) == "gated"
+    with promotions.sessions() as session:
+        gate = session.get(Adapter, "ad-altered").metrics["gate"]
+    [check] = gate["checks"]  # nothing was measured on files nobody registered
+    assert not gate["passed"] and check["name"] == "adapter_files" and "altered after registration" in check["detail"]
+    assert refusals._value.get() == before + 1
+
+
 def test_the_gate_fails_a_rambling_adapter_by_both_judges_and_the_golden_suite(
     trained: Trained, tmp_path: Path, demo_model_dir: Path
 ) -> None:

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from rlhf_loop.artifacts import AdapterRefused, verify_adapter
 from rlhf_loop.generation import BASE, GenerationRequest
 from rlhf_loop.models.loading import load_base, resolve_device
 from rlhf_loop.settings import Settings
 from schemas.events import prompt_hash
 from schemas.tables import Adapter, DatasetSnapshot, DeploymentPointer, Response, TrainingRun
 from services.promotion.actions import Promotions
-from services.promotion.gate import Measurements, decide
+from services.promotion.gate import Check, GateResult, Measurements, decide
 from services.promotion.golden import GoldenCase, load_golden
 from services.promotion.states import State
 from workers.training.config import TrainConfig
@@ -59,10 +60,30 @@ def gate_candidate(settings: Settings, sessions: sessionmaker[Session], adapter_
         state = session.get(Adapter, adapter_id).state
     if state != State.CANDIDATE:
         return state
-    golden = load_golden(settings.promotion.golden_path)
-    measurements = measure(settings, sessions, adapter_id, base_model, golden)
-    result = decide(measurements, golden, settings.promotion)
+    refused = _refused_files(sessions, adapter_id)
+    if refused is not None:
+        result = GateResult(False, [Check("adapter_files", 0.0, 1.0, ">=", False, refused)])
+    else:
+        golden = load_golden(settings.promotion.golden_path)
+        measurements = measure(settings, sessions, adapter_id, base_model, golden)
+        result = decide(measurements, golden, settings.promotion)
     return Promotions(sessions, settings.promotion, settings.redis.url).record_gate(adapter_id, result)
+
+
+def _refused_files(sessions: sessionmaker[Session], adapter_id: str) -> str | None:
+    """Why the candidate's or the active adapter's files are not the registered ones (None: both are): the
+    gate loads both into the worker, and a verdict on altered files would promote what nobody measured."""
+    with sessions() as session:
+        candidate = session.get(Adapter, adapter_id)
+        pointer = session.get(DeploymentPointer, "active")
+        adapters = [candidate] + ([session.get(Adapter, pointer.adapter_id)] if pointer and pointer.adapter_id else [])
+        checked = [(a.id, Path(a.path), a.sha256) for a in adapters]
+    for which, path, sha256 in checked:
+        try:
+            verify_adapter(path, sha256, consumer="gate")
+        except AdapterRefused as e:
+            return f"{which}: {e}"
+    return None
 
 
 def gate_prompts(session: Session, dataset: Dataset, limit: int, scan_factor: int = 20) -> list[str]:
