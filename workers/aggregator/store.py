@@ -46,8 +46,9 @@ def _insert(session: Session, mapped):  # noqa: ANN001, ANN202 - a dialect inser
 
 def _staged(session: Session, mapped, rows: list[dict]) -> TableClause:  # noqa: ANN001 - a mapped class
     """COPY ``rows`` (dicts with the same keys) into this connection's temporary staging table for the
-    mapped class's table (created on first use with those columns' types, emptied at every commit and
-    here, so a second use in one transaction starts empty); returns the staging table."""
+    mapped class's table (created on first use with those columns' types, so each table has one set of
+    staged columns; emptied at every commit and here, so a second use in one transaction starts
+    empty); returns the staging table."""
     table = mapped.__table__
     names = list(rows[0])
     stage = f"rlhf_stage_{table.name}"
@@ -63,7 +64,8 @@ def _staged(session: Session, mapped, rows: list[dict]) -> TableClause:  # noqa:
     statement = f"COPY {stage} ({columns}) FROM STDIN"
     dbapi = session.get_bind().dialect.loaded_dbapi
     try:
-        with session.connection().connection.driver_connection.cursor().copy(statement) as copy:
+        cursor = session.connection().connection.driver_connection.cursor()
+        with cursor, cursor.copy(statement) as copy:
             for row in rows:
                 for n in as_json:  # JSON goes as its text; COPY's input function parses it
                     row = {**row, n: None if row[n] is None else json.dumps(row[n])}
