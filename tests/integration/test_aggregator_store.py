@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
-from rlhf_loop.preferences.pairs import build_pairs
+from rlhf_loop.preferences.comparisons import group_pairs
+from rlhf_loop.preferences.pairs import PairRules, build_pairs
 from rlhf_loop.settings import DatabaseSettings
 from schemas.events import FeedbackGiven, ResponseLogged, SamplingParams, prompt_hash
 from schemas.tables import Feedback, PreferencePair, Response
@@ -144,3 +145,41 @@ def test_a_group_read_stops_at_its_earliest_ratings(session: Session) -> None:
     with session.begin():
         read = votes_by_group(session, [PH], limit=28)  # r3 (minute 97) is among the earliest 28
     assert [v.response_id for v in read[PH]] == [f"r{i}" for i in range(29, 1, -1) if i != 3]
+
+
+def test_a_group_read_leaves_out_only_votes_beyond_the_rater_cap(session: Session) -> None:
+    """Rule 1 in SQL: with ``per_rater``, a user's votes after their earliest ``per_rater`` (ties in time
+    by response id in code-point order, as ``pairs.capped_votes``) are not read unless their response
+    is in a comparison, and the group's pairs and labels are those of every vote."""
+    with session.begin():
+        ids = ["a0", "a1", "a2", "Rb", "ra", "c7", "c8"]
+        comparison = {"c7": "c1", "c8": "c1"}
+        insert_responses(session, [response(r).model_copy(update={"comparison_id": comparison.get(r)}) for r in ids])
+        u1 = {
+            "a0": (10, 1),
+            "a1": (11, -1),
+            "Rb": (12, 1),
+            "ra": (12, -1),
+            "a2": (13, 1),
+            "c7": (14, 1),
+            "c8": (15, -1),
+        }
+        u2 = {"a0": (30, -1), "a1": (29, -1), "a2": (28, 1), "ra": (27, 1)}
+        upsert_feedback(
+            session,
+            [
+                rating(r, user, value, minute)
+                for user, rated in (("u1", u1), ("u2", u2))
+                for r, (minute, value) in rated.items()
+            ],
+        )
+    with session.begin():
+        every = votes_by_group(session, [PH])[PH]
+        capped = votes_by_group(session, [PH], per_rater=3)[PH]
+    assert len(every) == 11
+    assert {v.response_id for v in capped if v.user_ref == "u1"} == {"a0", "a1", "Rb", "c7", "c8"}  # "Rb" < "ra"
+    assert {v.response_id for v in capped if v.user_ref == "u2"} == {"a1", "a2", "ra"}
+    rules = PairRules(max_votes_per_rater=3)
+    pairs, labels = group_pairs(PH, capped, [], rules)
+    assert (pairs, labels) == group_pairs(PH, every, [], rules)
+    assert {p.source for p in pairs} == {"prompt_group", "comparison"}

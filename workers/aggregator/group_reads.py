@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import column, func, select, true, values
+from sqlalchemy import column, func, or_, select, true, values
 from sqlalchemy.orm import Session
 
 from rlhf_loop.preferences.comparisons import Choice
@@ -22,39 +22,53 @@ GROUP_READ_LIMIT = PairRules().max_votes_per_group
 def _planner(setting: str):  # noqa: ANN202 - a select
     """Sorting and bitmap scans off (or back on) for the rest of the transaction. The planner sizes a
     group by the average group: for the one huge group it would read all of it and sort, where the
-    index scan in order stops at the limit, and that is the right plan for a group of any size."""
+    index scan in order stops at the limit, and that is the right plan for a group of any size.
+    JIT compilation stays off for the rest of the transaction: the penalty on the one sort the read
+    needs (rule 1's rank) inflates its estimated cost past the JIT threshold, and compiling costs more
+    than any of these short statements."""
     return select(
         func.set_config("enable_sort", setting, True),
         func.set_config("enable_bitmapscan", setting, True),
+        func.set_config("jit", "off", True),
     )
 
 
-def _bounded_by_group(session: Session, hashes: list[str], rows, group_col, limit: int, then=None):  # noqa: ANN001, ANN202
+def _bounded_by_group(session: Session, hashes: list[str], rows, group_col, limit: int, then=None, last=None):  # noqa: ANN001, ANN202
     """``rows`` (a select of one table, ordered, to which the ``group_col`` filter is added) limited to
     ``limit`` per prompt group, for every group of ``hashes``; ``then(rows_subquery)``, if given,
-    builds the final select from those rows (a join). On PostgreSQL one query (a LATERAL per group,
-    each an index range scan that stops at the limit), elsewhere one query per group."""
+    builds a select from those rows (a join), and ``last(that_subquery)``, if given, the final select
+    over it. On PostgreSQL one query (a LATERAL per group, each an index range scan that stops at the
+    limit), elsewhere one query per group."""
     then = then or (lambda sub: select(sub))
+    last = last or (lambda stmt: stmt)
     if not is_postgresql(session):
         return [
-            row for h in hashes for row in session.execute(then(rows.where(group_col == h).limit(limit).subquery()))
+            row
+            for h in hashes
+            for row in session.connection().execute(last(then(rows.where(group_col == h).limit(limit).subquery())))
         ]
     wanted = values(column("h", group_col.type), name="wanted").data([(h,) for h in hashes])
     per_group = rows.where(group_col == wanted.c.h).limit(limit).lateral()
     session.execute(_planner("off"))
-    found = session.execute(then(per_group).select_from(wanted.join(per_group, true()))).all()
+    found = session.connection().execute(last(then(per_group).select_from(wanted.join(per_group, true())))).all()
     session.execute(_planner("on"))
     return found
 
 
 def votes_by_group(
-    session: Session, prompt_hashes: Iterable[str], limit: int = GROUP_READ_LIMIT
+    session: Session, prompt_hashes: Iterable[str], limit: int = GROUP_READ_LIMIT, per_rater: int | None = None
 ) -> dict[str, list[Vote]]:
     """Current votes of each prompt group on responses that have arrived: of the group's earliest
     ``limit`` stored ratings by (created_at, response_id, user_ref), those whose response is stored
     (a rating waiting for its response holds its place in the window but counts only once the
     response arrives; ``pairs.counted_votes`` is the same rule once every response has arrived).
-    One group's read is bounded however popular its prompt (an index covers the order)."""
+    One group's read is bounded however popular its prompt (an index covers the order).
+
+    With ``per_rater``, a user's votes beyond their earliest ``per_rater`` in the group (by created_at,
+    response_id: ``pairs.capped_votes``) are left out unless their response is in a comparison group:
+    the pairs derived from what is returned are the same (prompt-group pairs count only a rater's
+    earliest votes, comparison pairs every vote in a comparison), and the database drops the rest
+    instead of Python building votes that count for nothing."""
     hashes = sorted(set(prompt_hashes))
     groups: dict[str, list[Vote]] = {h: [] for h in hashes}
     if not hashes:
@@ -64,12 +78,26 @@ def votes_by_group(
     ).order_by(Feedback.created_at, Feedback.response_id, Feedback.user_ref)
 
     def with_response(sub):  # noqa: ANN001, ANN202 - the limited ratings, a (lateral) subquery
-        return select(sub, Response.text_key, Response.comparison_id).join(
+        # Python's order of ids (code points) is the C collation's, whatever the database's default
+        by_id = sub.c.response_id.collate("C") if is_postgresql(session) else sub.c.response_id
+        rater = (sub.c.prompt_hash, sub.c.user_ref)
+        rank = func.row_number().over(partition_by=rater, order_by=(sub.c.created_at, by_id))
+        return select(sub, Response.text_key, Response.comparison_id, rank.label("rater_rank")).join(
             Response, Response.response_id == sub.c.response_id
         )
 
+    def counted(stmt):  # noqa: ANN001, ANN202 - the ratings with their responses
+        found = stmt.subquery()
+        kept = select(*[found.c[n] for n in ("prompt_hash", "response_id", "user_ref", "rating", "created_at")])
+        kept = kept.add_columns(found.c.text_key, found.c.comparison_id).order_by(
+            found.c.prompt_hash, found.c.created_at, found.c.response_id, found.c.user_ref
+        )
+        if per_rater is None:
+            return kept
+        return kept.where(or_(found.c.rater_rank <= per_rater, found.c.comparison_id.is_not(None)))
+
     for group, r, u, rating, at, key, comparison in _bounded_by_group(
-        session, hashes, rows, Feedback.prompt_hash, limit, with_response
+        session, hashes, rows, Feedback.prompt_hash, limit, with_response, counted
     ):
         groups[group].append(Vote(r, u, rating, at, key, comparison))
     return groups

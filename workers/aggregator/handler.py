@@ -58,7 +58,7 @@ REFUSED_DATA = (DataError, IntegrityError)
 
 def rederive(session: Session, prompt_hashes: Iterable[str], rules: PairRules) -> int:
     """Recompute and store the pairs of these prompt groups; returns how many pairs are new."""
-    groups = votes_by_group(session, prompt_hashes, rules.max_votes_per_group)
+    groups = votes_by_group(session, prompt_hashes, rules.max_votes_per_group, rules.max_votes_per_rater)
     choices = choices_by_group(session, groups, rules.max_votes_per_group)
     pairs = [p for group, votes in groups.items() for p in group_pairs(group, votes, choices[group], rules)[0]]
     return replace_pairs(session, groups, pairs)

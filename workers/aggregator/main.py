@@ -3,6 +3,7 @@ share the partitions (both topics are keyed by prompt group, so a group lives on
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 
@@ -39,13 +40,21 @@ def build(settings: Settings) -> BatchConsumer:
     hot = HotState(client, sessions, settings.pairs.window_s, retry_s=settings.pairs.hot_state_retry_s)
     handler = AggregatorHandler(sessions, rules(settings), hot)
     bootstrap = settings.kafka.bootstrap_servers
-    return BatchConsumer(
+    consumer = BatchConsumer(
         make_consumer(bootstrap, settings.kafka),
         [Topics.RESPONSES, Topics.FEEDBACK, Topics.CHOICES, Topics.FORGOTTEN],
         handler,
         make_dead_letter_producer(bootstrap, settings.kafka),
         settings.kafka,
     )
+    # A batch's thousands of decoded events live until its transaction commits, so with the default
+    # thresholds a collection starts every few hundred of them and the older generations' passes walk
+    # every long-lived object (SQLAlchemy's, kafka-python's) again and again. Freeze what exists now
+    # and collect the youngest generation rarely: reference counting frees nearly all a batch allocates.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    return consumer
 
 
 def run_aggregator(settings: Settings) -> None:

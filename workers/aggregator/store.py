@@ -7,9 +7,10 @@
 - pairs: a prompt group's pairs are replaced by a fresh derivation (insert new keys, update
   weights that changed, delete keys that no longer hold; unchanged pairs are not written).
 
-On PostgreSQL a batch's rows go in as one statement with one array per column (``unnest``): one
-round trip and one plan however many rows, where an executemany pays per row. The bounded reads
-of a prompt group are in ``group_reads``.
+On PostgreSQL a batch's rows are first copied (COPY, formatted by psycopg's C code) into a temporary
+staging table, then go in as one INSERT ... SELECT: one plan however many rows, where an executemany
+pays a round trip per row and arrays of parameters are formatted element by element in Python. The
+bounded reads of a prompt group are in ``group_reads``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import JSON, Text, bindparam, cast, delete, func, select, tuple_
+from sqlalchemy import JSON, column, delete, func, select, text, tuple_
+from sqlalchemy import table as sql_table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import TableClause
 
 from rlhf_loop.preferences.pairs import Pair, text_key
 from schemas.events import ChoiceMade, Event, FeedbackGiven, ResponseLogged
@@ -41,23 +44,45 @@ def _insert(session: Session, mapped):  # noqa: ANN001, ANN202 - a dialect inser
     return (postgresql.insert if is_postgresql(session) else sqlite.insert)(mapped.__table__)
 
 
-def _unnest(col, items: list) -> ColumnElement:  # noqa: ANN001 - a table column
-    """One column of rows as a PostgreSQL array, unnested (JSON travels as text, cast back)."""
-    if isinstance(col.type, JSON):
-        texts = [None if v is None else json.dumps(v) for v in items]
-        return cast(func.unnest(bindparam(None, texts, type_=postgresql.ARRAY(Text))), col.type)
-    return func.unnest(bindparam(None, items, type_=postgresql.ARRAY(col.type)))
+def _staged(session: Session, mapped, rows: list[dict]) -> TableClause:  # noqa: ANN001 - a mapped class
+    """COPY ``rows`` (dicts with the same keys) into this connection's temporary staging table for the
+    mapped class's table (created on first use with those columns' types, so each table has one set of
+    staged columns; emptied at every commit and here, so a second use in one transaction starts
+    empty); returns the staging table."""
+    table = mapped.__table__
+    names = list(rows[0])
+    stage = f"rlhf_stage_{table.name}"
+    columns = ", ".join(names)
+    session.execute(
+        text(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS "
+            f"AS SELECT {columns} FROM {table.name} WITH NO DATA"
+        )
+    )
+    session.execute(text(f"DELETE FROM {stage}"))
+    as_json = [n for n in names if isinstance(table.c[n].type, JSON)]
+    statement = f"COPY {stage} ({columns}) FROM STDIN"
+    dbapi = session.get_bind().dialect.loaded_dbapi
+    try:
+        cursor = session.connection().connection.driver_connection.cursor()
+        with cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                for n in as_json:  # JSON goes as its text; COPY's input function parses it
+                    row = {**row, n: None if row[n] is None else json.dumps(row[n])}
+                copy.write_row(tuple(row.values()))
+    except dbapi.Error as e:  # the driver's own error: as SQLAlchemy's (DataError...), as execute raises
+        raise DBAPIError.instance(statement, None, e, dbapi.Error) from e
+    return sql_table(stage, *[column(n) for n in names])
 
 
 def _insert_rows(session: Session, mapped, rows: list[dict]):  # noqa: ANN001, ANN202
     """An INSERT of ``rows`` (dicts with the same keys) and its execute parameters: on PostgreSQL one
-    statement over unnested arrays, elsewhere an executemany."""
+    INSERT ... SELECT from the staged rows, elsewhere an executemany."""
     if not is_postgresql(session):
         return sqlite.insert(mapped.__table__), rows
-    table = mapped.__table__
     names = list(rows[0])
-    source = select(*[_unnest(table.c[n], [r[n] for r in rows]) for n in names])
-    return postgresql.insert(table).from_select(names, source), None
+    stage = _staged(session, mapped, rows)
+    return postgresql.insert(mapped.__table__).from_select(names, select(*[stage.c[n] for n in names])), None
 
 
 def _written(session: Session, mapped, stmt, params: list[dict] | None) -> set[uuid.UUID]:  # noqa: ANN001
