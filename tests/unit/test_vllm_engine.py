@@ -121,6 +121,25 @@ def test_a_restarted_replica_gets_the_served_adapters_back_before_requests() -> 
     assert fake.loaded["b"] == {"one"} and len(replicas.serving("one")) == 2
 
 
+@pytest.mark.allow_error_logs  # the refused reload is logged as an error, by design
+def test_a_restarted_replica_does_not_get_files_altered_since_the_deployment(tmp_path: Path) -> None:
+    from rlhf_loop import metrics as m
+    from rlhf_loop.artifacts import dir_sha256
+
+    adapter = tmp_path / "one"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    fake, replicas, adapters = orchestration()
+    adapters.deploy("one", adapter, hashes={"one": dir_sha256(adapter)})
+    (adapter / "adapter_model.safetensors").write_bytes(b"swapped")  # after the verified load
+    refusals = m.ADAPTER_VERIFICATION_FAILURES.labels("serving", "hash_mismatch")
+    before = refusals._value.get()
+    fake.loaded["b"] = set()  # replica b restarted empty
+    adapters.reconcile()
+    assert fake.loaded == {"a": {"one"}, "b": set()}  # b does not load the altered files; a keeps its verified copy
+    assert replicas.serving("one") == [replicas.replicas[0]] and refusals._value.get() == before + 1
+
+
 def test_replica_serving_sets_are_replaced_not_mutated() -> None:
     r = Replica("http://a", serving=frozenset({BASE}))
     before = r.serving

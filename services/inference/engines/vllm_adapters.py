@@ -51,7 +51,8 @@ class VllmAdapters:
         self._grace_s = unload_grace_s
         self._lock = threading.Lock()  # one deployment or reconcile at a time
         self._routing = Routing(BASE)  # replaced whole, so a reader never sees half a deployment
-        self._paths: dict[str, str] = {}  # adapter id -> artifact path, to reload into a restarted replica
+        self._sources: dict[str, tuple[str, str | None]] = {}
+        """Adapter id -> (artifact path, recorded sha256): to reload into a restarted replica, verified again."""
         self._retired: dict[str, float] = {}  # adapter id -> when it stopped being routed to (monotonic)
         self.deployed = False  # a deploy() succeeded: the pointers' adapters are on a replica (readiness)
 
@@ -94,17 +95,14 @@ class VllmAdapters:
             for adapter_id, path in ((active, active_path), (canary, canary_path)):
                 if adapter_id is None or adapter_id == BASE:
                     continue
-                sha256 = (hashes or {}).get(adapter_id)
-                if path is not None and sha256 is not None:
-                    try:
-                        verify_adapter(Path(path), sha256, consumer="serving")
-                    except AdapterRefused as e:
-                        raise AdapterUnverified(f"adapter {adapter_id!r} refused: {e}") from e
                 if path is not None:
-                    self._paths[adapter_id] = str(path)
+                    self._sources[adapter_id] = (str(path), (hashes or {}).get(adapter_id))
                 for replica in self._replicas.replicas:  # a new deployment asks refusing replicas once more
                     replica.refused = {a: why for a, why in replica.refused.items() if a != adapter_id}
-                self._load_everywhere(adapter_id)
+                try:
+                    self._load_everywhere(adapter_id, always_verify=path is not None)
+                except AdapterRefused as e:
+                    raise AdapterUnverified(f"adapter {adapter_id!r} refused: {e}") from e
             wanted = [a for a in (active, canary) if a is not None]
             if not self._replicas.covers(wanted):
                 self._export()
@@ -120,12 +118,17 @@ class VllmAdapters:
             self._export()
 
     def reconcile(self) -> None:
-        """Re-read every replica; reload what a restarted one lost; unload adapters retired long enough."""
+        """Re-read every replica; reload what a restarted one lost (its files verified again first: they may
+        have changed since the deployment); unload adapters retired long enough."""
         with self._lock:
             self._probe()
             for adapter_id in self.served():
-                if adapter_id != BASE:
+                if adapter_id == BASE:
+                    continue
+                try:
                     self._load_everywhere(adapter_id)
+                except AdapterRefused as e:  # counted; the replicas that still hold the verified load keep it
+                    log.error("not reloading adapter %s into the vLLM replicas that lost it: %s", adapter_id, e)
             self._unload_retired()
             self._export()
 
@@ -150,13 +153,21 @@ class VllmAdapters:
             replica.base_name = next((d["id"] for d in models if not d.get("parent")), replica.base_name)
             replica.serving = frozenset({BASE} | {d["id"] for d in models if d.get("parent")})
 
-    def _load_everywhere(self, adapter_id: str) -> None:
-        path = self._paths.get(adapter_id)
-        if path is None:
+    def _load_everywhere(self, adapter_id: str, always_verify: bool = False) -> None:
+        """Load ``adapter_id`` into every reachable replica lacking it. Its files are checked against the
+        recorded hash first (raises AdapterRefused) whenever some replica lacks it, or ``always_verify``."""
+        if adapter_id not in self._sources:
             raise AdapterLoadError(f"adapter {adapter_id!r} is not loaded and no path was given")
-        for replica in self._replicas.replicas:
-            if replica.healthy and adapter_id not in replica.serving and adapter_id not in replica.refused:
-                self._load(replica, adapter_id, path)
+        path, sha256 = self._sources[adapter_id]
+        lacking = [
+            r
+            for r in self._replicas.replicas
+            if r.healthy and adapter_id not in r.serving and adapter_id not in r.refused
+        ]
+        if sha256 is not None and (lacking or always_verify):
+            verify_adapter(Path(path), sha256, consumer="serving")
+        for replica in lacking:
+            self._load(replica, adapter_id, path)
 
     def _load(self, replica: Replica, adapter_id: str, path: str) -> None:
         try:
