@@ -82,7 +82,6 @@ def aggregate(bootstrap: str, kafka: KafkaSettings, db_url: str, total: int) -> 
         if n and started is None:
             started = before  # the poll that brought the first batch: the group join is done by then
         got += n
-    consumer.drain()  # the last batch handled and committed
     elapsed = time.perf_counter() - started
     consumer.close()
     engine = create_engine(db_url)

@@ -16,12 +16,6 @@ Contract:
   on :meth:`close`.
 - Topic names given and passed to ``handler`` are logical (schemas.events.Topics); the settings'
   ``topic_prefix`` is applied on the wire.
-- ``overlap=True`` runs the handler on a thread of its own while the next poll is fetched and decoded
-  (the handler mostly waits on the database, and fetching and decoding are Python work of about the same
-  size): one batch is in flight at a time, its outcome is settled (dead letters, offsets) before the next
-  batch is handed over, before a rebalance takes partitions away and on :meth:`close`, and an exception
-  of the handler is raised by the next :meth:`poll_once` (neither batch is committed). The contract
-  above holds per batch; :meth:`drain` settles and commits the batch in flight.
 """
 
 from __future__ import annotations
@@ -30,8 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka import errors as kerr
@@ -96,20 +89,6 @@ class Refused:
 Handler = Callable[[list[Record]], "Sequence[Refused] | None"]
 
 
-@dataclass
-class _Batch:
-    """One poll, decoded: the valid records, the dead letters already sent, the offsets past it."""
-
-    polled: dict
-    records: list[Record] = field(default_factory=list)
-    letters: list[FutureRecordMetadata] = field(default_factory=list)
-    offsets: dict[TopicPartition, OffsetAndMetadata] = field(default_factory=dict)
-
-    @property
-    def size(self) -> int:
-        return sum(len(m) for m in self.polled.values())
-
-
 def make_consumer(bootstrap_servers: str, cfg: KafkaSettings, group_id: str | None = None) -> KafkaConsumer:
     """A KafkaConsumer in ``group_id`` (default: the aggregator group) with manual commits; not subscribed."""
     return KafkaConsumer(
@@ -146,7 +125,6 @@ class BatchConsumer:
         commit_policy: CommitPolicy = EVERY_BATCH,
         on_revoke: Callable[[set[TopicPartition]], None] | None = None,
         poll_timeout_ms: int = 500,
-        overlap: bool = False,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
@@ -161,9 +139,6 @@ class BatchConsumer:
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self._uncommitted_messages = 0
         self._last_commit = time.monotonic()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-handler") if overlap else None
-        self._in_flight: tuple[_Batch, Future] | None = None
-        self._failed: BaseException | None = None
         self.stopping = threading.Event()
         consumer.subscribe([self._prefix + t for t in topics], listener=_Listener(self))
 
@@ -173,75 +148,43 @@ class BatchConsumer:
             self.poll_once()
 
     def poll_once(self) -> int:
-        """Process one poll's batch (with ``overlap``: hand it to the handler's thread once the batch before
-        is settled); returns how many messages it covered (valid and dead-lettered)."""
-        batch = self._decode(self._consumer.poll(timeout_ms=self._poll_timeout_ms))
-        self._settle()
-        self._raise_failed()
-        if batch.records and self._pool is not None:
-            self._in_flight = (batch, self._pool.submit(self._handler, batch.records))
-        else:
-            self._done(batch, self._handler(batch.records) if batch.records else None)
-        if self._uncommitted and self._policy.due(self._uncommitted_messages, time.monotonic() - self._last_commit):
-            self.commit()
-        return batch.size
-
-    def drain(self) -> None:
-        """Settle the batch in flight (``overlap``) and commit every processed offset; raises what its
-        handler raised."""
-        self._settle()
-        self._raise_failed()
-        self.commit()
-
-    def _decode(self, polled: dict) -> _Batch:
-        """Decode a poll; what does not decode is dead-lettered at once."""
-        batch = _Batch(polled)
+        """Process one poll's batch; returns how many messages it covered (valid and dead-lettered)."""
+        polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms)
+        records: list[Record] = []
+        letters = []
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp, messages in polled.items():
             for m in messages:
                 topic = m.topic.removeprefix(self._prefix)
                 try:
-                    batch.records.append(Record(topic, m.partition, m.offset, m.key, decode(topic, m.value)))
+                    records.append(Record(topic, m.partition, m.offset, m.key, decode(topic, m.value)))
                     self._consecutive_dead = 0
                 except InvalidEvent as e:
-                    batch.letters.append(self._dead_letter(m.topic, m.partition, m.offset, m.key, m.value, e.reason))
-            batch.offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
-        return batch
-
-    def _done(self, batch: _Batch, refused: Sequence[Refused] | None) -> None:
-        """The handler returned: dead-letter what it refused, wait for every dead letter's acknowledgement,
-        then the batch's offsets may be committed."""
-        for refusal in refused or ():
-            r = refusal.record
-            batch.letters.append(
-                self._dead_letter(self._prefix + r.topic, r.partition, r.offset, r.key, encode(r.event), refusal.reason)
-            )
-        for future in batch.letters:
+                    letters.append(self._dead_letter(m.topic, m.partition, m.offset, m.key, m.value, e.reason))
+            offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
+        if records:
+            for refused in self._handler(records) or ():
+                r = refused.record
+                letters.append(
+                    self._dead_letter(
+                        self._prefix + r.topic, r.partition, r.offset, r.key, encode(r.event), refused.reason
+                    )
+                )
+        for future in letters:
             future.get(timeout=self._send_timeout_s)  # acknowledged before the offset moves past it
-        self._uncommitted.update(batch.offsets)
-        self._uncommitted_messages += batch.size
-        for r in batch.records:
+        self._uncommitted.update(offsets)
+        n = sum(len(m) for m in polled.values())
+        self._uncommitted_messages += n
+        if self._uncommitted and self._policy.due(self._uncommitted_messages, time.monotonic() - self._last_commit):
+            self.commit()
+        for r in records:
             CONSUMED_EVENTS.labels(r.topic).inc()
-        for tp, messages in batch.polled.items():
+        for tp, messages in polled.items():
             highwater = self._consumer.highwater(tp)  # from the fetch responses: no extra request
             if highwater is not None:
                 lag = max(0, highwater - messages[-1].offset - 1)
                 CONSUMER_LAG.labels(tp.topic.removeprefix(self._prefix), str(tp.partition)).set(lag)
-
-    def _settle(self) -> None:
-        """Wait for the batch in flight, if any, and record its outcome (:meth:`_done`); an exception is kept
-        for the main loop to raise (this may run on kafka-python's IO thread, during a rebalance)."""
-        if self._in_flight is None:
-            return
-        (batch, future), self._in_flight = self._in_flight, None
-        try:
-            self._done(batch, future.result())
-        except BaseException as e:  # noqa: BLE001 - re-raised by _raise_failed on the polling thread
-            self._failed = e
-
-    def _raise_failed(self) -> None:
-        if self._failed is not None:
-            failed, self._failed = self._failed, None
-            raise failed
+        return n
 
     def commit(self) -> None:
         """Commit every processed offset now (synchronously); a commit refused because the group
@@ -280,9 +223,7 @@ class BatchConsumer:
         return future
 
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
-        """Runs on kafka-python's IO thread inside poll(), before the partitions are taken away: the batch in
-        flight is settled first, so no write of it goes on after another member owns its partitions."""
-        self._settle()
+        """Runs on kafka-python's IO thread inside poll(), before the partitions are taken away."""
         if self._on_revoke is not None and partitions:  # the first join revokes an empty set
             self._on_revoke(partitions)
         offsets = self._take_uncommitted()
@@ -293,17 +234,10 @@ class BatchConsumer:
                 log.warning("offset commit refused during a rebalance (%s); the new owner will redeliver", e)
 
     def close(self) -> None:
-        """Settle the batch in flight, commit what was processed, leave the group, close both clients (the
-        consumer owns them)."""
+        """Commit what was processed, leave the group, close both clients (the consumer owns them)."""
         try:
-            self._settle()
-            if self._failed is not None:
-                log.error("the batch in flight failed; it is redelivered: %r", self._failed)
-                self._failed = None
             self.commit()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
             self._consumer.close(autocommit=False)
             self._dead_letters.close(timeout=self._send_timeout_s)
 

@@ -44,7 +44,6 @@ def consumer(
     handler,
     policy: CommitPolicy = bus.EVERY_BATCH,  # noqa: ANN001
     on_revoke=None,
-    overlap: bool = False,
     **kwargs,
 ) -> BatchConsumer:  # noqa: ANN001
     cfg = cfg.model_copy(update=kwargs)
@@ -56,14 +55,7 @@ def consumer(
         cfg,
         policy,
         on_revoke,
-        overlap=overlap,
     )
-
-
-@pytest.fixture(params=[False, True], ids=["serial", "overlap"])
-def overlap(request: pytest.FixtureRequest) -> bool:
-    """Every contract holds with the handler on the polling thread and on its own (the aggregator's way)."""
-    return request.param
 
 
 def run_until(c: BatchConsumer, handled: list[Record], n: int, timeout_s: float = 30.0) -> None:
@@ -79,7 +71,7 @@ def quiet_polls(c: BatchConsumer, seconds: float = 1.5) -> None:
 
 
 def test_commit_after_handling_dead_letters_and_resume(
-    broker: EmbeddedBroker, kafka_settings: KafkaSettings, reader, overlap: bool
+    broker: EmbeddedBroker, kafka_settings: KafkaSettings, reader
 ) -> None:  # noqa: ANN001
     good = [feedback(i) for i in range(100)]
     garbage = [b"not json", b'{"schema_version": 99}', b"[1,2]", b'{"schema_version": 1, "rating": 5}']
@@ -89,7 +81,7 @@ def test_commit_after_handling_dead_letters_and_resume(
     produce(broker, kafka_settings, values)
 
     handled: list[Record] = []
-    c = consumer(broker, kafka_settings, handled.extend, overlap=overlap)
+    c = consumer(broker, kafka_settings, handled.extend)
     run_until(c, handled, len(good))
     c.close()
     assert [r.event.event_id for r in handled] == [e.event_id for e in good]  # in order, garbage skipped
@@ -108,77 +100,49 @@ def test_commit_after_handling_dead_letters_and_resume(
 
     produce(broker, kafka_settings, [encode(feedback(1000))])  # a new member resumes after the committed offset
     again: list[Record] = []
-    c = consumer(broker, kafka_settings, again.extend, overlap=overlap)
+    c = consumer(broker, kafka_settings, again.extend)
     run_until(c, again, 1)
     quiet_polls(c)
     c.close()
     assert [r.event.response_id for r in again] == ["r1000"]
 
 
-def test_a_failed_handler_commits_nothing(broker: EmbeddedBroker, kafka_settings: KafkaSettings, overlap: bool) -> None:
+def test_a_failed_handler_commits_nothing(broker: EmbeddedBroker, kafka_settings: KafkaSettings) -> None:
     produce(broker, kafka_settings, [encode(feedback(i)) for i in range(20)])
 
     def fail(records: list[Record]) -> None:
         raise ConnectionError("database went away")
 
-    c = consumer(broker, kafka_settings, fail, overlap=overlap)
+    c = consumer(broker, kafka_settings, fail)
     with pytest.raises(ConnectionError):
         run_until(c, [], 1)
     c.close()
     handled: list[Record] = []
-    c = consumer(broker, kafka_settings, handled.extend, overlap=overlap)
+    c = consumer(broker, kafka_settings, handled.extend)
     run_until(c, handled, 20)
     c.close()
     assert [r.event.response_id for r in handled] == [f"r{i}" for i in range(20)]
 
 
-def test_a_handler_failing_mid_stream_commits_the_batches_before_it_only(
-    broker: EmbeddedBroker, kafka_settings: KafkaSettings, overlap: bool
-) -> None:
-    produce(broker, kafka_settings, [encode(feedback(i)) for i in range(20)])
-    calls: list[int] = []
-
-    def second_fails(records: list[Record]) -> None:
-        calls.append(len(records))
-        if len(calls) == 2:
-            raise ConnectionError("database went away")
-
-    c = consumer(broker, kafka_settings, second_fails, max_poll_records=5, overlap=overlap)
-    with pytest.raises(ConnectionError):
-        run_until(c, [], 1)
-    c.close()  # with overlap the batch after the failed one was polled, never handled: not committed either
-    assert calls[0] == 5 and committed(broker, kafka_settings) == 5
-    handled: list[Record] = []
-    c = consumer(broker, kafka_settings, handled.extend, overlap=overlap)
-    run_until(c, handled, 15)
-    quiet_polls(c, 1.0)
-    c.close()
-    assert [r.event.response_id for r in handled] == [f"r{i}" for i in range(5, 20)]  # nothing lost or twice
-
-
-def test_the_dead_letter_limit_stops_the_consumer(
-    broker: EmbeddedBroker, kafka_settings: KafkaSettings, overlap: bool
-) -> None:
+def test_the_dead_letter_limit_stops_the_consumer(broker: EmbeddedBroker, kafka_settings: KafkaSettings) -> None:
     produce(broker, kafka_settings, [encode(feedback(0)), b"garbage", b"{}", encode(feedback(1))] + [b"garbage"] * 5)
     handled: list[Record] = []
-    c = consumer(broker, kafka_settings, handled.extend, dead_letter_limit=3, overlap=overlap)
+    c = consumer(broker, kafka_settings, handled.extend, dead_letter_limit=3)
     with pytest.raises(DeadLetterLimit, match="3 consecutive"):
         run_until(c, handled, 10**6, timeout_s=20)  # two, then a good one, resets the count
     c.close()
 
 
-def test_a_rebalance_commits_what_was_handled(
-    broker: EmbeddedBroker, kafka_settings: KafkaSettings, overlap: bool
-) -> None:
+def test_a_rebalance_commits_what_was_handled(broker: EmbeddedBroker, kafka_settings: KafkaSettings) -> None:
     produce(broker, kafka_settings, [encode(feedback(i)) for i in range(30)])
     first: list[Record] = []
     revoked: list[set[TopicPartition]] = []
-    a = consumer(broker, kafka_settings, first.extend, policy=NEVER, on_revoke=revoked.append, overlap=overlap)
+    a = consumer(broker, kafka_settings, first.extend, policy=NEVER, on_revoke=revoked.append)
     run_until(a, first, 30)
     assert len(first) == 30  # handled, not yet committed (the policy defers commits)
 
     second: list[Record] = []
-    b = consumer(broker, kafka_settings, second.extend, policy=NEVER, overlap=overlap)
+    b = consumer(broker, kafka_settings, second.extend, policy=NEVER)
     deadline = time.monotonic() + 30
     while not revoked and time.monotonic() < deadline:  # b joins: a's partitions are revoked, a commits
         a.poll_once()

@@ -46,7 +46,6 @@ def build(settings: Settings) -> BatchConsumer:
         handler,
         make_dead_letter_producer(bootstrap, settings.kafka),
         settings.kafka,
-        overlap=True,  # the next batch is fetched and decoded while this one's transaction runs
     )
     # A batch's thousands of decoded events live until its transaction commits, so with the default
     # thresholds a collection starts every few hundred of them and the older generations' passes walk
