@@ -200,7 +200,7 @@ def test_ppo_learning_rate_loses_the_decay_share_linearly_over_the_run() -> None
         ({"heldout_accuracy": 0.8}, 0.5),
         ({"heldout_accuracy": 0.68}, 1.0),  # a third of held-out pairs wrong: decay to 0
         ({"heldout_accuracy": None, "heldout_thumbs_auc": 0.85}, 0.25),  # no pairs held out: the thumbs AUC
-        ({"heldout_accuracy": 0.95, "heldout_thumbs_auc": 0.6}, 0.0),  # pairs first
+        ({"heldout_accuracy": 0.6, "heldout_thumbs_auc": 0.95}, 0.0),  # the AUC first: far more couples
         ({"heldout_accuracy": None, "heldout_thumbs_auc": None}, 1.0),  # measured on nothing: not trusted
     ],
 )

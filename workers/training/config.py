@@ -114,8 +114,8 @@ class PPOConfig:
     are where an imperfect reward model is exploited; a smaller rate there moves the policy less. None (the
     default): chosen for each run from its reward model (:func:`fit_to_reward_model`)."""
     lr_decay_accuracy: tuple[float, float] = (0.7, 0.9)
-    """With ``lr_decay`` None: the reward model's held-out accuracy at or below which the rate decays to 0,
-    and at or above which it stays constant (linear between). Below 0.7 nearly one held-out pair in three
+    """With ``lr_decay`` None: the reward model's held-out accuracy (or thumbs AUC) at or below which the rate
+    decays to 0, and at or above which it stays constant (linear between). Below 0.7 nearly one held-out pair in three
     is ordered wrongly and the late steps mostly buy the reward model's mistakes; above 0.9 following it
     for the whole run paid (docs/training.md, "One set of defaults")."""
     clip: float = 0.2
@@ -209,11 +209,13 @@ def scaled_lr(lr: float, shape: LoraShape, reference: LoraShape = REFERENCE_LORA
 
 def fit_to_reward_model(cfg: PPOConfig, reward: dict[str, Any]) -> PPOConfig:
     """``cfg`` with ``lr_decay`` chosen from the reward model's figures (``reward``: its saved metadata) when
-    it is None: from the held-out pair accuracy, else the held-out thumbs ROC-AUC (the same quantity on
-    (up, down) pairs). A reward model measured on neither is not trusted past the early steps: full decay."""
+    it is None: from the held-out thumbs ROC-AUC when it was measured (the same quantity as a pair accuracy,
+    over every held-out (up, down) couple of ratings: far more of them than held-out pairs, of which a small
+    run has a handful), else from the held-out pair accuracy. A reward model measured on neither is not
+    trusted past the early steps: full decay."""
     if cfg.lr_decay is not None:
         return cfg
-    measured = next((reward[k] for k in ("heldout_accuracy", "heldout_thumbs_auc") if reward.get(k) is not None), None)
+    measured = next((reward[k] for k in ("heldout_thumbs_auc", "heldout_accuracy") if reward.get(k) is not None), None)
     low, high = cfg.lr_decay_accuracy
     trust = 0.0 if measured is None else min(1.0, max(0.0, (measured - low) / (high - low)))
     return dataclasses.replace(cfg, lr_decay=round(1.0 - trust, 4))
