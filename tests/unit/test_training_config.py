@@ -245,7 +245,7 @@ def test_the_run_summary_states_the_figures_and_warns_on_over_and_under_optimiza
     fitted = {**_run_metrics(0.8, 0.0, 0.5, 1.0, False)}
     fitted["ppo"] = {**fitted["ppo"], "lr_decay": 0.5}
     lines, _ = summarize(fitted, cfg)
-    assert lines[3] == "PPO learning rate: decayed by 50% over the run (fitted to the reward model's held-out accuracy)"
+    assert lines[3] == "PPO learning rate: decayed by 50% over the run (fitted to the reward model)"
     _, warnings = summarize(_run_metrics(0.9, -0.1, 0.8, 4.2, True), cfg)
     assert len(warnings) == 1 and "spent its KL budget" in warnings[0] and "after 3 of 16 steps" in warnings[0]
     _, warnings = summarize(_run_metrics(0.9, 0.0, 2.5, 3.0, False), cfg)

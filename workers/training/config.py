@@ -114,10 +114,10 @@ class PPOConfig:
     are where an imperfect reward model is exploited; a smaller rate there moves the policy less. None (the
     default): chosen for each run from its reward model (:func:`fit_to_reward_model`)."""
     lr_decay_accuracy: tuple[float, float] = (0.7, 0.9)
-    """With ``lr_decay`` None: the reward model's held-out accuracy (or thumbs AUC) at or below which the rate
-    decays to 0, and at or above which it stays constant (linear between). Below 0.7 nearly one held-out pair in three
-    is ordered wrongly and the late steps mostly buy the reward model's mistakes; above 0.9 following it
-    for the whole run paid (docs/training.md, "One set of defaults")."""
+    """With ``lr_decay`` None: the reward model's held-out thumbs AUC (or pair accuracy) at or below which the
+    rate decays to 0, and at or above which it stays constant (linear between). Below 0.7 nearly one held-out
+    pair in three is ordered wrongly and the late steps mostly buy the reward model's mistakes; above 0.9
+    following it for the whole run paid (docs/training.md, "One set of defaults")."""
     clip: float = 0.2
     """Policy ratio clip range."""
     value_clip: float = 0.2

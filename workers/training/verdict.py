@@ -42,7 +42,7 @@ def summarize(metrics: dict[str, Any], config: dict[str, Any]) -> tuple[list[str
     if ppo.get("lr_decay") is not None:
         lines.append(
             f"PPO learning rate: decayed by {ppo['lr_decay']:.0%} over the run"
-            + (" (fitted to the reward model's held-out accuracy)" if config["ppo"].get("lr_decay") is None else "")
+            + (" (fitted to the reward model)" if config["ppo"].get("lr_decay") is None else "")
         )
     warnings = []
     if accuracy is not None and accuracy < WEAK_ACCURACY:
