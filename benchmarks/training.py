@@ -205,8 +205,10 @@ def stage_ours_ppo(work: Path, s: dict) -> dict:
     return {
         "ppo_episodes": episodes,
         "ppo_lr_decay": cfg.lr_decay,
-        "ppo_kl_last": round(history[-1].kl, 3),
+        "ppo_kl_last": round(history[trainer.kept_step].kl, 3),  # the rollouts of the adapter the run kept
         "ppo_kl_budget_spent": trainer.budget_spent,
+        "ppo_kept_step": trainer.kept_step,
+        "ppo_kl_by_step": [round(h.kl, 2) for h in history],
         "ppo_train_s": round(seconds, 3),
         "ppo_episodes_per_s": round(episodes / seconds, 2),
     }
@@ -352,6 +354,9 @@ def run_world(name: str, quick: bool, threads: int, work: Path) -> dict:
         "trl_ppo_episodes": trl_ppo["ppo_episodes"],
         "ours_ppo_kl_last": ours_ppo["ppo_kl_last"],
         "ours_ppo_kl_budget_spent": ours_ppo["ppo_kl_budget_spent"],
+        "ours_ppo_kept_step": ours_ppo["ppo_kept_step"],
+        "ours_ppo_kl_by_step": ours_ppo["ppo_kl_by_step"],
+        "trl_ppo_kl_last": trl_ppo["ppo_kl_last"],
         **{
             k: score[k]
             for k in (
@@ -405,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{e['ours_ppo_episodes_per_s']:.2f} / {e['trl_ppo_episodes_per_s']:.2f}",
                 f"{e['hidden_before']:.3f} -> {e['ours_hidden_after']:.3f} / {e['trl_hidden_after']:.3f}",
                 f"{e['ppo_gain_vs_trl']:.2f} +- {e['ppo_gain_vs_trl_se']:.2f}",
-                f"{e['ours_ppo_kl_last']:.2f}",
+                f"{e['ours_ppo_kl_last']:.2f} / {e['trl_ppo_kl_last']:.2f}",
                 f"{e['ours_ppo_peak_rss_mb']:.0f} / {e['trl_ppo_peak_rss_mb']:.0f}",
             ]
         )

@@ -247,12 +247,14 @@ def train_ppo(args, tok) -> dict:
     with policy.disable_adapter():
         write_samples(out / "samples_before.jsonl", first, sample(policy, tok, first, args))
     scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
+    kls = [h["objective/kl"] for h in trainer.state.log_history if "objective/kl" in h]
     return {
         "ppo_episodes": episodes,
         "ppo_train_s": round(train_s, 3),
         "ppo_episodes_per_s": round(episodes / train_s, 2),
         "ppo_rm_score_first": round(scores[0], 4) if scores else None,
         "ppo_rm_score_last": round(scores[-1], 4) if scores else None,
+        "ppo_kl_last": round(kls[-1], 3) if kls else None,
     }
 
 

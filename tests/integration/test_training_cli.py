@@ -59,7 +59,8 @@ def test_a_run_that_spends_its_kl_budget_is_flagged(
     demo_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A learning rate far too large for a tiny KL budget: the second step's rollouts are already past the
-    budget, PPO stops there, and the summary warns that the run may have over-optimized."""
+    budget, PPO stops there and keeps the adapter of the first step (its rollouts, from the fresh adapter,
+    were within the budget), and the summary warns that the run may have over-optimized."""
     sim, rng = Simulator(5, n_prompts=120), random.Random(0)
     pairs = [PairRecord(p.text, render(p, "helpful", rng), render(p, "rude", rng)) for p in sim.prompts]
     write_pairs(tmp_path / "pairs.jsonl", pairs)
@@ -70,6 +71,14 @@ def test_a_run_that_spends_its_kl_budget_is_flagged(
     assert main([*args, "--pairs", str(tmp_path / "pairs.jsonl")]) == 0
 
     printed = capsys.readouterr().out
-    assert "warning: PPO spent its KL budget (0.01 nats) after 2 of 3 steps" in printed
-    ppo = json.loads((out / "evaluation.json").read_text())["ppo"]
+    assert (
+        "warning: PPO spent its KL budget (0.01 nats) after 2 of 3 steps and stopped, keeping the adapter of step 1"
+        in printed
+    )
+    metrics = json.loads((out / "evaluation.json").read_text())
+    ppo = metrics["ppo"]
     assert ppo["budget_spent"] and ppo["steps"] == 2  # stopped early: the third step never ran
+    assert ppo["kept_step"] == 0 and ppo["kl_first"] <= 0.01
+    # The adapter written is the one step 1 rolled out with (the fresh one: its update is the step that went
+    # past), so the evaluated policy is the base's: no KL from it.
+    assert metrics["evaluation"]["kl_vs_base"] == pytest.approx(0.0, abs=1e-4)

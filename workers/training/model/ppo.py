@@ -115,6 +115,9 @@ class PPOTrainer:
         self.step = 0
         self.budget_spent = False
         """A step's rollouts passed ``kl_budget``: the run is over (kept in the checkpoint, so a resume stops too)."""
+        self.within_budget: tuple[int, dict[str, torch.Tensor]] | None = None
+        """(step, the policy's LoRA weights then) of the latest step whose rollouts were within the budget:
+        what the run keeps when the next step's rollouts are past it."""
 
     def prompts_for(self, step: int, prompts: list[str]) -> list[str]:
         """The step's prompts: a deterministic draw without replacement within each pass over ``prompts``."""
@@ -201,6 +204,24 @@ class PPOTrainer:
         pg, vf, cf, ak = (t / count for t in totals)
         return pg, vf, cf, ak, epochs_run
 
+    def _policy_weights(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model, adapter_name=POLICY).items()}
+
+    def _set_policy(self, weights: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, weights, adapter_name=POLICY)
+
+    @property
+    def kept_step(self) -> int:
+        """The step whose rollouts measured the adapter the run ends with: the last one, or the last within the
+        budget when a step's rollouts passed it."""
+        if self.budget_spent and self.within_budget is not None:
+            return self.within_budget[0]
+        return self.step - 1
+
     def _micro_loss(self, ro: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         p = ro.packed
         sub = Packed(p.ids[rows], p.mask[rows], p.positions[rows], p.tokens[rows], p.resp_mask[rows], p.width)
@@ -217,8 +238,14 @@ class PPOTrainer:
         started = time.perf_counter()
         ro = self.rollout(self.prompts_for(self.step, prompts), seed=self.cfg.seed * 1_000_003 + self.step * 4096)
         mean_kl = float(ro.kl.mean())
-        # Over the budget already: no update (it would only move further), and the run ends here.
+        # Over the budget already: no update (it would only move further), and the run ends here with the
+        # adapter of the last step measured within it. One update can move several nats; the adapter that
+        # went past is the one that exploits the reward model most.
         self.budget_spent = mean_kl > self.cfg.kl_budget
+        if self.budget_spent and self.within_budget is not None:
+            self._set_policy(self.within_budget[1])
+        elif not self.budget_spent:
+            self.within_budget = (self.step, self._policy_weights())
         for group in self.optimizer.param_groups:
             group["lr"] = step_lr(self.cfg, self.step)
         pg, vf, cf, ak, epochs = (0.0, 0.0, 0.0, 0.0, 0) if self.budget_spent else self.update(ro)
@@ -243,15 +270,14 @@ class PPOTrainer:
     # --- checkpoints: model, optimizer, step, config, run id -------------------------------------
     def save(self, path: Path, run_id: str, history: list[StepStats]) -> None:
         """Write the checkpoint atomically (temp file, fsync, rename)."""
-        from peft import get_peft_model_state_dict
-
         state = {
             "run_id": run_id,
             "step": self.step,
             "config": asdict(self.cfg),
             "kl_coef": self.kl.value,
             "budget_spent": self.budget_spent,
-            "policy": get_peft_model_state_dict(self.model, adapter_name=POLICY),
+            "within_budget": None if self.within_budget is None else list(self.within_budget),
+            "policy": self._policy_weights(),
             "value_head": self.value_head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "history": [asdict(h) for h in history],
@@ -265,16 +291,16 @@ class PPOTrainer:
 
     def load(self, path: Path, run_id: str) -> list[StepStats]:
         """Restore from ``path``; returns the step history. Raises ValueError for another run's checkpoint."""
-        from peft import set_peft_model_state_dict
-
         state = read_checkpoint(path, self.device)  # tensors and plain data only: never unpickles code
         if state["run_id"] != run_id:
             raise ValueError(f"checkpoint {path} belongs to run {state['run_id']}, not {run_id}")
-        set_peft_model_state_dict(self.model, state["policy"], adapter_name=POLICY)
+        self._set_policy(state["policy"])
         self.value_head.load_state_dict(state["value_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl.value, self.step = state["kl_coef"], state["step"]
         self.budget_spent = state.get("budget_spent", False)  # absent from checkpoints written before the budget
+        within = state.get("within_budget")  # absent before the run kept the last adapter within the budget
+        self.within_budget = None if within is None else (within[0], within[1])
         return [StepStats(**h) for h in state["history"]]
 
 

@@ -142,7 +142,12 @@ def train(
     history = train_ppo(trainer, dataset.prompts, work / CHECKPOINT, run_id, on_step)  # returns at once when done
     if not (work / ADAPTER_DIR).exists():
         write_dir_atomic(work / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp), selected_adapters=[POLICY]))
-    metrics["ppo"] = {**_ppo_summary(history), "budget_spent": trainer.budget_spent, "lr_decay": ppo_cfg.lr_decay}
+    metrics["ppo"] = {
+        **_ppo_summary(history),
+        "budget_spent": trainer.budget_spent,
+        "kept_step": trainer.kept_step,
+        "lr_decay": ppo_cfg.lr_decay,
+    }
     (work / "ppo_history.json").write_text(json.dumps([asdict(h) for h in history]))
 
     report("evaluate", 0, 1, {})
