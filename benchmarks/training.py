@@ -78,14 +78,18 @@ def train_config(hp: dict):  # noqa: ANN201 - TrainConfig, imported in the child
     from workers.training.config import PPOConfig, RewardConfig, TrainConfig
 
     steps = hp["ppo_episodes"] // hp["ppo_batch_size"]
-    # Our defaults but the data's sizes and the world's response length; one checkpoint, at the end.
+    # Our defaults but the data's sizes and the world's response length; one checkpoint, at the end. An
+    # experiment's --ppo-overrides (none in the benchmark's own runs) on top.
     return TrainConfig(
         reward=RewardConfig(seed=hp["seed"]),
         ppo=PPOConfig(
-            episodes=hp["ppo_episodes"],
-            max_new_tokens=hp["max_new_tokens"],
-            seed=hp["seed"],
-            checkpoint_every=steps,
+            **{
+                "episodes": hp["ppo_episodes"],
+                "max_new_tokens": hp["max_new_tokens"],
+                "seed": hp["seed"],
+                "checkpoint_every": steps,
+                **hp.get("ppo_overrides", {}),
+            }
         ),
     )
 
@@ -205,6 +209,7 @@ def stage_ours_ppo(work: Path, s: dict) -> dict:
     return {
         "ppo_episodes": episodes,
         "ppo_lr_decay": cfg.lr_decay,
+        "ppo_gae_lambda": round(cfg.gae_lambda, 4),
         "ppo_kl_last": round(history[trainer.kept_step].kl, 3),  # the rollouts of the adapter the run kept
         "ppo_kl_budget_spent": trainer.budget_spent,
         "ppo_kept_step": trainer.kept_step,
@@ -259,10 +264,11 @@ def paired_difference(prompts: list[str], ours: list[float], theirs: list[float]
 STAGES = {"data": stage_data, "ours-rm": stage_ours_rm, "ours-ppo": stage_ours_ppo, "eval": stage_eval}
 
 
-def run_stage(name: str, work: Path) -> None:
+def run_stage(name: str, work: Path, ppo_overrides: dict) -> None:
     import torch
 
     s = json.loads((work / "settings.json").read_text())
+    s["hp"]["ppo_overrides"] = {**s["hp"].get("ppo_overrides", {}), **ppo_overrides}
     torch.set_num_threads(s["hp"]["threads"])
     (work / "ours").mkdir(exist_ok=True)
     result = STAGES[name](work, s)
@@ -302,17 +308,18 @@ def hidden(path: Path, score) -> float:  # noqa: ANN001 - the world's hidden sco
     return round(statistics.fmean(score(r["prompt"], r["response"]) for r in rows), 4)
 
 
-def run_world(name: str, quick: bool, threads: int, work: Path) -> dict:
+def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: dict) -> dict:
     """Every stage of one world, both sides; returns the world's entry of the JSON line."""
     (work / "trl").mkdir(parents=True, exist_ok=True)
     data, hp = workload(quick, threads, response_length(name))
+    hp["ppo_overrides"] = ppo_overrides
     settings = {"data": data, "hp": hp, "world": name}
     (work / "settings.json").write_text(json.dumps(settings))
     ours = [sys.executable, "-m", "benchmarks.training", "--work", str(work), "--stage"]
     sizes = child([*ours, "data"], work / "data.log")
     (work / "settings.json").write_text(json.dumps({**settings, "model": sizes["model"]}))
 
-    flags = [a for k, v in hp.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    flags = [a for k, v in hp.items() if k != "ppo_overrides" for a in (f"--{k.replace('_', '-')}", str(v))]
     files = ("pairs", "heldout", "prompts", "eval_prompts")
     trl = [
         trl_python(),
@@ -355,6 +362,8 @@ def run_world(name: str, quick: bool, threads: int, work: Path) -> dict:
         "ours_ppo_kl_last": ours_ppo["ppo_kl_last"],
         "ours_ppo_kl_budget_spent": ours_ppo["ppo_kl_budget_spent"],
         "ours_ppo_kept_step": ours_ppo["ppo_kept_step"],
+        "ours_ppo_lr_decay": ours_ppo["ppo_lr_decay"],
+        "ours_ppo_gae_lambda": ours_ppo["ppo_gae_lambda"],
         "ours_ppo_kl_by_step": ours_ppo["ppo_kl_by_step"],
         "trl_ppo_kl_last": trl_ppo["ppo_kl_last"],
         **{
@@ -392,14 +401,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every stage, both sides")
     parser.add_argument("--worlds", default="demo,garden,ledger,glyph", help="comma-separated world names")
     parser.add_argument("--work", type=Path, default=WORK)
-    parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)  # internal: one child stage
+    parser.add_argument("--stage", choices=sorted(STAGES), help="run one stage on the data already in --work")
+    parser.add_argument(
+        "--ppo-overrides",
+        type=json.loads,
+        default={},
+        help="JSON of PPOConfig fields for our PPO stage, for experiments (e.g. '{\"lr_decay\": 1}')",
+    )
     args = parser.parse_args(argv)
     if args.stage:
-        run_stage(args.stage, args.work)
+        run_stage(args.stage, args.work, args.ppo_overrides)
         return
 
     started, work, load = time.perf_counter(), args.work.resolve(), os.getloadavg()[0]
-    entries = [run_world(n, args.quick, args.threads, work / n) for n in args.worlds.split(",")]
+    entries = [run_world(n, args.quick, args.threads, work / n, args.ppo_overrides) for n in args.worlds.split(",")]
     rows = []
     for e in entries:
         rows.append(

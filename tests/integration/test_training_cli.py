@@ -55,16 +55,18 @@ def test_misuse_and_malformed_files_fail_clearly(tmp_path: Path, capsys: pytest.
     assert "bad.jsonl:1: 'rating' must be 1 (thumbs up) or -1" in capsys.readouterr().err
 
 
-def test_a_run_that_spends_its_kl_budget_is_flagged(
+def test_a_run_that_spends_its_kl_budget_goes_back_then_stops_and_is_flagged(
     demo_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """A learning rate far too large for a tiny KL budget: the second step's rollouts are already past the
-    budget, PPO stops there and keeps the adapter of the first step (its rollouts, from the fresh adapter,
-    were within the budget), and the summary warns that the run may have over-optimized."""
+    """A learning rate far too large for a tiny KL budget. Step 1 rolls out the fresh adapter (0 nats) and
+    updates; step 2's rollouts are past the budget, so that update is undone and the rate halved; step 3 rolls
+    out the fresh adapter again and updates; step 4 is past again, one back-off more than allowed: the run
+    stops there with the adapter step 3 rolled out, and the summary warns that it may have over-optimized."""
     sim, rng = Simulator(5, n_prompts=120), random.Random(0)
     pairs = [PairRecord(p.text, render(p, "helpful", rng), render(p, "rude", rng)) for p in sim.prompts]
     write_pairs(tmp_path / "pairs.jsonl", pairs)
-    forced = {**TINY, "ppo": {**TINY["ppo"], "episodes": 96, "lr": 0.05, "target_kl": 0.01, "kl_budget": 0.01}}
+    ppo = {"episodes": 160, "lr": 0.05, "target_kl": 0.01, "kl_budget": 0.01, "kl_backoffs": 1}
+    forced = {**TINY, "ppo": {**TINY["ppo"], **ppo}}
     out = tmp_path / "run"
     args = ["train", "--inline", "--base-model", str(demo_model_dir), "--out", str(out), "--config", json.dumps(forced)]
 
@@ -72,13 +74,15 @@ def test_a_run_that_spends_its_kl_budget_is_flagged(
 
     printed = capsys.readouterr().out
     assert (
-        "warning: PPO spent its KL budget (0.01 nats) after 2 of 3 steps and stopped, keeping the adapter of step 1"
-        in printed
+        "warning: PPO spent its KL budget (0.01 nats) after 4 of 5 steps and stopped (2 updates past it undone), "
+        "keeping the adapter step 3 rolled out" in printed
     )
     metrics = json.loads((out / "evaluation.json").read_text())
-    ppo = metrics["ppo"]
-    assert ppo["budget_spent"] and ppo["steps"] == 2  # stopped early: the third step never ran
-    assert ppo["kept_step"] == 0 and ppo["kl_first"] <= 0.01
-    # The adapter written is the one step 1 rolled out with (the fresh one: its update is the step that went
-    # past), so the evaluated policy is the base's: no KL from it.
+    assert metrics["ppo"]["budget_spent"] and metrics["ppo"]["steps"] == 4  # the fifth step never ran
+    assert metrics["ppo"]["kept_step"] == 2 and metrics["ppo"]["backoffs"] == 2
+    history = json.loads((out / "ppo_history.json").read_text())
+    assert [h["epochs_run"] > 0 for h in history] == [True, False, True, False]  # past the budget: no update
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6) and history[2]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert history[1]["kl"] > 0.01 and history[3]["kl"] > 0.01
+    # Both updates undone: the adapter written is the fresh one, so the evaluated policy is the base's.
     assert metrics["evaluation"]["kl_vs_base"] == pytest.approx(0.0, abs=1e-4)

@@ -166,6 +166,22 @@ def test_kl_budget_is_at_least_the_target_and_the_horizon_positive() -> None:
     with pytest.raises(BadConfig, match="ppo.kl_horizon"):
         PPOConfig(kl_horizon=0)
     assert PPOConfig().kl_budget >= PPOConfig().target_kl
+    with pytest.raises(BadConfig, match="ppo.kl_backoffs"):
+        PPOConfig(kl_backoffs=-1)
+
+
+def test_gae_lambda_follows_the_response_length_unless_set() -> None:
+    """The score reaches the first token of a full-length response at lam_reach of its weight."""
+    for tokens in (24, 28, 48):
+        cfg = PPOConfig(max_new_tokens=tokens)
+        assert cfg.gae_lambda**tokens == pytest.approx(cfg.lam_reach)
+    assert PPOConfig(max_new_tokens=48).gae_lambda == pytest.approx(0.9752, abs=1e-4)
+    assert PPOConfig(max_new_tokens=28).gae_lambda == pytest.approx(0.9579, abs=1e-4)
+    assert PPOConfig(lam=1.0, max_new_tokens=28).gae_lambda == 1.0
+    with pytest.raises(BadConfig, match="ppo.gamma/lam"):
+        PPOConfig(lam=1.5)
+    with pytest.raises(BadConfig, match="ppo.lam_reach"):
+        PPOConfig(lam_reach=0.0)
 
 
 def test_learning_rate_is_scaled_by_the_adapter_size() -> None:

@@ -126,11 +126,14 @@ class PPOConfig:
     """Weight of the value loss."""
     gamma: float = 1.0
     """Discount per token."""
-    lam: float = 1.0
-    """GAE lambda. 1.0: each token's advantage is the sequence's return less the value (the critic is only
-    a baseline). The critic is a linear head on the detached trunk, too weak to bootstrap from: at 0.95 the
-    terminal score reached a token 25 positions earlier at 0.28 of its weight (docs/training.md has the
-    measurements)."""
+    lam: float | None = None
+    """GAE lambda. None (the default): from the response length, so that the sequence's score reaches the
+    first token of a ``max_new_tokens``-token response at ``lam_reach`` of its weight (:attr:`gae_lambda`);
+    a fixed lambda reaches a different share of every response length. 1.0: each token's advantage is the
+    sequence's return less the value (the critic only a baseline)."""
+    lam_reach: float = 0.3
+    """With ``lam`` None: the weight at which the sequence's score reaches a response's first token through
+    GAE (0.3: lambda 0.975 at 48 tokens, 0.958 at 28; docs/training.md has the measurements)."""
     init_kl_coef: float = 0.05
     """Initial coefficient of the per-token KL penalty against the reference."""
     target_kl: float = 3.0
@@ -139,9 +142,13 @@ class PPOConfig:
     """Episodes over which the adaptive coefficient moves by at most 20% of its error: short enough that it
     acts within a run of a few hundred episodes."""
     kl_budget: float = 4.0
-    """Sequence KL (nats) from the base a run may spend: once a step's rollouts pass it, PPO stops and keeps
-    the adapter it has. The base, not the parent adapter: a retrain that continues from the active adapter
-    spends what is left of the same budget. The promotion gate's ``max_kl_nats`` sits above it."""
+    """Sequence KL (nats) from the base a run may spend: a step whose rollouts pass it undoes the update
+    before it (``kl_backoffs``). The base, not the parent adapter: a retrain that continues from the active
+    adapter spends what is left of the same budget. The promotion gate's ``max_kl_nats`` sits above it."""
+    kl_backoffs: int = 3
+    """Times a run goes back when a step's rollouts pass ``kl_budget``: the update before them is undone and
+    the learning rate halved for the rest of the run. One more ends the run with the adapter from before
+    that update. 0: the first step past the budget ends the run."""
     early_stop_kl: float = 0.1
     """Stop a step's PPO epochs when the per-token approximate KL from the rollout policy exceeds this."""
     max_grad_norm: float = 1.0
@@ -170,7 +177,12 @@ class PPOConfig:
         _check(self.ppo_epochs >= 1, "ppo.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
         _check(0 < self.lr < 1, "ppo.lr", f"must be in (0, 1), got {self.lr}")
         _check(0 < self.clip < 1, "ppo.clip", f"must be in (0, 1), got {self.clip}")
-        _check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "ppo.gamma/lam", "gamma in (0, 1], lam in [0, 1]")
+        _check(
+            0 < self.gamma <= 1 and (self.lam is None or 0 <= self.lam <= 1),
+            "ppo.gamma/lam",
+            f"gamma in (0, 1], lam in [0, 1] or null (from the response length), got {self.gamma}, {self.lam}",
+        )
+        _check(0 < self.lam_reach <= 1, "ppo.lam_reach", f"must be in (0, 1], got {self.lam_reach}")
         _check(self.init_kl_coef >= 0 and self.target_kl > 0, "ppo.kl", "init_kl_coef >= 0 and target_kl > 0")
         _check(
             self.kl_budget >= self.target_kl,
@@ -184,6 +196,7 @@ class PPOConfig:
         )
         low, high = self.lr_decay_accuracy
         _check(0 <= low < high <= 1, "ppo.lr_decay_accuracy", f"must be [low, high] in [0, 1], got {low}, {high}")
+        _check(self.kl_backoffs >= 0, "ppo.kl_backoffs", f"must be >= 0, got {self.kl_backoffs}")
         _check(self.kl_horizon >= 1, "ppo.kl_horizon", f"must be >= 1, got {self.kl_horizon}")
         _check(self.max_new_tokens >= 1, "ppo.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature > 0, "ppo.temperature", f"must be > 0, got {self.temperature}")
@@ -192,6 +205,13 @@ class PPOConfig:
     @property
     def steps(self) -> int:
         return self.episodes // self.batch_size
+
+    @property
+    def gae_lambda(self) -> float:
+        """``lam``, or with None the lambda at which ``lam_reach`` is left of the score after ``max_new_tokens``
+        tokens: GAE hands the score back one token at a time at lambda per token, and past that reach the
+        critic's estimate (a linear head on the detached trunk: a fair baseline, a weak bootstrap) takes over."""
+        return self.lam if self.lam is not None else self.lam_reach ** (1.0 / self.max_new_tokens)
 
 
 REFERENCE_LORA = LoraShape()

@@ -52,10 +52,11 @@ def summarize(metrics: dict[str, Any], config: dict[str, Any]) -> tuple[list[str
         )
     steps = config["ppo"]["episodes"] // config["ppo"]["batch_size"]
     if ppo.get("budget_spent"):
-        kept = ppo.get("kept_step")
+        kept, undone = ppo.get("kept_step"), ppo.get("backoffs")
         warnings.append(
             f"PPO spent its KL budget ({budget:g} nats) after {ppo.get('steps')} of {steps} steps and stopped"
-            + ("" if kept is None else f", keeping the adapter of step {kept + 1}, the last within the budget")
+            + ("" if not undone else f" ({undone} updates past it undone)")
+            + ("" if kept is None else f", keeping the adapter step {kept + 1} rolled out, the last within it")
             + ": it may have over-optimized the reward model; a lower ppo.lr or a larger "
             "ppo.init_kl_coef spends the budget more slowly"
         )

@@ -12,6 +12,7 @@ checkpoint continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import time
@@ -115,9 +116,11 @@ class PPOTrainer:
         self.step = 0
         self.budget_spent = False
         """A step's rollouts passed ``kl_budget``: the run is over (kept in the checkpoint, so a resume stops too)."""
-        self.within_budget: tuple[int, dict[str, torch.Tensor]] | None = None
-        """(step, the policy's LoRA weights then) of the latest step whose rollouts were within the budget:
-        what the run keeps when the next step's rollouts are past it."""
+        self.within_budget: dict | None = None
+        """The latest step whose rollouts were within the budget: its number and the trained state (policy
+        LoRA, value head, optimizer) before its update, which a step past the budget goes back to."""
+        self.backoffs = 0
+        """Updates undone because the next step's rollouts were past the budget; each halves the rate."""
 
     def prompts_for(self, step: int, prompts: list[str]) -> list[str]:
         """The step's prompts: a deterministic draw without replacement within each pass over ``prompts``."""
@@ -169,7 +172,7 @@ class PPOTrainer:
         ref_logprobs = token_logprobs(forward(self.model, packed, None)[0], packed.tokens)  # (B, R)
         scores = self.score(packed)  # (B,)
         rewards, kl = kl_rewards(logprobs, ref_logprobs, scores, packed.resp_mask, self.kl.value)
-        advantages, returns = gae(rewards, values, packed.resp_mask, cfg.gamma, cfg.lam)
+        advantages, returns = gae(rewards, values, packed.resp_mask, cfg.gamma, cfg.gae_lambda)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, packed.resp_mask)
         return Rollout(packed, logprobs, values, advantages, returns, scores, kl.sum(1), tokens_per_s)
@@ -214,12 +217,25 @@ class PPOTrainer:
 
         set_peft_model_state_dict(self.model, weights, adapter_name=POLICY)
 
+    def _trained_state(self) -> dict:
+        return {
+            "step": self.step,
+            "policy": self._policy_weights(),
+            "value_head": copy.deepcopy(self.value_head.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def _restore(self, state: dict) -> None:
+        self._set_policy(state["policy"])
+        self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
     @property
     def kept_step(self) -> int:
-        """The step whose rollouts measured the adapter the run ends with: the last one, or the last within the
-        budget when a step's rollouts passed it."""
+        """The step whose rollouts the run's figures end with: the last one, or, when the run ended past the
+        KL budget, the last step within it (the adapter the run keeps is the one that step rolled out)."""
         if self.budget_spent and self.within_budget is not None:
-            return self.within_budget[0]
+            return self.within_budget["step"]
         return self.step - 1
 
     def _micro_loss(self, ro: Rollout, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -238,17 +254,21 @@ class PPOTrainer:
         started = time.perf_counter()
         ro = self.rollout(self.prompts_for(self.step, prompts), seed=self.cfg.seed * 1_000_003 + self.step * 4096)
         mean_kl = float(ro.kl.mean())
-        # Over the budget already: no update (it would only move further), and the run ends here with the
-        # adapter of the last step measured within it. One update can move several nats; the adapter that
-        # went past is the one that exploits the reward model most.
-        self.budget_spent = mean_kl > self.cfg.kl_budget
-        if self.budget_spent and self.within_budget is not None:
-            self._set_policy(self.within_budget[1])
-        elif not self.budget_spent:
-            self.within_budget = (self.step, self._policy_weights())
+        past = mean_kl > self.cfg.kl_budget
+        if past and self.within_budget is not None:
+            # One update can move the policy several nats at once, and the adapter that went past is the one
+            # that exploits the reward model most: undo that update (the state before it was measured within
+            # the budget) and go on at half the rate; after kl_backoffs of them the run ends there.
+            self._restore(self.within_budget)
+            self.backoffs += 1
+            self.budget_spent = self.backoffs > self.cfg.kl_backoffs
+        elif past:  # nothing to go back to (a parent adapter already over the budget): the run ends
+            self.budget_spent = True
+        else:
+            self.within_budget = self._trained_state()
         for group in self.optimizer.param_groups:
-            group["lr"] = step_lr(self.cfg, self.step)
-        pg, vf, cf, ak, epochs = (0.0, 0.0, 0.0, 0.0, 0) if self.budget_spent else self.update(ro)
+            group["lr"] = step_lr(self.cfg, self.step) * 0.5 ** min(self.backoffs, self.cfg.kl_backoffs)
+        pg, vf, cf, ak, epochs = (0.0, 0.0, 0.0, 0.0, 0) if past else self.update(ro)
         stats = StepStats(
             self.step,
             float(ro.scores.mean()),
@@ -276,7 +296,8 @@ class PPOTrainer:
             "config": asdict(self.cfg),
             "kl_coef": self.kl.value,
             "budget_spent": self.budget_spent,
-            "within_budget": None if self.within_budget is None else list(self.within_budget),
+            "within_budget": self.within_budget,
+            "backoffs": self.backoffs,
             "policy": self._policy_weights(),
             "value_head": self.value_head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -299,8 +320,8 @@ class PPOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl.value, self.step = state["kl_coef"], state["step"]
         self.budget_spent = state.get("budget_spent", False)  # absent from checkpoints written before the budget
-        within = state.get("within_budget")  # absent before the run kept the last adapter within the budget
-        self.within_budget = None if within is None else (within[0], within[1])
+        # Absent from checkpoints written before updates past the budget were undone.
+        self.within_budget, self.backoffs = state.get("within_budget"), state.get("backoffs", 0)
         return [StepStats(**h) for h in state["history"]]
 
 

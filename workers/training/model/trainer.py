@@ -146,7 +146,9 @@ def train(
         **_ppo_summary(history),
         "budget_spent": trainer.budget_spent,
         "kept_step": trainer.kept_step,
+        "backoffs": trainer.backoffs,
         "lr_decay": ppo_cfg.lr_decay,
+        "gae_lambda": round(ppo_cfg.gae_lambda, 4),
     }
     (work / "ppo_history.json").write_text(json.dumps([asdict(h) for h in history]))
 
