@@ -10,21 +10,28 @@ its own virtualenv via ``benchmarks/trl_baseline.py``, built on first use), so p
 only the training loop is timed. The parent imports no torch: a child's ``ru_maxrss`` starts from its
 parent's RSS at spawn. The hidden-preference score (the world's, which the RM only sees through noisy
 votes) is measured on 64 prompts no stage trained on, 8 samples each, for the base (``hidden_before``) and
-both trained adapters, with our sampler and the same seeds. ``ours_minus_trl_hidden`` is the difference of
-the two trained adapters' scores with its standard error (prompts as units); ``ppo_gain_vs_trl`` is our
-gain over TRL's and ``ppo_gain_vs_trl_se`` that standard error over TRL's gain; ``ppo_gain_at_least_trl``
-holds when ``ppo_gain_vs_trl`` is at least 1 within one standard error. TRL's own 64 samples (its sampler)
-are scored too, as a cross-check.
+both trained adapters, with our sampler and the same seeds.
 
-Differences kept on purpose (each side at its defaults): TRL decays the learning rate linearly, ours is
-constant; TRL's RM has no per-pair weights and shuffles pairs freely (ours batches a prompt group's pairs
-together and scores each shared response once); TRL's PPO trains a separate full value model (ours: a head
-on the policy's detached trunk, vf_coef 0.5 vs 0.1) with GAE lambda 0.95 (ours 1.0), keeps the KL
-coefficient fixed (ours adapts it toward ``target_kl`` and stops at ``kl_budget``), rewards raw RM scores
-(a wider scale than ours, which are normalized, so the same KL coefficient weighs less) with no missing-end
-penalty (ours: -1) and has no KL early stop.
+PPO runs ``--seeds`` times on each side (seeds 0, 1, ...; 3 by default, 2 with ``--quick``) on the same
+reward models, data and evaluation samples: one run's outcome swings with its seed by more than its
+evaluation's sampling error (docs/training.md has the figures). ``ours_hidden_after`` and
+``trl_hidden_after`` are means over seeds; ``ours_minus_trl_hidden`` is their difference with its standard
+error across seeds (with one seed: over prompts); ``ppo_gain_vs_trl`` is our mean gain over TRL's and
+``ppo_gain_vs_trl_se`` that standard error over TRL's gain; ``ppo_gain_at_least_trl`` holds when
+``ppo_gain_vs_trl`` is at least 1 within one standard error. ``per_seed`` has each run. TRL's own 64
+samples (its sampler) are scored too, as a cross-check.
 
-    python -m benchmarks.training [--quick] [--worlds demo,garden,ledger,glyph] [--threads N]
+Differences kept on purpose (each side at its defaults): TRL decays the learning rate linearly to 0, ours
+by a share fitted to the reward model's held-out accuracy; TRL's RM has no per-pair weights and shuffles
+pairs freely (ours batches a prompt group's pairs together and scores each shared response once); TRL's PPO
+trains a separate full value model (ours: a head on the policy's detached trunk, vf_coef 0.5 vs 0.1) with
+GAE lambda 0.95 (ours from the response length), keeps the KL coefficient fixed (ours adapts it toward
+``target_kl`` and undoes an update whose next rollouts pass ``kl_budget``), rewards raw RM scores (a wider
+scale than ours, which are normalized, so the same KL coefficient weighs less) with no missing-end penalty
+(ours: -1) and has no KL early stop.
+
+    python -m benchmarks.training [--quick] [--worlds demo,garden,ledger,glyph] [--threads N] [--seeds N]
+    python -m benchmarks.training --work var/bench/training/WORLD --stage ours-ppo --ppo-overrides JSON
 """
 
 from __future__ import annotations
@@ -308,8 +315,9 @@ def hidden(path: Path, score) -> float:  # noqa: ANN001 - the world's hidden sco
     return round(statistics.fmean(score(r["prompt"], r["response"]) for r in rows), 4)
 
 
-def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: dict) -> dict:
-    """Every stage of one world, both sides; returns the world's entry of the JSON line."""
+def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: dict, seeds: int) -> dict:
+    """Every stage of one world, both sides, PPO with ``seeds`` seeds on each; returns the world's entry of
+    the JSON line."""
     (work / "trl").mkdir(parents=True, exist_ok=True)
     data, hp = workload(quick, threads, response_length(name))
     hp["ppo_overrides"] = ppo_overrides
@@ -333,21 +341,31 @@ def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: d
         "--stage",
     ]
     ours_rm, trl_rm = child([*ours, "ours-rm"], work / "ours-rm.log"), child([*trl, "rm"], work / "trl-rm.log")
-    ours_ppo, trl_ppo = child([*ours, "ours-ppo"], work / "ours-ppo.log"), child([*trl, "ppo"], work / "trl-ppo.log")
-    score = child([*ours, "eval"], work / "eval.log")
     hidden_score = score_response if name == "demo" else _world_score(name)
-    trl_sampler = [hidden(work / "trl" / f, hidden_score) for f in ("samples_before.jsonl", "samples.jsonl")]
-    ours_gain = score["ours_hidden_after"] - score["hidden_before"]
-    trl_gain = max(score["trl_hidden_after"] - score["hidden_before"], 1e-9)
-    gain_ratio, gain_se = ours_gain / trl_gain, score["ours_minus_trl_hidden_se"] / trl_gain
+    runs = [ppo_run(work, ours, trl, ppo_overrides, seed, hidden_score) for seed in range(seeds)]
+    ours_ppo, trl_ppo, score = runs[0]["ours"], runs[0]["trl"], runs[0]["eval"]
+    before = score["hidden_before"]  # the base's samples: the same in every run (same prompts and seeds)
+    ours_after = statistics.fmean(r["eval"]["ours_hidden_after"] for r in runs)
+    trl_after = statistics.fmean(r["eval"]["trl_hidden_after"] for r in runs)
+    diff, diff_se = seeds_difference([r["eval"] for r in runs])
+    trl_gain = max(trl_after - before, 1e-9)
+    gain_ratio, gain_se = (ours_after - before) / trl_gain, diff_se / trl_gain
+
+    def mean(side: str, key: str) -> float:
+        return round(statistics.fmean(r[side][key] for r in runs), 3)
+
+    def peak(side: str) -> float:
+        return max(r[side]["peak_rss_mb"] for r in runs)
+
     return {
         "world": name,
         "rm_vs_trl": round(ours_rm["rm_pairs_per_s"] / trl_rm["rm_pairs_per_s"], 2),
-        "ppo_vs_trl": round(ours_ppo["ppo_episodes_per_s"] / trl_ppo["ppo_episodes_per_s"], 2),
+        "ppo_vs_trl": round(mean("ours", "ppo_episodes_per_s") / mean("trl", "ppo_episodes_per_s"), 2),
         "ppo_gain_vs_trl": round(gain_ratio, 3),
         "ppo_gain_vs_trl_se": round(gain_se, 3),
         "ppo_gain_at_least_trl": gain_ratio + gain_se >= 1.0,
-        "ppo_peak_rss_vs_trl": round(ours_ppo["peak_rss_mb"] / trl_ppo["peak_rss_mb"], 2),
+        "ppo_seeds": seeds,
+        "ppo_peak_rss_vs_trl": round(peak("ours") / peak("trl"), 2),
         "rm_peak_rss_vs_trl": round(ours_rm["peak_rss_mb"] / trl_rm["peak_rss_mb"], 2),
         "ours_rm_pairs_per_s": ours_rm["rm_pairs_per_s"],
         "trl_rm_pairs_per_s": trl_rm["rm_pairs_per_s"],
@@ -355,38 +373,66 @@ def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: d
         "trl_rm_heldout_accuracy": trl_rm["rm_heldout_accuracy"],
         "ours_rm_peak_rss_mb": ours_rm["peak_rss_mb"],
         "trl_rm_peak_rss_mb": trl_rm["peak_rss_mb"],
-        "ours_ppo_episodes_per_s": ours_ppo["ppo_episodes_per_s"],
-        "trl_ppo_episodes_per_s": trl_ppo["ppo_episodes_per_s"],
+        "ours_ppo_episodes_per_s": mean("ours", "ppo_episodes_per_s"),
+        "trl_ppo_episodes_per_s": mean("trl", "ppo_episodes_per_s"),
         "ours_ppo_episodes": ours_ppo["ppo_episodes"],
         "trl_ppo_episodes": trl_ppo["ppo_episodes"],
-        "ours_ppo_kl_last": ours_ppo["ppo_kl_last"],
-        "ours_ppo_kl_budget_spent": ours_ppo["ppo_kl_budget_spent"],
-        "ours_ppo_kept_step": ours_ppo["ppo_kept_step"],
+        "ours_ppo_kl_last": mean("ours", "ppo_kl_last"),
+        "trl_ppo_kl_last": mean("trl", "ppo_kl_last"),
         "ours_ppo_lr_decay": ours_ppo["ppo_lr_decay"],
         "ours_ppo_gae_lambda": ours_ppo["ppo_gae_lambda"],
-        "ours_ppo_kl_by_step": ours_ppo["ppo_kl_by_step"],
-        "trl_ppo_kl_last": trl_ppo["ppo_kl_last"],
-        **{
-            k: score[k]
-            for k in (
-                "hidden_before",
-                "ours_hidden_after",
-                "trl_hidden_after",
-                "eval_samples",
-                "ours_minus_trl_hidden",
-                "ours_minus_trl_hidden_se",
-            )
-        },
-        "trl_sampler_hidden_before": trl_sampler[0],
-        "trl_sampler_hidden_after": trl_sampler[1],
-        "ours_ppo_peak_rss_mb": ours_ppo["peak_rss_mb"],
-        "trl_ppo_peak_rss_mb": trl_ppo["peak_rss_mb"],
+        "hidden_before": before,
+        "ours_hidden_after": round(ours_after, 4),
+        "trl_hidden_after": round(trl_after, 4),
+        "eval_samples": score["eval_samples"],
+        "ours_minus_trl_hidden": round(diff, 4),
+        "ours_minus_trl_hidden_se": round(diff_se, 4),
+        "per_seed": [
+            {
+                "seed": r["seed"],
+                "ours_hidden_after": r["eval"]["ours_hidden_after"],
+                "trl_hidden_after": r["eval"]["trl_hidden_after"],
+                "ours_minus_trl_hidden_se": r["eval"]["ours_minus_trl_hidden_se"],
+                "ours_kl_last": r["ours"]["ppo_kl_last"],
+                "trl_kl_last": r["trl"]["ppo_kl_last"],
+                "ours_episodes": r["ours"]["ppo_episodes"],
+                "ours_kl_budget_spent": r["ours"]["ppo_kl_budget_spent"],
+                "ours_kept_step": r["ours"]["ppo_kept_step"],
+                "ours_kl_by_step": r["ours"]["ppo_kl_by_step"],
+                "trl_sampler_hidden_before": r["trl_sampler"][0],
+                "trl_sampler_hidden_after": r["trl_sampler"][1],
+            }
+            for r in runs
+        ],
+        "ours_ppo_peak_rss_mb": peak("ours"),
+        "trl_ppo_peak_rss_mb": peak("trl"),
         "trl_version": trl_ppo["trl_version"],
         "torch_version": ours_ppo["torch_version"],
         "trl_torch_version": trl_ppo["torch_version"],
         "data": {k: sizes[k] for k in ("train_pairs", "heldout_pairs", "ppo_prompts", "eval_prompts")},
         "settings": {**data, **hp},
     }
+
+
+def ppo_run(work: Path, ours: list[str], trl: list[str], overrides: dict, seed: int, hidden_score) -> dict:  # noqa: ANN001
+    """Both PPO stages with PPO seed ``seed`` on the same reward models and prompts, then the evaluation of
+    both adapters (the evaluation's own sampling seeds stay fixed)."""
+    ppo = json.dumps({**overrides, "seed": seed})
+    ours_ppo = child([*ours, "ours-ppo", "--ppo-overrides", ppo], work / f"ours-ppo-{seed}.log")
+    trl_ppo = child([*trl, "ppo", "--seed", str(seed)], work / f"trl-ppo-{seed}.log")  # the last --seed wins
+    score = child([*ours, "eval"], work / f"eval-{seed}.log")
+    samples = [hidden(work / "trl" / f, hidden_score) for f in ("samples_before.jsonl", "samples.jsonl")]
+    return {"seed": seed, "ours": ours_ppo, "trl": trl_ppo, "eval": score, "trl_sampler": samples}
+
+
+def seeds_difference(evals: list[dict]) -> tuple[float, float]:
+    """Mean over PPO seeds of (ours - TRL) hidden score after PPO, and its standard error: across seeds
+    when there are several (a seed's training noise is larger than its evaluation's sampling noise), else
+    the one run's paired standard error over prompts."""
+    diffs = [e["ours_minus_trl_hidden"] for e in evals]
+    if len(diffs) == 1:
+        return diffs[0], evals[0]["ours_minus_trl_hidden_se"]
+    return statistics.fmean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
 
 
 def _world_score(name: str):  # noqa: ANN202 - the world's hidden score, without torch
@@ -401,6 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every stage, both sides")
     parser.add_argument("--worlds", default="demo,garden,ledger,glyph", help="comma-separated world names")
     parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--seeds", type=int, help="PPO seeds per side and world (default: 2 with --quick, else 3)")
     parser.add_argument("--stage", choices=sorted(STAGES), help="run one stage on the data already in --work")
     parser.add_argument(
         "--ppo-overrides",
@@ -414,7 +461,11 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     started, work, load = time.perf_counter(), args.work.resolve(), os.getloadavg()[0]
-    entries = [run_world(n, args.quick, args.threads, work / n, args.ppo_overrides) for n in args.worlds.split(",")]
+    seeds = args.seeds or (2 if args.quick else 3)
+    entries = [
+        run_world(name, args.quick, args.threads, work / name, args.ppo_overrides, seeds)
+        for name in args.worlds.split(",")
+    ]
     rows = []
     for e in entries:
         rows.append(
@@ -431,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     emit(
         f"training, ours / TRL {entries[0]['trl_version']}, CPU {args.threads} threads, PPO "
-        f"{entries[0]['settings']['ppo_episodes']} episodes, torch {entries[0]['torch_version']}",
+        f"{entries[0]['settings']['ppo_episodes']} episodes x {seeds} seeds, torch {entries[0]['torch_version']}",
         ["world", "RM pairs/s", "RM held-out acc", "PPO episodes/s", "hidden score", "gain vs TRL", "KL", "PPO RSS MB"],
         rows,
         {
@@ -447,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "ppo_gain_at_least_trl_everywhere": all(e["ppo_gain_at_least_trl"] for e in entries),
             "threads": args.threads,
+            "ppo_seeds": seeds,
             "load_avg_1m_at_start": round(load, 2),
             "wall_s": round(time.perf_counter() - started, 1),
         },
