@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     n = args.events or (30_000 if args.quick else 120_000)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     kafka = KafkaSettings(
-        topic_prefix=prefix, max_poll_interval_ms=5000, session_timeout_ms=6000, max_poll_records=5000, partitions=6
-    )
+        topic_prefix=prefix, max_poll_interval_ms=5000, session_timeout_ms=6000, partitions=6
+    )  # the batch bound (max_poll_records) is the aggregator's default
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:

@@ -45,7 +45,7 @@ class KafkaSettings(_Group):
     """Consumer max.poll.interval.ms; also the rebalance timeout (keep ~5 s against Tansu)."""
     session_timeout_ms: int = Field(10_000, ge=1000)
     """Consumer session timeout."""
-    max_poll_records: int = Field(2000, ge=1)
+    max_poll_records: int = Field(10_000, ge=1)
     """Most records one poll returns; one poll is one DB transaction in the consumers."""
     partitions: int = Field(6, ge=1)
     """Partitions per topic when this service creates its topics."""

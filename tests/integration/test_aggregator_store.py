@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from rlhf_loop.db import make_engine, make_sessionmaker, upgrade
@@ -130,6 +131,29 @@ def test_text_with_nul_bytes_is_stored_not_refused(session: Session) -> None:
     stored = session.scalars(select(Response).where(Response.response_id == "r-nul")).one()
     assert (stored.response, stored.prompt) == ("ok\ufffdthen", "where\ufffd is my order?")
     assert session.scalars(select(Feedback.comment)).one() == "bad\ufffd"
+
+
+@pytest.mark.parametrize("tokens", [2**31, 2**63, 2**70])
+def test_a_number_beyond_its_column_is_refused_never_truncated(session: Session, tokens: int) -> None:
+    """Binary COPY packs an int4 by truncating it: a token count beyond the column must be refused (the
+    handler dead-letters the event), never stored as another number."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite stores any integer")
+    with pytest.raises(DataError, match="out of range"):
+        insert_responses(session, [response("r-big").model_copy(update={"prompt_tokens": tokens})])
+    session.rollback()
+    insert_responses(session, [response("r-ok").model_copy(update={"prompt_tokens": 2**31 - 1})])
+    session.commit()
+    assert session.scalars(select(Response.prompt_tokens)).all() == [2**31 - 1]
+
+
+def test_a_time_without_a_zone_is_stored_as_utc(session: Session) -> None:
+    naive = datetime(2026, 1, 1, 12, 30)
+    insert_responses(session, [response("r1").model_copy(update={"created_at": naive})])
+    upsert_feedback(session, [rating("r1", "u1", 1, 0).model_copy(update={"created_at": naive})])
+    session.commit()
+    for at in (session.scalars(select(Response.created_at)).one(), session.scalars(select(Feedback.created_at)).one()):
+        assert at.replace(tzinfo=at.tzinfo or UTC) == naive.replace(tzinfo=UTC)
 
 
 def test_a_group_read_stops_at_its_earliest_ratings(session: Session) -> None:

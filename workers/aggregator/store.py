@@ -7,30 +7,27 @@
 - pairs: a prompt group's pairs are replaced by a fresh derivation (insert new keys, update
   weights that changed, delete keys that no longer hold; unchanged pairs are not written).
 
-On PostgreSQL a batch's rows are first copied (COPY, formatted by psycopg's C code) into a temporary
-staging table, then go in as one INSERT ... SELECT: one plan however many rows, where an executemany
+On PostgreSQL a batch's rows are first copied (binary COPY, ``staging``) into a temporary staging
+table, then go in as one INSERT ... SELECT: one plan however many rows, where an executemany
 pays a round trip per row and arrays of parameters are formatted element by element in Python. The
 bounded reads of a prompt group are in ``group_reads``.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import JSON, column, delete, func, select, text, tuple_
-from sqlalchemy import table as sql_table
+from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.expression import TableClause
 
 from rlhf_loop.preferences.pairs import Pair, text_key
 from schemas.events import ChoiceMade, Event, FeedbackGiven, ResponseLogged
 from schemas.tables import ComparisonChoice, Feedback, PreferencePair, Response
+from workers.aggregator.staging import staged
 
 E = TypeVar("E", bound=Event)
 
@@ -44,44 +41,12 @@ def _insert(session: Session, mapped):  # noqa: ANN001, ANN202 - a dialect inser
     return (postgresql.insert if is_postgresql(session) else sqlite.insert)(mapped.__table__)
 
 
-def _staged(session: Session, mapped, rows: list[dict]) -> TableClause:  # noqa: ANN001 - a mapped class
-    """COPY ``rows`` (dicts with the same keys) into this connection's temporary staging table for the
-    mapped class's table (created on first use with those columns' types, so each table has one set of
-    staged columns; emptied at every commit and here, so a second use in one transaction starts
-    empty); returns the staging table."""
-    table = mapped.__table__
-    names = list(rows[0])
-    stage = f"rlhf_stage_{table.name}"
-    columns = ", ".join(names)
-    session.execute(
-        text(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS "
-            f"AS SELECT {columns} FROM {table.name} WITH NO DATA"
-        )
-    )
-    session.execute(text(f"DELETE FROM {stage}"))
-    as_json = [n for n in names if isinstance(table.c[n].type, JSON)]
-    statement = f"COPY {stage} ({columns}) FROM STDIN"
-    dbapi = session.get_bind().dialect.loaded_dbapi
-    try:
-        cursor = session.connection().connection.driver_connection.cursor()
-        with cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                for n in as_json:  # JSON goes as its text; COPY's input function parses it
-                    row = {**row, n: None if row[n] is None else json.dumps(row[n])}
-                copy.write_row(tuple(row.values()))
-    except dbapi.Error as e:  # the driver's own error: as SQLAlchemy's (DataError...), as execute raises
-        raise DBAPIError.instance(statement, None, e, dbapi.Error) from e
-    return sql_table(stage, *[column(n) for n in names])
-
-
-def _insert_rows(session: Session, mapped, rows: list[dict]):  # noqa: ANN001, ANN202
-    """An INSERT of ``rows`` (dicts with the same keys) and its execute parameters: on PostgreSQL one
-    INSERT ... SELECT from the staged rows, elsewhere an executemany."""
+def _insert_rows(session: Session, mapped, names: Sequence[str], rows: list[tuple]):  # noqa: ANN001, ANN202
+    """An INSERT of ``rows`` (tuples of the ``names`` columns) and its execute parameters: on PostgreSQL
+    one INSERT ... SELECT from the staged rows, elsewhere an executemany."""
     if not is_postgresql(session):
-        return sqlite.insert(mapped.__table__), rows
-    names = list(rows[0])
-    stage = _staged(session, mapped, rows)
+        return sqlite.insert(mapped.__table__), [dict(zip(names, row, strict=True)) for row in rows]
+    stage = staged(session, mapped.__table__, names, rows)
     return postgresql.insert(mapped.__table__).from_select(names, select(*[stage.c[n] for n in names])), None
 
 
@@ -90,7 +55,7 @@ def _written(session: Session, mapped, stmt, params: list[dict] | None) -> set[u
     reports only rows written: a duplicate or a stale event is not among them)."""
     stmt = stmt.returning(mapped.__table__.c.event_id)
     result = session.execute(stmt) if params is None else session.execute(stmt, params)
-    return set(result.scalars())
+    return set(result.scalars().all())
 
 
 def _text(value: str | None) -> str | None:
@@ -99,33 +64,75 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
 
 
+_RESPONSE_COLUMNS = (
+    "event_id",
+    "response_id",
+    "request_id",
+    "app_id",
+    "user_ref",
+    "prompt",
+    "prompt_hash",
+    "response",
+    "text_key",
+    "comparison_id",
+    "adapter_id",
+    "base_model",
+    "sampling",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "created_at",
+)
+_FEEDBACK_COLUMNS = (
+    "event_id",
+    "response_id",
+    "prompt_hash",
+    "adapter_id",
+    "user_ref",
+    "rating",
+    "comment",
+    "created_at",
+)
+_CHOICE_COLUMNS = (
+    "event_id",
+    "comparison_id",
+    "prompt_hash",
+    "user_ref",
+    "chosen_response_id",
+    "candidate_response_ids",
+    "comment",
+    "created_at",
+)
+_PAIR_COLUMNS = ("pair_key", "prompt_hash", "chosen_response_id", "rejected_response_id", "weight", "margin", "source")
+
+
 def insert_responses(session: Session, events: Sequence[ResponseLogged]) -> set[uuid.UUID]:
     """Store new responses; returns the event ids stored (a known event_id or response_id is skipped)."""
     if not events:
         return set()
     rows = [
-        dict(
-            event_id=e.event_id,
-            response_id=e.response_id,
-            request_id=e.request_id,
-            app_id=e.app_id,
-            user_ref=e.user_ref,
-            prompt=_text(e.prompt),
-            prompt_hash=e.prompt_hash,
-            response=_text(e.response),
-            text_key=text_key(e.response),
-            comparison_id=e.comparison_id,
-            adapter_id=e.adapter_id,
-            base_model=e.base_model,
-            sampling=e.sampling.model_dump(),
-            prompt_tokens=e.prompt_tokens,
-            completion_tokens=e.completion_tokens,
-            latency_ms=e.latency_ms,
-            created_at=e.created_at,
+        (
+            e.event_id,
+            e.response_id,
+            e.request_id,
+            e.app_id,
+            e.user_ref,
+            _text(e.prompt),
+            e.prompt_hash,
+            _text(e.response),
+            text_key(e.response),
+            e.comparison_id,
+            e.adapter_id,
+            e.base_model,
+            e.sampling.model_dump(),
+            e.prompt_tokens,
+            e.completion_tokens,
+            e.latency_ms,
+            e.created_at,
         )
         for e in events
     ]
-    stmt, params = _insert_rows(session, Response, rows)
+    stmt, params = _insert_rows(session, Response, _RESPONSE_COLUMNS, rows)
     return _written(session, Response, stmt.on_conflict_do_nothing(), params)
 
 
@@ -141,10 +148,10 @@ def _latest(events: Iterable[E], key: Callable[[E], tuple[str, str]]) -> list[E]
 
 
 def _replace_if_newer(  # noqa: ANN001
-    session: Session, mapped, rows: list[dict], key: list[str], columns: Sequence[str]
+    session: Session, mapped, names: Sequence[str], rows: list[tuple], key: list[str], columns: Sequence[str]
 ) -> set[uuid.UUID]:
     """Upsert ``rows``; a conflicting row on ``key`` is replaced only by a newer (created_at, event_id)."""
-    stmt, params = _insert_rows(session, mapped, rows)
+    stmt, params = _insert_rows(session, mapped, names, rows)
     table = mapped.__table__.c
     newer = tuple_(table.created_at, table.event_id) < tuple_(stmt.excluded.created_at, stmt.excluded.event_id)
     stmt = stmt.on_conflict_do_update(
@@ -159,20 +166,11 @@ def upsert_feedback(session: Session, events: Sequence[FeedbackGiven]) -> set[uu
     if not events:
         return set()
     rows = [
-        dict(
-            event_id=e.event_id,
-            response_id=e.response_id,
-            prompt_hash=e.prompt_hash,
-            adapter_id=e.adapter_id,
-            user_ref=e.user_ref,
-            rating=e.rating,
-            comment=_text(e.comment),
-            created_at=e.created_at,
-        )
+        (e.event_id, e.response_id, e.prompt_hash, e.adapter_id, e.user_ref, e.rating, _text(e.comment), e.created_at)
         for e in _latest(events, lambda e: (e.response_id, e.user_ref))
     ]
     columns = ("event_id", "rating", "comment", "created_at", "adapter_id")
-    return _replace_if_newer(session, Feedback, rows, ["response_id", "user_ref"], columns)
+    return _replace_if_newer(session, Feedback, _FEEDBACK_COLUMNS, rows, ["response_id", "user_ref"], columns)
 
 
 def upsert_choices(session: Session, events: Sequence[ChoiceMade]) -> set[uuid.UUID]:
@@ -181,20 +179,20 @@ def upsert_choices(session: Session, events: Sequence[ChoiceMade]) -> set[uuid.U
     if not events:
         return set()
     rows = [
-        dict(
-            event_id=e.event_id,
-            comparison_id=e.comparison_id,
-            prompt_hash=e.prompt_hash,
-            user_ref=e.user_ref,
-            chosen_response_id=e.chosen_response_id,
-            candidate_response_ids=list(e.candidate_response_ids),
-            comment=_text(e.comment),
-            created_at=e.created_at,
+        (
+            e.event_id,
+            e.comparison_id,
+            e.prompt_hash,
+            e.user_ref,
+            e.chosen_response_id,
+            list(e.candidate_response_ids),
+            _text(e.comment),
+            e.created_at,
         )
         for e in _latest(events, lambda e: (e.comparison_id, e.user_ref))
     ]
     columns = ("event_id", "chosen_response_id", "candidate_response_ids", "comment", "created_at")
-    return _replace_if_newer(session, ComparisonChoice, rows, ["comparison_id", "user_ref"], columns)
+    return _replace_if_newer(session, ComparisonChoice, _CHOICE_COLUMNS, rows, ["comparison_id", "user_ref"], columns)
 
 
 def replace_pairs(session: Session, prompt_hashes: Iterable[str], pairs: Sequence[Pair]) -> int:
@@ -217,18 +215,10 @@ def replace_pairs(session: Session, prompt_hashes: Iterable[str], pairs: Sequenc
     if not changed:
         return 0
     rows = [
-        dict(
-            pair_key=p.pair_key,
-            prompt_hash=p.prompt_hash,
-            chosen_response_id=p.chosen_response_id,
-            rejected_response_id=p.rejected_response_id,
-            weight=p.weight,
-            margin=p.margin,
-            source=p.source,
-        )
+        (p.pair_key, p.prompt_hash, p.chosen_response_id, p.rejected_response_id, p.weight, p.margin, p.source)
         for p in changed
     ]
-    stmt, params = _insert_rows(session, PreferencePair, rows)
+    stmt, params = _insert_rows(session, PreferencePair, _PAIR_COLUMNS, rows)
     excluded = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=[PreferencePair.__table__.c.pair_key],
