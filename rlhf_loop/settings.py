@@ -256,8 +256,9 @@ class PromotionSettings(_Group):
     """Gate: two-sided confidence of the win-rate intervals (0.9: the lower end is a one-sided 95% bound)."""
     max_kl_nats: float = Field(5.0, gt=0)
     """Gate: largest mean sequence KL of the candidate's responses from the base model. Sits a nat above the
-    training KL budget (``ppo.kl_budget``, 4 by default), where PPO stops: the gate's prompts and samples
-    differ from the last rollouts', and a candidate past it spent more than its run was allowed."""
+    training KL budget (``ppo.kl_budget``, 4 by default), which PPO undoes updates to stay within: the gate's
+    prompts and samples differ from the last rollouts', and a candidate past it spent more than its run was
+    allowed."""
     max_kl_vs_active_nats: float = Field(5.0, gt=0)
     """Gate: largest mean sequence KL of the candidate's responses from the active adapter (the step this
     deployment takes)."""
