@@ -348,8 +348,12 @@ def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: d
     ours_after = statistics.fmean(r["eval"]["ours_hidden_after"] for r in runs)
     trl_after = statistics.fmean(r["eval"]["trl_hidden_after"] for r in runs)
     diff, diff_se = seeds_difference([r["eval"] for r in runs])
-    trl_gain = max(trl_after - before, 1e-9)
-    gain_ratio, gain_se = (ours_after - before) / trl_gain, diff_se / trl_gain
+    trl_gain = trl_after - before
+    # Without a gain of TRL's to compare with there is no ratio; "at least TRL's gain" is then the
+    # difference of the two scores after PPO, within its standard error.
+    gain_ratio = (ours_after - before) / trl_gain if trl_gain > 0 else None
+    gain_se = diff_se / trl_gain if trl_gain > 0 else None
+    at_least_trl = diff + diff_se >= 0 if gain_ratio is None else gain_ratio + gain_se >= 1.0
 
     def mean(side: str, key: str) -> float:
         return round(statistics.fmean(r[side][key] for r in runs), 3)
@@ -361,9 +365,11 @@ def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: d
         "world": name,
         "rm_vs_trl": round(ours_rm["rm_pairs_per_s"] / trl_rm["rm_pairs_per_s"], 2),
         "ppo_vs_trl": round(mean("ours", "ppo_episodes_per_s") / mean("trl", "ppo_episodes_per_s"), 2),
-        "ppo_gain_vs_trl": round(gain_ratio, 3),
-        "ppo_gain_vs_trl_se": round(gain_se, 3),
-        "ppo_gain_at_least_trl": gain_ratio + gain_se >= 1.0,
+        "ppo_gain_vs_trl": None if gain_ratio is None else round(gain_ratio, 3),
+        "ppo_gain_vs_trl_se": None if gain_se is None else round(gain_se, 3),
+        "ppo_gain_at_least_trl": at_least_trl,
+        "ours_hidden_gain": round(ours_after - before, 4),
+        "trl_hidden_gain": round(trl_gain, 4),
         "ppo_seeds": seeds,
         "ppo_peak_rss_vs_trl": round(peak("ours") / peak("trl"), 2),
         "rm_peak_rss_vs_trl": round(ours_rm["peak_rss_mb"] / trl_rm["peak_rss_mb"], 2),
@@ -475,7 +481,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{e['ours_rm_heldout_accuracy']:.3f} / {e['trl_rm_heldout_accuracy']:.3f}",
                 f"{e['ours_ppo_episodes_per_s']:.2f} / {e['trl_ppo_episodes_per_s']:.2f}",
                 f"{e['hidden_before']:.3f} -> {e['ours_hidden_after']:.3f} / {e['trl_hidden_after']:.3f}",
-                f"{e['ppo_gain_vs_trl']:.2f} +- {e['ppo_gain_vs_trl_se']:.2f}",
+                "TRL lost"
+                if e["ppo_gain_vs_trl"] is None
+                else f"{e['ppo_gain_vs_trl']:.2f} +- {e['ppo_gain_vs_trl_se']:.2f}",
                 f"{e['ours_ppo_kl_last']:.2f} / {e['trl_ppo_kl_last']:.2f}",
                 f"{e['ours_ppo_peak_rss_mb']:.0f} / {e['trl_ppo_peak_rss_mb']:.0f}",
             ]
@@ -489,7 +497,10 @@ def main(argv: list[str] | None = None) -> None:
             "benchmark": "training",
             "quick": args.quick,
             "worlds": entries,
-            "min_ppo_gain_vs_trl": min(e["ppo_gain_vs_trl"] for e in entries),
+            # over the worlds where TRL gained (elsewhere there is no ratio, and ppo_gain_at_least_trl decides)
+            "min_ppo_gain_vs_trl": min(
+                (e["ppo_gain_vs_trl"] for e in entries if e["ppo_gain_vs_trl"] is not None), default=None
+            ),
             "min_ppo_vs_trl": min(e["ppo_vs_trl"] for e in entries),
             "min_rm_vs_trl": min(e["rm_vs_trl"] for e in entries),
             "max_ppo_peak_rss_vs_trl": max(e["ppo_peak_rss_vs_trl"] for e in entries),
