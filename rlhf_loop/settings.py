@@ -8,12 +8,13 @@ sub-settings group it uses.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_TOKEN_SECRET = "demo-secret-change-me"
@@ -230,6 +231,18 @@ class TrainingSettings(_Group):
     """How often Celery beat checks for enough new training examples."""
     hyperparameters: dict[str, Any] = {}
     """Overrides of the training hyperparameters as nested JSON, e.g. {"ppo": {"episodes": 1024}}."""
+
+    @field_validator("hyperparameters", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        # A nested group's field reaches us from the environment as the raw string.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not JSON: {e}") from e
+        return value
+
     lease_s: float = Field(120.0, ge=1)
     """A running run whose worker has not reported for this long is taken over by a redelivered task."""
     visibility_timeout_s: int = Field(21_600, ge=10)

@@ -149,3 +149,8 @@ def test_topics_are_created_with_the_replication_settings() -> None:
     assert [(t.name, t.num_partitions, t.replication_factor) for t in specs] == [("a", 6, 3), ("b", 6, 3)]
     assert all(t.topic_configs == {"min.insync.replicas": "2"} for t in specs)
     assert [t.topic_configs for t in new_topics(["a"], 1)] == [{}]  # single replica: the broker's default
+
+
+def test_training_hyperparameters_are_read_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RLHF_TRAINING__HYPERPARAMETERS", '{"ppo": {"episodes": 1024, "lam": 1.0}}')
+    assert Settings().training.hyperparameters == {"ppo": {"episodes": 1024, "lam": 1.0}}

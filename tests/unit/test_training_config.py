@@ -170,14 +170,14 @@ def test_kl_budget_is_at_least_the_target_and_the_horizon_positive() -> None:
         PPOConfig(kl_backoffs=-1)
 
 
-def test_gae_lambda_follows_the_response_length_unless_set() -> None:
-    """The score reaches the first token of a full-length response at lam_reach of its weight."""
+def test_gae_lambda_is_one_or_follows_the_response_length() -> None:
+    """With lam null the score reaches the first token of a full-length response at lam_reach of its weight."""
+    assert PPOConfig().gae_lambda == 1.0
     for tokens in (24, 28, 48):
-        cfg = PPOConfig(max_new_tokens=tokens)
+        cfg = PPOConfig(lam=None, max_new_tokens=tokens)
         assert cfg.gae_lambda**tokens == pytest.approx(cfg.lam_reach)
-    assert PPOConfig(max_new_tokens=48).gae_lambda == pytest.approx(0.9752, abs=1e-4)
-    assert PPOConfig(max_new_tokens=28).gae_lambda == pytest.approx(0.9579, abs=1e-4)
-    assert PPOConfig(lam=1.0, max_new_tokens=28).gae_lambda == 1.0
+    assert PPOConfig(lam=None, max_new_tokens=48).gae_lambda == pytest.approx(0.9752, abs=1e-4)
+    assert PPOConfig(lam=None, max_new_tokens=28).gae_lambda == pytest.approx(0.9579, abs=1e-4)
     with pytest.raises(BadConfig, match="ppo.gamma/lam"):
         PPOConfig(lam=1.5)
     with pytest.raises(BadConfig, match="ppo.lam_reach"):

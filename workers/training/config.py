@@ -126,14 +126,15 @@ class PPOConfig:
     """Weight of the value loss."""
     gamma: float = 1.0
     """Discount per token."""
-    lam: float | None = None
-    """GAE lambda. None (the default): from the response length, so that the sequence's score reaches the
-    first token of a ``max_new_tokens``-token response at ``lam_reach`` of its weight (:attr:`gae_lambda`);
-    a fixed lambda reaches a different share of every response length. 1.0: each token's advantage is the
-    sequence's return less the value (the critic only a baseline)."""
+    lam: float | None = 1.0
+    """GAE lambda. 1.0: each token's advantage is the sequence's return less the value (the critic, a linear
+    head on the detached trunk, only a baseline). None: from the response length, so that the sequence's
+    score reaches the first token of a ``max_new_tokens``-token response at ``lam_reach`` of its weight
+    (:attr:`gae_lambda`); better on two worlds of the training benchmark, worse on the demo's retrains and
+    on the other two (docs/training.md, "GAE's λ")."""
     lam_reach: float = 0.3
     """With ``lam`` None: the weight at which the sequence's score reaches a response's first token through
-    GAE (0.3: lambda 0.975 at 48 tokens, 0.958 at 28; docs/training.md has the measurements)."""
+    GAE (0.3: lambda 0.975 at 48 tokens, 0.958 at 28)."""
     init_kl_coef: float = 0.05
     """Initial coefficient of the per-token KL penalty against the reference."""
     target_kl: float = 3.0
