@@ -73,6 +73,9 @@ def _table(root: Path) -> list[str]:
     return [line for line in (root / "reports" / "demo-seed7.md").read_text().splitlines() if line.startswith("|")]
 
 
+# Two whole demo runs, and the first test of the session to ask for the demo model pays for building it in
+# its setup (which pytest-timeout counts): twice the suite's default limit.
+@pytest.mark.timeout(1200)
 @pytest.mark.usefixtures("redis_url")
 def test_a_short_demo_lowers_the_negative_feedback_rate_and_leaves_nothing_running(
     tmp_path: Path, demo_model_dir: Path
