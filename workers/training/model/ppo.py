@@ -6,6 +6,11 @@ value head's estimates -> per-token KL-penalized rewards -> GAE -> ``ppo_epochs`
 policy and value losses over minibatches (gradient accumulation within each), stopped early when the
 policy moves too far from the rollout policy -> adaptive KL coefficient update.
 
+The KL budget: a step whose rollouts are past ``kl_budget`` nats from the base is not trained on. The
+update that took the policy there is undone (policy LoRA, value head and optimizer back to the state
+kept before it, the last one measured within the budget) and the run goes on at half the learning
+rate; the ``kl_backoffs``+1-th time, or with nothing to go back to, the run ends (``budget_spent``).
+
 A step's prompts and sampling seeds depend only on (config seed, step), so a run resumed from a
 checkpoint continues exactly as the uninterrupted run would have.
 """
@@ -283,6 +288,8 @@ class PPOTrainer:
             len(ro.scores) / (time.perf_counter() - started),
             epochs,
         )
+        # Fed the KL of a step that went past the budget too, though its update was undone: the coefficient
+        # rises with it, so the run continues more cautiously as well as at a lower rate.
         self.kl.update(mean_kl, len(ro.scores))
         self.step += 1
         return stats
