@@ -86,9 +86,9 @@ def train_config(hp: dict):  # noqa: ANN201 - TrainConfig, imported in the child
 
     steps = hp["ppo_episodes"] // hp["ppo_batch_size"]
     # Our defaults but the data's sizes and the world's response length; one checkpoint, at the end. An
-    # experiment's --ppo-overrides (none in the benchmark's own runs) on top.
+    # experiment's --ppo-overrides / --rm-overrides (none in the benchmark's own runs) on top.
     return TrainConfig(
-        reward=RewardConfig(seed=hp["seed"]),
+        reward=RewardConfig(**{"seed": hp["seed"], **hp.get("rm_overrides", {})}),
         ppo=PPOConfig(
             **{
                 "episodes": hp["ppo_episodes"],
@@ -271,11 +271,12 @@ def paired_difference(prompts: list[str], ours: list[float], theirs: list[float]
 STAGES = {"data": stage_data, "ours-rm": stage_ours_rm, "ours-ppo": stage_ours_ppo, "eval": stage_eval}
 
 
-def run_stage(name: str, work: Path, ppo_overrides: dict) -> None:
+def run_stage(name: str, work: Path, ppo_overrides: dict, rm_overrides: dict | None = None) -> None:
     import torch
 
     s = json.loads((work / "settings.json").read_text())
     s["hp"]["ppo_overrides"] = {**s["hp"].get("ppo_overrides", {}), **ppo_overrides}
+    s["hp"]["rm_overrides"] = {**s["hp"].get("rm_overrides", {}), **(rm_overrides or {})}
     torch.set_num_threads(s["hp"]["threads"])
     (work / "ours").mkdir(exist_ok=True)
     result = STAGES[name](work, s)
@@ -461,9 +462,15 @@ def main(argv: list[str] | None = None) -> None:
         default={},
         help="JSON of PPOConfig fields for our PPO stage, for experiments (e.g. '{\"lr_decay\": 1}')",
     )
+    parser.add_argument(
+        "--rm-overrides",
+        type=json.loads,
+        default={},
+        help="JSON of RewardConfig fields for our reward-model stage, for experiments (e.g. '{\"lr_decay\": 1}')",
+    )
     args = parser.parse_args(argv)
     if args.stage:
-        run_stage(args.stage, args.work, args.ppo_overrides)
+        run_stage(args.stage, args.work, args.ppo_overrides, args.rm_overrides)
         return
 
     started, work, load = time.perf_counter(), args.work.resolve(), os.getloadavg()[0]

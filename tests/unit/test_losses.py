@@ -153,6 +153,21 @@ def test_group_batches_keep_a_prompts_pairs_together_and_use_each_pair_once() ->
     assert group_batches(pairs, 4, random.Random(1)) != batches
 
 
+def test_shuffled_batches_use_each_pair_once_and_mix_prompt_groups() -> None:
+    import random
+
+    from rlhf_loop.preferences.dataset import PairRecord
+    from workers.training.model.reward import group_batches
+
+    pairs = [PairRecord(f"p{g}", f"c{g}-{k}", f"r{g}-{k}") for g in range(7) for k in range(g % 3 + 1)]
+    batches = group_batches(pairs, 4, random.Random(0), grouped=False)
+    flat = [p for b in batches for p in b]
+    assert sorted(flat, key=lambda p: p.chosen) == sorted(pairs, key=lambda p: p.chosen)
+    prompts = [p.prompt for p in flat]
+    runs = [q for i, q in enumerate(prompts) if i == 0 or prompts[i - 1] != q]
+    assert len(runs) > len(set(runs))  # some group's pairs are split up
+
+
 def test_mixed_batches_mix_pairs_and_examples_evenly_and_use_each_once() -> None:
     import random
 

@@ -34,6 +34,10 @@ def test_bad_values_name_the_field() -> None:
         RewardConfig(mode="kto")
     with pytest.raises(BadConfig, match="reward.pointwise_weight"):
         RewardConfig(pointwise_weight=0)
+    with pytest.raises(BadConfig, match="reward.batching"):
+        RewardConfig(batching="random")
+    with pytest.raises(BadConfig, match="reward.lr_decay"):
+        RewardConfig(lr_decay=1.5)
 
 
 def test_a_run_recorded_with_min_pairs_still_loads() -> None:
@@ -206,6 +210,14 @@ def test_ppo_learning_rate_loses_the_decay_share_linearly_over_the_run() -> None
     assert step_lr(half, 4) == pytest.approx(7.5e-4)
     for flat in (PPOConfig(episodes=256, batch_size=32, lr=1e-3, lr_decay=0.0), PPOConfig(episodes=256, lr=1e-3)):
         assert [step_lr(flat, step) for step in range(flat.steps)] == pytest.approx([1e-3] * flat.steps)
+
+
+def test_reward_learning_rate_loses_the_decay_share_linearly_over_its_steps() -> None:
+    from workers.training.config import reward_step_lr
+
+    cfg = RewardConfig(lr=2e-3, lr_decay=1.0)  # the reference adapter shape
+    assert [reward_step_lr(cfg, step, 4) for step in range(4)] == pytest.approx([2e-3, 1.5e-3, 1e-3, 5e-4])
+    assert reward_step_lr(RewardConfig(lr=2e-3), 3, 4) == pytest.approx(2e-3)  # the default: constant
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,7 @@ def target_modules_for(shape: LoraShape, model_type: str | None) -> str | list[s
 
 
 REWARD_MODES = ("bt", "pointwise", "mixed")
+REWARD_BATCHING = ("group", "shuffle")
 
 
 @dataclass(frozen=True)
@@ -76,17 +77,30 @@ class RewardConfig:
     """Passes over the training pairs and examples."""
     batch_size: int = 16
     """Pairs and examples per optimizer step."""
+    batching: str = "group"
+    """How an epoch's pairs are ordered into batches. "group": a prompt group's pairs together, so each
+    shared response is scored once per batch (about twice the pairs/s); "shuffle": pairs shuffled freely, as
+    TRL's RewardTrainer does (a batch's gradient then spans many prompts)."""
     lr: float = 2e-3
     """AdamW learning rate (LoRA and head) of an adapter of rank 8 and alpha 16; other shapes train at
     :func:`scaled_lr` of it."""
+    lr_decay: float = 0.0
+    """Share of the learning rate a linear schedule takes away by the last optimizer step: 0 keeps it
+    constant, 1 decays it to 0 (as TRL's RewardTrainer does, the transformers Trainer's default)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check(0 <= self.lr_decay <= 1, "reward.lr_decay", f"must be in [0, 1], got {self.lr_decay}")
         _check(self.mode in REWARD_MODES, "reward.mode", f"must be one of {', '.join(REWARD_MODES)}, got {self.mode!r}")
         _check(self.bt_weight > 0, "reward.bt_weight", f"must be > 0, got {self.bt_weight}")
         _check(self.pointwise_weight > 0, "reward.pointwise_weight", f"must be > 0, got {self.pointwise_weight}")
         _check(self.epochs >= 1, "reward.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, "reward.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(
+            self.batching in REWARD_BATCHING,
+            "reward.batching",
+            f"must be one of {', '.join(REWARD_BATCHING)}, got {self.batching!r}",
+        )
         _check(0 < self.lr < 1, "reward.lr", f"must be in (0, 1), got {self.lr}")
 
 
@@ -240,6 +254,12 @@ def fit_to_reward_model(cfg: PPOConfig, reward: dict[str, Any]) -> PPOConfig:
     low, high = cfg.lr_decay_accuracy
     trust = 0.0 if measured is None else min(1.0, max(0.0, (measured - low) / (high - low)))
     return dataclasses.replace(cfg, lr_decay=round(1.0 - trust, 4))
+
+
+def reward_step_lr(cfg: RewardConfig, step: int, total: int) -> float:
+    """The reward model's learning rate at optimizer step ``step`` (0-based) of ``total``: :func:`scaled_lr`
+    of ``cfg.lr``, less the share ``cfg.lr_decay`` of it by the last step, linearly."""
+    return scaled_lr(cfg.lr, cfg.lora) * (1.0 - cfg.lr_decay * step / max(1, total))
 
 
 def step_lr(cfg: PPOConfig, step: int) -> float:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rlhf_loop.preferences.dataset import ExampleRecord, PairRecord
-from workers.training.config import RewardConfig, scaled_lr
+from workers.training.config import RewardConfig, reward_step_lr, scaled_lr
 from workers.training.model.encoding import Encoder
 from workers.training.model.losses import reward_loss, roc_auc
 from workers.training.model.roles import REWARD, Packed, ScalarHead, last_hidden, pack, sequence_scores
@@ -134,7 +134,9 @@ def train_reward(
     epoch_losses: list[float] = []
     for _ in range(cfg.epochs):
         epoch_losses = []
-        for pairs, rated in mixed_batches(train, examples, cfg.batch_size, rng):
+        for pairs, rated in mixed_batches(train, examples, cfg.batch_size, rng, grouped=cfg.batching == "group"):
+            for group in optimizer.param_groups:
+                group["lr"] = reward_step_lr(cfg, step, total)
             loss = _step_loss(model, head, tokens, pairs, device, rated, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -162,16 +164,21 @@ def train_reward(
     )
 
 
-def group_batches(pairs: list[PairRecord], batch_size: int, rng: random.Random) -> list[list[PairRecord]]:
+def group_batches(
+    pairs: list[PairRecord], batch_size: int, rng: random.Random, grouped: bool = True
+) -> list[list[PairRecord]]:
     """One epoch's batches of ``batch_size`` pairs (the last may be smaller): prompt groups in random order,
     the pairs of a group shuffled and kept together. A group's pairs share responses (k responses make up
     to k(k-1)/2 pairs), so a batch holds fewer distinct sequences than two per pair, and each is scored
-    once (InstructGPT batches a prompt's comparisons the same way)."""
-    flat = _grouped(pairs, rng)
+    once (InstructGPT batches a prompt's comparisons the same way). ``grouped`` False: pairs shuffled
+    freely (``reward.batching`` "shuffle")."""
+    flat = _ordered(pairs, rng, grouped)
     return [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
 
 
-def _grouped(pairs: list[PairRecord], rng: random.Random) -> list[PairRecord]:
+def _ordered(pairs: list[PairRecord], rng: random.Random, grouped: bool) -> list[PairRecord]:
+    if not grouped:
+        return rng.sample(pairs, len(pairs))
     groups: dict[str, list[PairRecord]] = {}
     for pair in pairs:
         groups.setdefault(pair.prompt, []).append(pair)
@@ -181,14 +188,14 @@ def _grouped(pairs: list[PairRecord], rng: random.Random) -> list[PairRecord]:
 
 
 def mixed_batches(
-    pairs: list[PairRecord], examples: list[ExampleRecord], batch_size: int, rng: random.Random
+    pairs: list[PairRecord], examples: list[ExampleRecord], batch_size: int, rng: random.Random, grouped: bool = True
 ) -> list[tuple[list[PairRecord], list[ExampleRecord]]]:
     """One epoch's batches of about ``batch_size`` items, pairs and examples together: every batch holds
     the same mix as the whole epoch (each item once), pairs in :func:`group_batches` order, examples
     shuffled. Without examples these are exactly :func:`group_batches`' batches."""
     if not examples:
-        return [(batch, []) for batch in group_batches(pairs, batch_size, rng)]
-    flat_pairs = _grouped(pairs, rng)
+        return [(batch, []) for batch in group_batches(pairs, batch_size, rng, grouped)]
+    flat_pairs = _ordered(pairs, rng, grouped)
     flat_examples = rng.sample(examples, len(examples))
     steps = (len(flat_pairs) + len(flat_examples) + batch_size - 1) // batch_size
 
