@@ -12,13 +12,15 @@ parent's RSS at spawn. The hidden-preference score (the world's, which the RM on
 votes) is measured on 64 prompts no stage trained on, 8 samples each, for the base (``hidden_before``) and
 both trained adapters, with our sampler and the same seeds.
 
-PPO runs ``--seeds`` times on each side (seeds 0, 1, ...; 3 by default, 2 with ``--quick``) on the same
-reward models, data and evaluation samples: one run's outcome swings with its seed by more than its
-evaluation's sampling error (docs/training.md has the figures). ``ours_hidden_after`` and
+Each side runs ``--seeds`` replicates (seeds 0, 1, ...; 3 by default, 2 with ``--quick``) on the same data
+and evaluation samples: replicate s trains the reward model with seed s, then PPO with seed s on it. One
+run's outcome swings with either seed by more than its evaluation's sampling error (docs/training.md has
+the figures), so the reward model's seed varies too. The reward model's pairs/s and held-out accuracy are
+means over the replicates. ``ours_hidden_after`` and
 ``trl_hidden_after`` are means over seeds; ``ours_minus_trl_hidden`` is their difference with its standard
 error across seeds (with one seed: over prompts); ``ppo_gain_vs_trl`` is our mean gain over TRL's and
 ``ppo_gain_vs_trl_se`` that standard error over TRL's gain; ``ppo_gain_at_least_trl`` holds when
-``ppo_gain_vs_trl`` is at least 1 within one standard error. ``per_seed`` has each run. TRL's own 64
+``ppo_gain_vs_trl`` is at least 1 within one standard error. ``per_seed`` has each replicate. TRL's own 64
 samples (its sampler) are scored too, as a cross-check.
 
 Differences kept on purpose (each side at its defaults): TRL decays the learning rate linearly to 0, ours
@@ -317,8 +319,8 @@ def hidden(path: Path, score) -> float:  # noqa: ANN001 - the world's hidden sco
 
 
 def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: dict, seeds: int) -> dict:
-    """Every stage of one world, both sides, PPO with ``seeds`` seeds on each; returns the world's entry of
-    the JSON line."""
+    """Every stage of one world, both sides, ``seeds`` replicates on each; returns the world's entry of the
+    JSON line."""
     (work / "trl").mkdir(parents=True, exist_ok=True)
     data, hp = workload(quick, threads, response_length(name))
     hp["ppo_overrides"] = ppo_overrides
@@ -341,9 +343,8 @@ def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: d
         *flags,
         "--stage",
     ]
-    ours_rm, trl_rm = child([*ours, "ours-rm"], work / "ours-rm.log"), child([*trl, "rm"], work / "trl-rm.log")
     hidden_score = score_response if name == "demo" else _world_score(name)
-    runs = [ppo_run(work, ours, trl, ppo_overrides, seed, hidden_score) for seed in range(seeds)]
+    runs = [replicate(work, ours, trl, ppo_overrides, seed, hidden_score) for seed in range(seeds)]
     ours_ppo, trl_ppo, score = runs[0]["ours"], runs[0]["trl"], runs[0]["eval"]
     before = score["hidden_before"]  # the base's samples: the same in every run (same prompts and seeds)
     ours_after = statistics.fmean(r["eval"]["ours_hidden_after"] for r in runs)
@@ -364,22 +365,22 @@ def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: d
 
     return {
         "world": name,
-        "rm_vs_trl": round(ours_rm["rm_pairs_per_s"] / trl_rm["rm_pairs_per_s"], 2),
+        "rm_vs_trl": round(mean("ours_rm", "rm_pairs_per_s") / mean("trl_rm", "rm_pairs_per_s"), 2),
         "ppo_vs_trl": round(mean("ours", "ppo_episodes_per_s") / mean("trl", "ppo_episodes_per_s"), 2),
         "ppo_gain_vs_trl": None if gain_ratio is None else round(gain_ratio, 3),
         "ppo_gain_vs_trl_se": None if gain_se is None else round(gain_se, 3),
         "ppo_gain_at_least_trl": at_least_trl,
         "ours_hidden_gain": round(ours_after - before, 4),
         "trl_hidden_gain": round(trl_gain, 4),
-        "ppo_seeds": seeds,
+        "seeds": seeds,
         "ppo_peak_rss_vs_trl": round(peak("ours") / peak("trl"), 2),
-        "rm_peak_rss_vs_trl": round(ours_rm["peak_rss_mb"] / trl_rm["peak_rss_mb"], 2),
-        "ours_rm_pairs_per_s": ours_rm["rm_pairs_per_s"],
-        "trl_rm_pairs_per_s": trl_rm["rm_pairs_per_s"],
-        "ours_rm_heldout_accuracy": ours_rm["rm_heldout_accuracy"],
-        "trl_rm_heldout_accuracy": trl_rm["rm_heldout_accuracy"],
-        "ours_rm_peak_rss_mb": ours_rm["peak_rss_mb"],
-        "trl_rm_peak_rss_mb": trl_rm["peak_rss_mb"],
+        "rm_peak_rss_vs_trl": round(peak("ours_rm") / peak("trl_rm"), 2),
+        "ours_rm_pairs_per_s": mean("ours_rm", "rm_pairs_per_s"),
+        "trl_rm_pairs_per_s": mean("trl_rm", "rm_pairs_per_s"),
+        "ours_rm_heldout_accuracy": mean("ours_rm", "rm_heldout_accuracy"),
+        "trl_rm_heldout_accuracy": mean("trl_rm", "rm_heldout_accuracy"),
+        "ours_rm_peak_rss_mb": peak("ours_rm"),
+        "trl_rm_peak_rss_mb": peak("trl_rm"),
         "ours_ppo_episodes_per_s": mean("ours", "ppo_episodes_per_s"),
         "trl_ppo_episodes_per_s": mean("trl", "ppo_episodes_per_s"),
         "ours_ppo_episodes": ours_ppo["ppo_episodes"],
@@ -397,6 +398,8 @@ def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: d
         "per_seed": [
             {
                 "seed": r["seed"],
+                "ours_rm_heldout_accuracy": r["ours_rm"]["rm_heldout_accuracy"],
+                "trl_rm_heldout_accuracy": r["trl_rm"]["rm_heldout_accuracy"],
                 "ours_hidden_after": r["eval"]["ours_hidden_after"],
                 "trl_hidden_after": r["eval"]["trl_hidden_after"],
                 "ours_minus_trl_hidden_se": r["eval"]["ours_minus_trl_hidden_se"],
@@ -421,19 +424,31 @@ def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: d
     }
 
 
-def ppo_run(work: Path, ours: list[str], trl: list[str], overrides: dict, seed: int, hidden_score) -> dict:  # noqa: ANN001
-    """Both PPO stages with PPO seed ``seed`` on the same reward models and prompts, then the evaluation of
-    both adapters (the evaluation's own sampling seeds stay fixed)."""
+def replicate(work: Path, ours: list[str], trl: list[str], overrides: dict, seed: int, hidden_score) -> dict:  # noqa: ANN001
+    """One replicate on each side: the reward model and PPO with seed ``seed`` (the reward model's seed moves
+    the gain after PPO as much as PPO's does, so both vary), on the same data and prompts, then the
+    evaluation of both adapters (the evaluation's own sampling seeds stay fixed)."""
+    rm = json.dumps({"seed": seed})
+    ours_rm = child([*ours, "ours-rm", "--rm-overrides", rm], work / f"ours-rm-{seed}.log")
+    trl_rm = child([*trl, "rm", "--seed", str(seed)], work / f"trl-rm-{seed}.log")  # the last --seed wins
     ppo = json.dumps({**overrides, "seed": seed})
-    ours_ppo = child([*ours, "ours-ppo", "--ppo-overrides", ppo], work / f"ours-ppo-{seed}.log")
+    ours_ppo = child([*ours, "ours-ppo", "--ppo-overrides", ppo, "--rm-overrides", rm], work / f"ours-ppo-{seed}.log")
     trl_ppo = child([*trl, "ppo", "--seed", str(seed)], work / f"trl-ppo-{seed}.log")  # the last --seed wins
     score = child([*ours, "eval"], work / f"eval-{seed}.log")
     samples = [hidden(work / "trl" / f, hidden_score) for f in ("samples_before.jsonl", "samples.jsonl")]
-    return {"seed": seed, "ours": ours_ppo, "trl": trl_ppo, "eval": score, "trl_sampler": samples}
+    return {
+        "seed": seed,
+        "ours_rm": ours_rm,
+        "trl_rm": trl_rm,
+        "ours": ours_ppo,
+        "trl": trl_ppo,
+        "eval": score,
+        "trl_sampler": samples,
+    }
 
 
 def seeds_difference(evals: list[dict]) -> tuple[float, float]:
-    """Mean over PPO seeds of (ours - TRL) hidden score after PPO, and its standard error: across seeds
+    """Mean over the replicates of (ours - TRL) hidden score after PPO, and its standard error: across seeds
     when there are several (a seed's training noise is larger than its evaluation's sampling noise), else
     the one run's paired standard error over prompts."""
     diffs = [e["ours_minus_trl_hidden"] for e in evals]
@@ -454,7 +469,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every stage, both sides")
     parser.add_argument("--worlds", default="demo,garden,ledger,glyph", help="comma-separated world names")
     parser.add_argument("--work", type=Path, default=WORK)
-    parser.add_argument("--seeds", type=int, help="PPO seeds per side and world (default: 2 with --quick, else 3)")
+    parser.add_argument(
+        "--seeds", type=int, help="replicates (reward-model and PPO seed) per side and world (default: 2 quick, else 3)"
+    )
     parser.add_argument("--stage", choices=sorted(STAGES), help="run one stage on the data already in --work")
     parser.add_argument(
         "--ppo-overrides",
@@ -497,7 +514,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     emit(
         f"training, ours / TRL {entries[0]['trl_version']}, CPU {args.threads} threads, PPO "
-        f"{entries[0]['settings']['ppo_episodes']} episodes x {seeds} seeds, torch {entries[0]['torch_version']}",
+        f"{entries[0]['settings']['ppo_episodes']} episodes, {seeds} reward-model and PPO seeds, "
+        f"torch {entries[0]['torch_version']}",
         ["world", "RM pairs/s", "RM held-out acc", "PPO episodes/s", "hidden score", "gain vs TRL", "KL", "PPO RSS MB"],
         rows,
         {
@@ -516,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "ppo_gain_at_least_trl_everywhere": all(e["ppo_gain_at_least_trl"] for e in entries),
             "threads": args.threads,
-            "ppo_seeds": seeds,
+            "seeds": seeds,
             "load_avg_1m_at_start": round(load, 2),
             "wall_s": round(time.perf_counter() - started, 1),
         },
