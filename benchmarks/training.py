@@ -27,7 +27,7 @@ Differences kept on purpose (each side at its defaults): TRL decays the learning
 by a share fitted to the reward model's held-out accuracy; TRL's RM has no per-pair weights and shuffles
 pairs freely (ours batches a prompt group's pairs together and scores each shared response once); TRL's PPO
 trains a separate full value model (ours: a head on the policy's detached trunk, vf_coef 0.5 vs 0.1) with
-GAE lambda 0.95 (ours from the response length), keeps the KL coefficient fixed (ours adapts it toward
+GAE lambda 0.95 (ours 1), keeps the KL coefficient fixed (ours adapts it toward
 ``target_kl`` and undoes an update whose next rollouts pass ``kl_budget``), rewards raw RM scores (a wider
 scale than ours, which are normalized, so the same KL coefficient weighs less) with no missing-end penalty
 (ours: -1) and has no KL early stop.
@@ -432,7 +432,7 @@ def replicate(work: Path, ours: list[str], trl: list[str], overrides: dict, seed
     ours_rm = child([*ours, "ours-rm", "--rm-overrides", rm], work / f"ours-rm-{seed}.log")
     trl_rm = child([*trl, "rm", "--seed", str(seed)], work / f"trl-rm-{seed}.log")  # the last --seed wins
     ppo = json.dumps({**overrides, "seed": seed})
-    ours_ppo = child([*ours, "ours-ppo", "--ppo-overrides", ppo, "--rm-overrides", rm], work / f"ours-ppo-{seed}.log")
+    ours_ppo = child([*ours, "ours-ppo", "--ppo-overrides", ppo], work / f"ours-ppo-{seed}.log")
     trl_ppo = child([*trl, "ppo", "--seed", str(seed)], work / f"trl-ppo-{seed}.log")  # the last --seed wins
     score = child([*ours, "eval"], work / f"eval-{seed}.log")
     samples = [hidden(work / "trl" / f, hidden_score) for f in ("samples_before.jsonl", "samples.jsonl")]
