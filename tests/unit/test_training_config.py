@@ -246,6 +246,12 @@ def test_a_decay_that_is_set_is_kept_and_bad_ones_are_refused() -> None:
         PPOConfig(lr_decay=1.5)
     with pytest.raises(BadConfig, match="ppo.lr_decay_accuracy"):
         TrainConfig.from_dict({"ppo": {"lr_decay_accuracy": [0.9, 0.7]}})
+    with pytest.raises(BadConfig, match="ppo.lr_decay_trusted"):
+        PPOConfig(lr_decay_trusted=-0.1)
+    half = PPOConfig(lr_decay_trusted=0.5)  # a trusted reward model still loses half the rate by the end
+    assert fit_to_reward_model(half, {"heldout_accuracy": 0.95}).lr_decay == 0.5
+    assert fit_to_reward_model(half, {"heldout_accuracy": 0.8}).lr_decay == 0.75
+    assert fit_to_reward_model(half, {"heldout_accuracy": 0.6}).lr_decay == 1.0
 
 
 def _run_metrics(accuracy: float, before: float, after: float, kl: float, spent: bool) -> dict:

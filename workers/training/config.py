@@ -132,6 +132,11 @@ class PPOConfig:
     rate decays to 0, and at or above which it stays constant (linear between). Below 0.7 nearly one held-out
     pair in three is ordered wrongly and the late steps mostly buy the reward model's mistakes; above 0.9
     following it for the whole run paid (docs/training.md, "One set of defaults")."""
+    lr_decay_trusted: float = 0.0
+    """With ``lr_decay`` None: the share decayed when the reward model is at or above the high end of
+    ``lr_decay_accuracy`` (the fit runs from it to 1 at the low end). 0 follows a trusted reward model at
+    the full rate to the end; 0.5 was measured across the worlds without a gain in the worst one
+    (docs/training.md, "Issue 18: half the decay for a trusted reward model")."""
     clip: float = 0.2
     """Policy ratio clip range."""
     value_clip: float = 0.2
@@ -211,6 +216,11 @@ class PPOConfig:
         )
         low, high = self.lr_decay_accuracy
         _check(0 <= low < high <= 1, "ppo.lr_decay_accuracy", f"must be [low, high] in [0, 1], got {low}, {high}")
+        _check(
+            0 <= self.lr_decay_trusted <= 1,
+            "ppo.lr_decay_trusted",
+            f"must be in [0, 1], got {self.lr_decay_trusted}",
+        )
         _check(self.kl_backoffs >= 0, "ppo.kl_backoffs", f"must be >= 0, got {self.kl_backoffs}")
         _check(self.kl_horizon >= 1, "ppo.kl_horizon", f"must be >= 1, got {self.kl_horizon}")
         _check(self.max_new_tokens >= 1, "ppo.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
@@ -253,7 +263,7 @@ def fit_to_reward_model(cfg: PPOConfig, reward: dict[str, Any]) -> PPOConfig:
     measured = next((reward[k] for k in ("heldout_thumbs_auc", "heldout_accuracy") if reward.get(k) is not None), None)
     low, high = cfg.lr_decay_accuracy
     trust = 0.0 if measured is None else min(1.0, max(0.0, (measured - low) / (high - low)))
-    return dataclasses.replace(cfg, lr_decay=round(1.0 - trust, 4))
+    return dataclasses.replace(cfg, lr_decay=round(1.0 - trust * (1.0 - cfg.lr_decay_trusted), 4))
 
 
 def reward_step_lr(cfg: RewardConfig, step: int, total: int) -> float:
