@@ -129,9 +129,9 @@ class PPOConfig:
     default): chosen for each run from its reward model (:func:`fit_to_reward_model`)."""
     lr_decay_accuracy: tuple[float, float] = (0.7, 0.9)
     """With ``lr_decay`` None: the reward model's held-out thumbs AUC (or pair accuracy) at or below which the
-    rate decays to 0, and at or above which it stays constant (linear between). Below 0.7 nearly one held-out
-    pair in three is ordered wrongly and the late steps mostly buy the reward model's mistakes; above 0.9
-    following it for the whole run paid (docs/training.md, "One set of defaults")."""
+    rate decays to 0, and at or above which it decays by ``lr_decay_trusted`` (linear between). Below 0.7
+    nearly one held-out pair in three is ordered wrongly and the late steps mostly buy the reward model's
+    mistakes; above 0.9 following it for the whole run paid (docs/training.md, "One set of defaults")."""
     lr_decay_trusted: float = 0.0
     """With ``lr_decay`` None: the share decayed when the reward model is at or above the high end of
     ``lr_decay_accuracy`` (the fit runs from it to 1 at the low end). 0 follows a trusted reward model at
