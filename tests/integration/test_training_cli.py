@@ -84,5 +84,8 @@ def test_a_run_that_spends_its_kl_budget_goes_back_then_stops_and_is_flagged(
     assert [h["epochs_run"] > 0 for h in history] == [True, False, True, False]  # past the budget: no update
     assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6) and history[2]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert history[1]["kl"] > 0.01 and history[3]["kl"] > 0.01
+    # Each back-off doubles the KL coefficient (kl_backoff_coef); the adaptive update alone moves it by at
+    # most 5% a step at this batch size.
+    assert history[1]["kl_coef"] > 1.8 * history[0]["kl_coef"] and history[3]["kl_coef"] > 1.8 * history[2]["kl_coef"]
     # Both updates undone: the adapter written is the fresh one, so the evaluated policy is the base's.
     assert metrics["evaluation"]["kl_vs_base"] == pytest.approx(0.0, abs=1e-4)

@@ -172,6 +172,8 @@ def test_kl_budget_is_at_least_the_target_and_the_horizon_positive() -> None:
     assert PPOConfig().kl_budget >= PPOConfig().target_kl
     with pytest.raises(BadConfig, match="ppo.kl_backoffs"):
         PPOConfig(kl_backoffs=-1)
+    with pytest.raises(BadConfig, match="ppo.kl_backoff_coef"):
+        PPOConfig(kl_backoff_coef=0.5)  # a back-off that loosened the pull toward the target
 
 
 def test_gae_lambda_is_one_or_follows_the_response_length() -> None:
@@ -223,12 +225,12 @@ def test_reward_learning_rate_loses_the_decay_share_linearly_over_its_steps() ->
 @pytest.mark.parametrize(
     ("reward", "decay"),
     [
-        ({"heldout_accuracy": 0.98, "heldout_thumbs_auc": None}, 0.0),  # trusted: constant rate
-        ({"heldout_accuracy": 0.9}, 0.0),
-        ({"heldout_accuracy": 0.8}, 0.5),
+        ({"heldout_accuracy": 0.98, "heldout_thumbs_auc": None}, 0.5),  # trusted: half the rate by the end
+        ({"heldout_accuracy": 0.9}, 0.5),
+        ({"heldout_accuracy": 0.8}, 0.75),
         ({"heldout_accuracy": 0.68}, 1.0),  # a third of held-out pairs wrong: decay to 0
-        ({"heldout_accuracy": None, "heldout_thumbs_auc": 0.85}, 0.25),  # no pairs held out: the thumbs AUC
-        ({"heldout_accuracy": 0.6, "heldout_thumbs_auc": 0.95}, 0.0),  # the AUC first: far more couples
+        ({"heldout_accuracy": None, "heldout_thumbs_auc": 0.85}, 0.625),  # no pairs held out: the thumbs AUC
+        ({"heldout_accuracy": 0.6, "heldout_thumbs_auc": 0.95}, 0.5),  # the AUC first: far more couples
         ({"heldout_accuracy": None, "heldout_thumbs_auc": None}, 1.0),  # measured on nothing: not trusted
     ],
 )
@@ -248,10 +250,10 @@ def test_a_decay_that_is_set_is_kept_and_bad_ones_are_refused() -> None:
         TrainConfig.from_dict({"ppo": {"lr_decay_accuracy": [0.9, 0.7]}})
     with pytest.raises(BadConfig, match="ppo.lr_decay_trusted"):
         PPOConfig(lr_decay_trusted=-0.1)
-    half = PPOConfig(lr_decay_trusted=0.5)  # a trusted reward model still loses half the rate by the end
-    assert fit_to_reward_model(half, {"heldout_accuracy": 0.95}).lr_decay == 0.5
-    assert fit_to_reward_model(half, {"heldout_accuracy": 0.8}).lr_decay == 0.75
-    assert fit_to_reward_model(half, {"heldout_accuracy": 0.6}).lr_decay == 1.0
+    flat = PPOConfig(lr_decay_trusted=0.0)  # a trusted reward model followed at the full rate to the end
+    assert fit_to_reward_model(flat, {"heldout_accuracy": 0.95}).lr_decay == 0.0
+    assert fit_to_reward_model(flat, {"heldout_accuracy": 0.8}).lr_decay == 0.5
+    assert fit_to_reward_model(flat, {"heldout_accuracy": 0.6}).lr_decay == 1.0
 
 
 def _run_metrics(accuracy: float, before: float, after: float, kl: float, spent: bool) -> dict:

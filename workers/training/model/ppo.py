@@ -266,6 +266,7 @@ class PPOTrainer:
             # the budget) and go on at half the rate; after kl_backoffs of them the run ends there.
             self._restore(self.within_budget)
             self.backoffs += 1
+            self.kl.value *= self.cfg.kl_backoff_coef
             self.budget_spent = self.backoffs > self.cfg.kl_backoffs
         elif past:  # nothing to go back to (a parent adapter already over the budget): the run ends
             self.budget_spent = True
