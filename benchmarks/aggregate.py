@@ -7,15 +7,24 @@ with them (median of three reads). "Aggregate" is the real aggregator (decode, d
 pairs of each touched prompt group, one transaction per batch, commit offsets) into a fresh
 PostgreSQL schema. Consumer-group join time is excluded from both.
 
-    python -m benchmarks.aggregate [--quick] [--events 40000]
+With ``--instances N`` (N > 1) the same topics are then aggregated again, into a second fresh schema, by
+N aggregator processes in one consumer group (the design's way to scale: each owns some partitions,
+and a prompt group lives on one of them), started together and timed from the first batch any of them
+gets to the last one's end. That figure is reported beside the ratio, not in it: the ratio is one
+consumer against one raw reader.
+
+    python -m benchmarks.aggregate [--quick] [--events 40000] [--instances 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import queue
 import time
 import uuid
+from contextlib import contextmanager
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import create_engine, func, select, text
@@ -23,6 +32,7 @@ from sqlalchemy import create_engine, func, select, text
 from benchmarks.report import emit
 from rlhf_loop.bus.broker import EmbeddedBroker
 from rlhf_loop.bus.codec import encode
+from rlhf_loop.db import upgrade
 from rlhf_loop.settings import DatabaseSettings, KafkaSettings, RedisSettings, Settings
 from schemas.events import Topics
 from schemas.tables import Feedback, PreferencePair, Response
@@ -68,13 +78,26 @@ def raw_consume(bootstrap: str, prefix: str, total: int) -> float:
     return total / elapsed
 
 
-def aggregate(bootstrap: str, kafka: KafkaSettings, db_url: str, total: int) -> tuple[float, int]:
-    settings = Settings(
+def _settings(bootstrap: str, kafka: KafkaSettings, db_url: str) -> Settings:
+    return Settings(
         database=DatabaseSettings(url=db_url),
         redis=RedisSettings(url=os.environ.get("RLHF_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")),
         kafka=kafka.model_copy(update={"bootstrap_servers": bootstrap}),
     )
-    consumer = build(settings)
+
+
+def _stored(db_url: str) -> tuple[int, int]:
+    """(responses + ratings stored, pairs) in the schema of ``db_url``."""
+    engine = create_engine(db_url)
+    with engine.connect() as c:
+        stored, pairs = (c.scalar(select(func.count()).select_from(t)) for t in (Response, PreferencePair))
+        stored += c.scalar(select(func.count()).select_from(Feedback))
+    engine.dispose()
+    return stored, pairs
+
+
+def aggregate(bootstrap: str, kafka: KafkaSettings, db_url: str, total: int) -> tuple[float, int]:
+    consumer = build(_settings(bootstrap, kafka, db_url))
     got, started = 0, None
     while got < total:
         before = time.perf_counter()
@@ -84,29 +107,90 @@ def aggregate(bootstrap: str, kafka: KafkaSettings, db_url: str, total: int) -> 
         got += n
     elapsed = time.perf_counter() - started
     consumer.close()
-    engine = create_engine(db_url)
-    with engine.connect() as c:
-        stored, pairs = (c.scalar(select(func.count()).select_from(t)) for t in (Response, PreferencePair))
-        stored += c.scalar(select(func.count()).select_from(Feedback))
-    engine.dispose()
+    stored, pairs = _stored(db_url)
     assert stored > 0
     return total / elapsed, pairs
+
+
+def _instance(bootstrap: str, kafka: KafkaSettings, db_url: str, ready, done, batches) -> None:  # noqa: ANN001
+    """One aggregator process of the group: built, then polling once every instance is built (so all join
+    the group together), until the parent has seen every event; reports each batch as (start, end, size)
+    in wall-clock seconds, with the process id."""
+    consumer = build(_settings(bootstrap, kafka, db_url))
+    ready.wait()
+    while not done.is_set():
+        before = time.time()
+        n = consumer.poll_once()
+        if n:
+            batches.put((os.getpid(), before, time.time(), n))
+    consumer.close()
+
+
+def aggregate_instances(bootstrap: str, kafka: KafkaSettings, db_url: str, total: int, instances: int) -> dict:
+    """``instances`` aggregator processes in one group over the topics: events/s from the first batch
+    started to the batch that completed ``total`` (a batch redelivered after a rebalance counts again,
+    so ``redelivered`` says whether the timing includes one)."""
+    upgrade(db_url)  # once here: instances migrating one schema at once would collide
+    ctx = multiprocessing.get_context("spawn")
+    ready, done, batches = ctx.Barrier(instances), ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_instance, args=(bootstrap, kafka, db_url, ready, done, batches)) for _ in range(instances)
+    ]
+    for p in procs:
+        p.start()
+    got, first, last, per_instance = 0, None, None, {}
+    try:
+        while got < total:
+            try:
+                pid, start, end, n = batches.get(timeout=5)
+            except queue.Empty:
+                if any(p.exitcode for p in procs):
+                    raise RuntimeError("an aggregator instance failed (its traceback is above)") from None
+                continue
+            got += n
+            per_instance[pid] = per_instance.get(pid, 0) + n
+            first, last = min(first or start, start), max(last or end, end)
+    finally:
+        done.set()
+        for p in procs:
+            p.join(60)
+    stored, pairs = _stored(db_url)
+    return {
+        "events_per_s": total / (last - first),
+        "pairs": pairs,
+        "stored": stored,
+        "redelivered": got - total,
+        "per_instance": sorted(per_instance.values(), reverse=True),
+    }
+
+
+@contextmanager
+def _schema(admin):  # noqa: ANN001, ANN202 - an AUTOCOMMIT engine; yields the database URL of a fresh schema
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="about a minute in all")
     parser.add_argument("--events", type=int, default=None)
+    parser.add_argument("--instances", type=int, default=1, help="then also N aggregator processes in one group")
     args = parser.parse_args(argv)
+    if args.instances < 1:
+        parser.error(f"--instances must be >= 1, got {args.instances}")
     n = args.events or (30_000 if args.quick else 120_000)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     kafka = KafkaSettings(
         topic_prefix=prefix, max_poll_interval_ms=5000, session_timeout_ms=6000, partitions=6
     )  # the batch bound (max_poll_records) is the aggregator's default
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    group = None
     try:
         with EmbeddedBroker() as broker:
             from rlhf_loop.bus.admin import ensure_topics
@@ -114,24 +198,34 @@ def main(argv: list[str] | None = None) -> None:
             ensure_topics(broker.bootstrap_servers, [prefix + Topics.RESPONSES, prefix + Topics.FEEDBACK], 6)
             total = fill(broker.bootstrap_servers, prefix, n)
             raw = sorted(raw_consume(broker.bootstrap_servers, prefix, total) for _ in range(3))[1]  # median of 3
-            agg, pairs = aggregate(broker.bootstrap_servers, kafka, f"{PG}?options=-csearch_path%3D{schema}", total)
+            with _schema(admin) as db_url:
+                agg, pairs = aggregate(broker.bootstrap_servers, kafka, db_url, total)
+            if args.instances > 1:
+                with _schema(admin) as db_url:
+                    own = kafka.model_copy(update={"consumer_group": f"{kafka.consumer_group}-instances"})
+                    group = aggregate_instances(broker.bootstrap_servers, own, db_url, total, args.instances)
     finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
-    emit(
-        f"aggregation of {total:,} events (PostgreSQL, {pairs:,} pairs)",
-        ["path", "events/s"],
-        [["raw consume (no processing)", raw], ["aggregator: store + pairs", agg]],
-        {
-            "benchmark": "aggregate",
-            "aggregate_vs_raw_consume": round(agg / raw, 3),
-            "aggregate_events_per_s": round(agg),
-            "raw_consume_events_per_s": round(raw),
-            "events": total,
-            "pairs": pairs,
-        },
-    )
+    rows = [["raw consume (no processing)", raw], ["aggregator: store + pairs", agg]]
+    summary = {
+        "benchmark": "aggregate",
+        "aggregate_vs_raw_consume": round(agg / raw, 3),
+        "aggregate_events_per_s": round(agg),
+        "raw_consume_events_per_s": round(raw),
+        "events": total,
+        "pairs": pairs,
+    }
+    if group:
+        rows.append([f"{args.instances} aggregator processes, one group", group["events_per_s"]])
+        summary |= {
+            "instances": args.instances,
+            "instances_events_per_s": round(group["events_per_s"]),
+            "instances_vs_one": round(group["events_per_s"] / agg, 3),
+            "instances_pairs": group["pairs"],
+            "instances_redelivered": group["redelivered"],
+            "instances_events_each": group["per_instance"],
+        }
+    emit(f"aggregation of {total:,} events (PostgreSQL, {pairs:,} pairs)", ["path", "events/s"], rows, summary)
 
 
 if __name__ == "__main__":

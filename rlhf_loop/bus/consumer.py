@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka import errors as kerr
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.producer.future import FutureRecordMetadata
 
 from rlhf_loop.bus.codec import InvalidEvent, decode, encode
@@ -91,7 +92,10 @@ Handler = Callable[[list[Record]], "Sequence[Refused] | None"]
 
 
 def make_consumer(bootstrap_servers: str, cfg: KafkaSettings, group_id: str | None = None) -> KafkaConsumer:
-    """A KafkaConsumer in ``group_id`` (default: the aggregator group) with manual commits; not subscribed."""
+    """A KafkaConsumer in ``group_id`` (default: the aggregator group) with manual commits; not subscribed.
+    The range assignment gives partition p of every subscribed topic to one member: the topics are keyed by
+    prompt group, so a group's responses, ratings and choices meet on one instance (a round-robin
+    assignment would split them, and two instances would re-derive one group's pairs at once)."""
     return KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=group_id or cfg.consumer_group,
@@ -102,6 +106,7 @@ def make_consumer(bootstrap_servers: str, cfg: KafkaSettings, group_id: str | No
         max_poll_interval_ms=cfg.max_poll_interval_ms,
         session_timeout_ms=cfg.session_timeout_ms,
         heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 5),
+        partition_assignment_strategy=(RangePartitionAssignor,),
     )
 
 
