@@ -24,10 +24,9 @@ import os
 import queue
 import time
 import uuid
-from contextlib import contextmanager
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 from benchmarks.report import emit
 from rlhf_loop.bus.broker import EmbeddedBroker
@@ -36,10 +35,9 @@ from rlhf_loop.db import upgrade
 from rlhf_loop.settings import DatabaseSettings, KafkaSettings, RedisSettings, Settings
 from schemas.events import Topics
 from schemas.tables import Feedback, PreferencePair, Response
+from tests.conftest import pg_schema
 from tests.integration.test_aggregator import world
 from workers.aggregator.main import build
-
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def fill(bootstrap: str, prefix: str, n_events: int) -> int:
@@ -164,18 +162,6 @@ def aggregate_instances(bootstrap: str, kafka: KafkaSettings, db_url: str, total
     }
 
 
-@contextmanager
-def _schema(admin):  # noqa: ANN001, ANN202 - an AUTOCOMMIT engine; yields the database URL of a fresh schema
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="about a minute in all")
@@ -189,23 +175,19 @@ def main(argv: list[str] | None = None) -> None:
     kafka = KafkaSettings(
         topic_prefix=prefix, max_poll_interval_ms=5000, session_timeout_ms=6000, partitions=6
     )  # the batch bound (max_poll_records) is the aggregator's default
-    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
     group = None
-    try:
-        with EmbeddedBroker() as broker:
-            from rlhf_loop.bus.admin import ensure_topics
+    with EmbeddedBroker() as broker:
+        from rlhf_loop.bus.admin import ensure_topics
 
-            ensure_topics(broker.bootstrap_servers, [prefix + Topics.RESPONSES, prefix + Topics.FEEDBACK], 6)
-            total = fill(broker.bootstrap_servers, prefix, n)
-            raw = sorted(raw_consume(broker.bootstrap_servers, prefix, total) for _ in range(3))[1]  # median of 3
-            with _schema(admin) as db_url:
-                agg, pairs = aggregate(broker.bootstrap_servers, kafka, db_url, total)
-            if args.instances > 1:
-                with _schema(admin) as db_url:
-                    own = kafka.model_copy(update={"consumer_group": f"{kafka.consumer_group}-instances"})
-                    group = aggregate_instances(broker.bootstrap_servers, own, db_url, total, args.instances)
-    finally:
-        admin.dispose()
+        ensure_topics(broker.bootstrap_servers, [prefix + Topics.RESPONSES, prefix + Topics.FEEDBACK], 6)
+        total = fill(broker.bootstrap_servers, prefix, n)
+        raw = sorted(raw_consume(broker.bootstrap_servers, prefix, total) for _ in range(3))[1]  # median of 3
+        with pg_schema() as db_url:
+            agg, pairs = aggregate(broker.bootstrap_servers, kafka, db_url, total)
+        if args.instances > 1:
+            with pg_schema() as db_url:
+                own = kafka.model_copy(update={"consumer_group": f"{kafka.consumer_group}-instances"})
+                group = aggregate_instances(broker.bootstrap_servers, own, db_url, total, args.instances)
     rows = [["raw consume (no processing)", raw], ["aggregator: store + pairs", agg]]
     summary = {
         "benchmark": "aggregate",
