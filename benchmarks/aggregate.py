@@ -112,8 +112,8 @@ def aggregate(bootstrap: str, kafka: KafkaSettings, db_url: str, total: int) -> 
 
 def _instance(bootstrap: str, kafka: KafkaSettings, db_url: str, ready, done, batches) -> None:  # noqa: ANN001
     """One aggregator process of the group: built, then polling once every instance is built (so all join
-    the group together), until the parent has seen every event; reports each batch as (start, end, size)
-    in wall-clock seconds, with the process id."""
+    the group together), until the parent has seen every event; reports each batch as (process id, start,
+    end, size), the times in wall-clock seconds."""
     consumer = build(_settings(bootstrap, kafka, db_url))
     ready.wait()
     while not done.is_set():
