@@ -136,8 +136,8 @@ class PPOConfig:
     """With ``lr_decay`` None: the share decayed when the reward model is at or above the high end of
     ``lr_decay_accuracy`` (the fit runs from it to 1 at the low end). Even a reward model that orders
     every held-out pair is followed at half the rate by the end: at the full rate the last updates moved
-    the policy further from the base for no more hidden score (docs/training.md, "Issue 18: a trusted
-    reward model at half the rate, and a back-off that pulls back")."""
+    the policy further from the base for no more hidden score (docs/training.md, "The full run with
+    today's defaults")."""
     clip: float = 0.2
     """Policy ratio clip range."""
     value_clip: float = 0.2
@@ -174,7 +174,8 @@ class PPOConfig:
     """Factor on the KL coefficient at each back-off, on top of the adaptive update. Restored to the last
     state within the budget, a run sits just under it, and the adaptive coefficient moves by at most a
     few percent a step: without a stronger pull toward ``target_kl`` the next updates cross it again and
-    the back-offs end the run early. 1: only the adaptive update."""
+    the back-offs end the run early (docs/training.md, "The full run with today's defaults"). 1: only the
+    adaptive update."""
     early_stop_kl: float = 0.1
     """Stop a step's PPO epochs when the per-token approximate KL from the rollout policy exceeds this."""
     max_grad_norm: float = 1.0

@@ -9,7 +9,8 @@ policy moves too far from the rollout policy -> adaptive KL coefficient update.
 The KL budget: a step whose rollouts are past ``kl_budget`` nats from the base is not trained on. The
 update that took the policy there is undone (policy LoRA, value head and optimizer back to the state
 kept before it, the last one measured within the budget) and the run goes on at half the learning
-rate; the ``kl_backoffs``+1-th time, or with nothing to go back to, the run ends (``budget_spent``).
+rate, with the KL coefficient multiplied by ``kl_backoff_coef``; the ``kl_backoffs``+1-th time, or with
+nothing to go back to, the run ends (``budget_spent``).
 
 A step's prompts and sampling seeds depend only on (config seed, step), so a run resumed from a
 checkpoint continues exactly as the uninterrupted run would have.
@@ -263,7 +264,8 @@ class PPOTrainer:
         if past and self.within_budget is not None:
             # One update can move the policy several nats at once, and the adapter that went past is the one
             # that exploits the reward model most: undo that update (the state before it was measured within
-            # the budget) and go on at half the rate; after kl_backoffs of them the run ends there.
+            # the budget) and go on at half the rate with a stronger pull toward the target; after kl_backoffs
+            # of them the run ends there.
             self._restore(self.within_budget)
             self.backoffs += 1
             self.kl.value *= self.cfg.kl_backoff_coef
