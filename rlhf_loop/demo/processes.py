@@ -67,7 +67,8 @@ class Stack:
         from rlhf_loop.models.demo_kit import build_demo_model
         from services.inference.auth import create_key
 
-        model_dir = build_demo_model(self.settings.model.demo_dir)
+        model = self.settings.model  # a named base model is served as it is; the demo model is built on first use
+        model_dir = model.demo_dir if model.base_model else build_demo_model(model.demo_dir)
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         self.broker = EmbeddedBroker(log_path=self.root / "broker.log").start()
