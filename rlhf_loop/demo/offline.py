@@ -50,7 +50,10 @@ def offline_rate(
 
     torch.manual_seed(0)
     adapter_id = "offline" if adapter else BASE
-    model, tokenizer = load_with_adapter(base_model, adapter, adapter_name=adapter_id) if adapter else load_base(base_model)
+    if adapter:
+        model, tokenizer = load_with_adapter(base_model, adapter, adapter_name=adapter_id)
+    else:
+        model, tokenizer = load_base(base_model)
 
     def answer(batch: list[Ask], seed: int) -> list[str]:
         return [
