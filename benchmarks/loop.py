@@ -38,6 +38,7 @@ from benchmarks.report import emit
 from rlhf_loop.demo.config import STAGES, DemoConfig
 from rlhf_loop.demo.loop import run_demo
 from rlhf_loop.demo.offline import offline_rate, rate_ratio, rated_asks
+from rlhf_loop.demo.processes import demo_root
 from rlhf_loop.demo.report import Round
 from rlhf_loop.settings import Settings, get_settings
 from rlhf_loop.simulator import Simulator
@@ -53,7 +54,8 @@ def rates(rounds: list[Round]) -> list[float]:
 
 
 def offline(settings: Settings, cfg: DemoConfig, adapter_id: str, users: int) -> dict:
-    """The base and the last round's adapter rated on one large set of fresh visits."""
+    """The base and the last round's adapter rated on one large set of fresh visits (read from the run's
+    database: before another run of the seed empties it)."""
     from sqlalchemy import create_engine, select
 
     from rlhf_loop.models.loading import resolve_base_model
@@ -62,8 +64,7 @@ def offline(settings: Settings, cfg: DemoConfig, adapter_id: str, users: int) ->
     base = resolve_base_model(settings.model, progress=False)
     adapter = None
     if adapter_id != "base":
-        db = settings.data_dir / "demo" / f"seed-{cfg.seed}" / "rlhf.sqlite3"  # the demo's database (processes.Stack)
-        engine = create_engine(f"sqlite:///{db}")
+        engine = create_engine(f"sqlite:///{demo_root(settings, cfg.seed) / 'rlhf.sqlite3'}")
         with engine.connect() as connection:
             adapter = connection.scalar(select(Adapter.path).where(Adapter.id == adapter_id))
         engine.dispose()
@@ -111,12 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     rounds = run_demo(settings, cfg, Console(stderr=True))
     wall = time.monotonic() - started
+    measured = offline(settings, cfg, rounds[-1].adapter, args.offline_users) if args.offline_users else {}
     again = ablation = None
     if not args.once:
         again = run_demo(settings, cfg, Console(stderr=True))
         pairs_only = dataclasses.replace(cfg, hyperparameters={"reward": {"mode": "bt"}}, report_name="demo-pairs-only")
         ablation = run_demo(settings, pairs_only, Console(stderr=True))
-    measured = offline(settings, cfg, rounds[-1].adapter, args.offline_users) if args.offline_users else {}
     rows = [[r.round, r.served_by, f"{r.negative_rate:.1%}", *[r.seconds.get(s, 0.0) for s in STAGES]] for r in rounds]
     stage_totals = {f"{s}_s": round(sum(r.seconds.get(s, 0.0) for r in rounds), 1) for s in STAGES}
     last_retrain = rounds[-2]

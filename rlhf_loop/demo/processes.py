@@ -52,12 +52,17 @@ class Child:
                 return
 
 
+def demo_root(settings: Settings, seed: int) -> Path:
+    """Where a demo run of ``seed`` keeps its database, artifacts and logs (emptied when a run starts)."""
+    return (settings.data_dir / "demo" / f"seed-{seed}").resolve()
+
+
 class Stack:
     """The running demo: child processes, keys, and the SQL it reads progress from."""
 
     def __init__(self, settings: Settings, cfg: DemoConfig, console: Console) -> None:
         self.cfg, self.console = cfg, console
-        self.root = (settings.data_dir / "demo" / f"seed-{cfg.seed}").resolve()
+        self.root = demo_root(settings, cfg.seed)
         self.children: list[Child] = []
         self.settings = settings
 
