@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         where = get_settings().model.demo_dir.with_name(f"demo-seed{args.model_seed}")
         built = build_demo_model(where, cfg=DemoKitConfig(seed=args.model_seed))
         os.environ["RLHF_MODEL__BASE_MODEL"] = str(Path(built).resolve())  # the demo's children read it too
+        get_settings.cache_clear()  # and so does this process's settings, read again below
     settings = get_settings()
     traffic = TrafficConfig.from_settings(settings.simulator)
     if args.traffic:
