@@ -43,12 +43,9 @@ def offline_rate(
 ) -> OfflineRate:
     """Thumbs-down share over ``asks`` answered by the base (``adapter`` None) or base + the adapter at
     ``adapter``, and over the regenerations their users ask for after a thumbs-down."""
-    import torch
-
     from rlhf_loop.generation import BASE
     from rlhf_loop.models.loading import generate, load_base, load_with_adapter
 
-    torch.manual_seed(0)
     adapter_id = "offline" if adapter else BASE
     if adapter:
         model, tokenizer = load_with_adapter(base_model, adapter, adapter_name=adapter_id)
