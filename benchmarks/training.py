@@ -318,19 +318,27 @@ def hidden(path: Path, score) -> float:  # noqa: ANN001 - the world's hidden sco
     return round(statistics.fmean(score(r["prompt"], r["response"]) for r in rows), 4)
 
 
-def run_world(name: str, quick: bool, threads: int, work: Path, ppo_overrides: dict, seeds: int) -> dict:
+def run_world(
+    name: str, quick: bool, threads: int, work: Path, ppo_overrides: dict, seeds: int, rm_overrides: dict | None = None
+) -> dict:
     """Every stage of one world, both sides, ``seeds`` replicates on each; returns the world's entry of the
     JSON line."""
     (work / "trl").mkdir(parents=True, exist_ok=True)
     data, hp = workload(quick, threads, response_length(name))
     hp["ppo_overrides"] = ppo_overrides
+    hp["rm_overrides"] = rm_overrides or {}  # every reward-model stage reads them, its seed on top
     settings = {"data": data, "hp": hp, "world": name}
     (work / "settings.json").write_text(json.dumps(settings))
     ours = [sys.executable, "-m", "benchmarks.training", "--work", str(work), "--stage"]
     sizes = child([*ours, "data"], work / "data.log")
     (work / "settings.json").write_text(json.dumps({**settings, "model": sizes["model"]}))
 
-    flags = [a for k, v in hp.items() if k != "ppo_overrides" for a in (f"--{k.replace('_', '-')}", str(v))]
+    flags = [
+        a
+        for k, v in hp.items()
+        if k not in ("ppo_overrides", "rm_overrides")
+        for a in (f"--{k.replace('_', '-')}", str(v))
+    ]
     files = ("pairs", "heldout", "prompts", "eval_prompts")
     trl = [
         trl_python(),
@@ -493,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     started, work, load = time.perf_counter(), args.work.resolve(), os.getloadavg()[0]
     seeds = args.seeds or (2 if args.quick else 3)
     entries = [
-        run_world(name, args.quick, args.threads, work / name, args.ppo_overrides, seeds)
+        run_world(name, args.quick, args.threads, work / name, args.ppo_overrides, seeds, args.rm_overrides)
         for name in args.worlds.split(",")
     ]
     rows = []
