@@ -319,14 +319,14 @@ def hidden(path: Path, score) -> float:  # noqa: ANN001 - the world's hidden sco
 
 
 def run_world(
-    name: str, quick: bool, threads: int, work: Path, ppo_overrides: dict, seeds: int, rm_overrides: dict | None = None
+    name: str, quick: bool, threads: int, work: Path, ppo_overrides: dict, seeds: int, rm_overrides: dict
 ) -> dict:
     """Every stage of one world, both sides, ``seeds`` replicates on each; returns the world's entry of the
     JSON line."""
     (work / "trl").mkdir(parents=True, exist_ok=True)
     data, hp = workload(quick, threads, response_length(name))
     hp["ppo_overrides"] = ppo_overrides
-    hp["rm_overrides"] = rm_overrides or {}  # every reward-model stage reads them, its seed on top
+    hp["rm_overrides"] = rm_overrides  # every reward-model stage reads them, its seed on top
     settings = {"data": data, "hp": hp, "world": name}
     (work / "settings.json").write_text(json.dumps(settings))
     ours = [sys.executable, "-m", "benchmarks.training", "--work", str(work), "--stage"]
