@@ -217,9 +217,9 @@ def test_ppo_learning_rate_loses_the_decay_share_linearly_over_the_run() -> None
 def test_reward_learning_rate_loses_the_decay_share_linearly_over_its_steps() -> None:
     from workers.training.config import reward_step_lr
 
-    cfg = RewardConfig(lr=2e-3, lr_decay=1.0)  # the reference adapter shape
+    cfg = RewardConfig(lr=2e-3)  # the reference adapter shape; the default decays the whole rate
     assert [reward_step_lr(cfg, step, 4) for step in range(4)] == pytest.approx([2e-3, 1.5e-3, 1e-3, 5e-4])
-    assert reward_step_lr(RewardConfig(lr=2e-3), 3, 4) == pytest.approx(2e-3)  # the default: constant
+    assert reward_step_lr(RewardConfig(lr=2e-3, lr_decay=0.0), 3, 4) == pytest.approx(2e-3)  # constant
 
 
 @pytest.mark.parametrize(
