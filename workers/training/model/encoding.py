@@ -26,9 +26,12 @@ class Encoder:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_id]
 
     def fit(self, prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
-        """Cut the response to half the window at most, then keep the prompt's tail that still fits."""
-        response = response[: self.max_positions // 2]
-        return prompt[-(self.max_positions - len(response)) :], response
+        """Both whole when they fit the window. Otherwise the response keeps what the prompt leaves of the
+        window, and at least half of it, and the prompt its tail that still fits: a response cut when it
+        needed not be loses its end token, where the reward model reads its score."""
+        window = self.max_positions
+        response = response[: max(window - len(prompt), window // 2)]
+        return prompt[-(window - len(response)) :], response
 
     def pair(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
         return self.fit(self.prompt(prompt), self.response(response))
