@@ -28,7 +28,7 @@ class Encoder:
     def fit(self, prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
         """Both whole when they fit the window. Otherwise the response keeps what the prompt leaves of the
         window, and at least half of it, and the prompt its tail that still fits: a response cut when it
-        needed not be loses its end token, where the reward model reads its score."""
+        need not be loses its end token, where the reward model reads its score."""
         window = self.max_positions
         response = response[: max(window - len(prompt), window // 2)]
         return prompt[-(window - len(response)) :], response
